@@ -72,7 +72,9 @@ impl ChannelId {
         if text.len() != 36 {
             return None;
         }
-        uuid::Uuid::try_parse(text).ok().map(|id| ChannelId(*id.as_bytes()))
+        uuid::Uuid::try_parse(text)
+            .ok()
+            .map(|id| ChannelId(*id.as_bytes()))
     }
 
     /// The stored, lower-case hyphenated form.

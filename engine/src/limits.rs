@@ -1,0 +1,87 @@
+//! Every limit Herald enforces, in one place, with its default (SPEC §9).
+//! Units are the last word of each name. The config file's `[limits]` section
+//! deserialises straight into [`Limits`]; a missing key keeps its default.
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest UA WebSocket message (after reassembly of fragments).
+    pub ws_message_bytes_max: usize,
+    /// All request-line and header bytes of one AS HTTP request.
+    pub http_header_bytes_max: usize,
+    /// Web Push payload (ciphertext) per message; also caps SimplePush bodies.
+    pub push_body_bytes_max: usize,
+    pub channels_per_uaid_max: usize,
+    /// Beyond this the oldest normal-or-lower urgency message is dropped.
+    pub pending_per_uaid_max: usize,
+    /// From TCP accept to a complete WebSocket upgrade.
+    pub handshake_timeout_ms: u64,
+    /// From the upgrade to the hello message.
+    pub hello_timeout_ms: u64,
+    /// Unacked messages are re-sent on a live socket this often.
+    pub retry_interval_ms: u64,
+    /// Server WebSocket ping on an otherwise quiet socket.
+    pub ws_ping_interval_ms: u64,
+    /// More UA pings than this within a minute closes the socket with 1008.
+    pub pings_per_minute_max: u32,
+    /// Web Push TTL cap (30 days).
+    pub ttl_max_s: u64,
+    /// AS requests one shard will hold waiting for its owner's reply.
+    pub as_in_flight_per_shard_max: usize,
+    /// Slots in each cross-shard ring; a full ring answers 503 (back-pressure).
+    pub ring_capacity: usize,
+    /// Simultaneous connections from one source IP; 0 disables the check.
+    pub connections_per_ip_max: usize,
+    /// AS HTTP connection idle/read timeout.
+    pub http_read_timeout_ms: u64,
+    /// VAPID `exp` may be at most this far ahead (RFC 8292: 24 hours).
+    pub vapid_expiry_ahead_max_s: u64,
+    /// A UA registered for UDP wakeup is closed (4774) after this idle time.
+    pub wakeup_idle_ms: u64,
+    /// Frames queued for one UA socket before it is treated as stuck and closed.
+    pub ua_outbox_frames_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            ws_message_bytes_max: 8 * 1024,
+            http_header_bytes_max: 16 * 1024,
+            push_body_bytes_max: 4096,
+            channels_per_uaid_max: 1000,
+            pending_per_uaid_max: 1000,
+            handshake_timeout_ms: 5_000,
+            hello_timeout_ms: 10_000,
+            retry_interval_ms: 60_000,
+            ws_ping_interval_ms: 300_000,
+            pings_per_minute_max: 10,
+            ttl_max_s: 30 * 24 * 3600,
+            as_in_flight_per_shard_max: 1024,
+            ring_capacity: 1024,
+            connections_per_ip_max: 0,
+            http_read_timeout_ms: 30_000,
+            vapid_expiry_ahead_max_s: 24 * 3600,
+            wakeup_idle_ms: 10_000,
+            ua_outbox_frames_max: 256,
+        }
+    }
+}
+
+impl Limits {
+    /// Tiny limits so that tests hit every bound within a few operations.
+    pub fn test_min() -> Limits {
+        Limits {
+            ws_message_bytes_max: 1024,
+            channels_per_uaid_max: 3,
+            pending_per_uaid_max: 3,
+            hello_timeout_ms: 500,
+            retry_interval_ms: 1_000,
+            pings_per_minute_max: 3,
+            ring_capacity: 2,
+            as_in_flight_per_shard_max: 4,
+            ..Limits::default()
+        }
+    }
+}

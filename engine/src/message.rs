@@ -38,9 +38,14 @@ impl Urgency {
     }
 
     pub fn from_u8(value: u8) -> Option<Urgency> {
-        [Urgency::VeryLow, Urgency::Low, Urgency::Normal, Urgency::High]
-            .get(value as usize)
-            .copied()
+        [
+            Urgency::VeryLow,
+            Urgency::Low,
+            Urgency::Normal,
+            Urgency::High,
+        ]
+        .get(value as usize)
+        .copied()
     }
 }
 

@@ -7,13 +7,27 @@ use crate::{ChannelId, Millis, Uaid};
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Record {
-    UaidCreated { uaid: Uaid, at_ms: Millis },
+    UaidCreated {
+        uaid: Uaid,
+        at_ms: Millis,
+    },
     ChannelRegistered(Registration),
-    ChannelUnregistered { uaid: Uaid, channel: ChannelId },
+    ChannelUnregistered {
+        uaid: Uaid,
+        channel: ChannelId,
+    },
     MessageStored(StoredMessage),
-    MessageRemoved { uaid: Uaid, channel: ChannelId, seq: u64, reason: Removal },
+    MessageRemoved {
+        uaid: Uaid,
+        channel: ChannelId,
+        seq: u64,
+        reason: Removal,
+    },
     /// The UA asked for UDP wakeup (None: it no longer does).
-    WakeupSet { uaid: Uaid, wakeup: Option<WakeupInfo> },
+    WakeupSet {
+        uaid: Uaid,
+        wakeup: Option<WakeupInfo>,
+    },
 }
 
 impl Record {
