@@ -369,10 +369,13 @@ impl Shard {
         }
     }
 
-    /// The socket's message was larger than `ws_message_bytes_max`.
-    pub fn on_oversized(&mut self, conn: ConnId) {
-        self.stats.protocol_errors += 1;
-        self.close(conn, close::TOO_BIG, "message too big");
+    /// The socket broke the framing rules (too big, bad frame) or the UA
+    /// closed it: answer with `code` and forget the connection.
+    pub fn on_socket_error(&mut self, conn: ConnId, code: u16, reason: &'static str) {
+        if code != close::NORMAL {
+            self.stats.protocol_errors += 1;
+        }
+        self.close(conn, code, reason);
     }
 
     pub fn on_text(&mut self, now_ms: Millis, conn: ConnId, text: &str) {
@@ -480,7 +483,6 @@ impl Shard {
             state.uaid = Some(uaid);
             state.web_push = hello.use_webpush;
         }
-        self.timers.remove(&(now_ms, Timer::HelloDeadline(conn)));
         self.send(
             conn,
             None,

@@ -1,1 +1,56 @@
+//! Herald's runtime: the only crate (with `store/`) that knows about glommio,
+//! sockets and clocks. It runs one pinned executor per shard; each accepts on
+//! both listeners (SO_REUSEPORT), drives its [`herald_engine::shard::Shard`]
+//! and talks to the other shards only through bounded rings.
 
+mod as_conn;
+pub mod http;
+mod journal;
+pub mod metrics;
+mod pages;
+mod runtime;
+mod shard;
+mod ua_conn;
+pub mod websocket;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use herald_engine::identity::KeyMaterial;
+use herald_engine::limits::Limits;
+
+pub use journal::FsyncMode;
+pub use runtime::serve;
+
+/// Where a wakeup for one mobile network goes (SPEC §5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WakeupRoute {
+    /// Herald sends the UDP datagram itself.
+    Udp,
+    /// A wakeup proxy inside the operator network: `POST <url>/wakeup`.
+    Proxy(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub ua_listen: SocketAddr,
+    pub as_listen: SocketAddr,
+    /// Base of pushEndpoints; its origin is also the VAPID audience.
+    pub endpoint_url: String,
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    pub fsync: FsyncMode,
+    /// `MCC-MNC` → route.
+    pub wakeup_routes: Vec<(String, WakeupRoute)>,
+    pub limits: Limits,
+    pub keys: KeyMaterial,
+}
+
+/// `scheme://host[:port]` of a URL: the VAPID `aud` Herald expects.
+pub fn origin_of(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |index| index + 3);
+    let end = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |index| after_scheme + index);
+    url[..end].to_owned()
+}

@@ -1,0 +1,163 @@
+//! One AS HTTP/1.1 connection: frame requests, answer operations pages here,
+//! decode pushes and send them to the owning shard over its ring.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use herald_engine::push::{self, errno, DecodeContext, HttpRequest, HttpResponse};
+
+use crate::http::{self, FramingError, Head};
+use crate::pages;
+use crate::shard::{now_ms, Ctx, Origin, ShardMsg};
+
+const READ_CHUNK_BYTES: usize = 4096;
+/// A form-encoded SimplePush body may spell each payload byte as `%XX`.
+const FORM_ENCODING_EXPANSION: usize = 3;
+
+pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
+    let limits = &ctx.shared.config.limits;
+    if stream
+        .set_read_timeout(Some(Duration::from_millis(limits.http_read_timeout_ms)))
+        .is_err()
+    {
+        return;
+    }
+    let body_bytes_max = limits.push_body_bytes_max * FORM_ENCODING_EXPANSION;
+    let mut buffer: Vec<u8> = Vec::new();
+    loop {
+        let head = loop {
+            match http::parse_head(&buffer, limits.http_header_bytes_max) {
+                Ok(head) => break head,
+                Err(FramingError::Incomplete) => {
+                    if !read_more(&mut stream, &mut buffer).await {
+                        return;
+                    }
+                }
+                Err(FramingError::HeadersTooLarge) => {
+                    let response = HttpResponse::error(
+                        431,
+                        errno::HEADERS_TOO_LARGE,
+                        "request headers too large",
+                    );
+                    return finish(&mut stream, &response).await;
+                }
+                Err(FramingError::Malformed(reason)) => {
+                    return finish(
+                        &mut stream,
+                        &HttpResponse::error(400, errno::BAD_REQUEST, reason),
+                    )
+                    .await;
+                }
+            }
+        };
+        if head.body_bytes > body_bytes_max {
+            return finish(
+                &mut stream,
+                &HttpResponse::error(413, errno::PAYLOAD_TOO_LARGE, "body too large"),
+            )
+            .await;
+        }
+        let request_bytes = head.head_bytes + head.body_bytes;
+        while buffer.len() < request_bytes {
+            if !read_more(&mut stream, &mut buffer).await {
+                return;
+            }
+        }
+        let response = route(&ctx, &head, &buffer[head.head_bytes..request_bytes]).await;
+        buffer.drain(..request_bytes);
+        if stream
+            .write_all(&http::write_response(&response, head.keep_alive))
+            .await
+            .is_err()
+            || !head.keep_alive
+        {
+            return;
+        }
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; READ_CHUNK_BYTES];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(read) => {
+            buffer.extend_from_slice(&chunk[..read]);
+            true
+        }
+    }
+}
+
+/// Answers a framing error and closes: after one, request boundaries are lost.
+async fn finish(stream: &mut TcpStream, response: &HttpResponse) {
+    let _ = stream
+        .write_all(&http::write_response(response, false))
+        .await;
+}
+
+async fn route(ctx: &Rc<Ctx>, head: &Head, body: &[u8]) -> HttpResponse {
+    let path = head.path.split('?').next().unwrap_or_default();
+    match (head.method.as_str(), path) {
+        ("GET", "/health") => return pages::health(ctx),
+        ("GET", "/metrics") => return pages::metrics(ctx),
+        ("GET", "/about") | ("GET", "/") => return pages::about(ctx),
+        _ => {}
+    }
+    let headers: Vec<(&str, &[u8])> = head
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_slice()))
+        .collect();
+    let request = HttpRequest {
+        method: &head.method,
+        path: &head.path,
+        headers: &headers,
+        body,
+    };
+    let config = &ctx.shared.config;
+    let audience = crate::origin_of(&config.endpoint_url);
+    let context = DecodeContext {
+        keys: &ctx.keys,
+        limits: &config.limits,
+        audience: &audience,
+        now_ms: now_ms(),
+    };
+    match push::decode(&context, &request) {
+        Ok(push) => dispatch(ctx, push).await,
+        Err(response) => response,
+    }
+}
+
+/// Sends a decoded push to its owning shard and waits for the durable answer.
+async fn dispatch(ctx: &Rc<Ctx>, push: push::PushRequest) -> HttpResponse {
+    let config = &ctx.shared.config;
+    let owner = push.uaid().shard(config.shards);
+    let (answer, answered) = Ctx::answer_slot();
+    let request = ctx.register_request(Origin::Local(answer));
+    if owner == ctx.index {
+        ctx.with_engine(|engine, now| engine.on_push(now, request, push));
+    } else {
+        if ctx.remote_in_flight.get() >= config.limits.as_in_flight_per_shard_max {
+            ctx.forget_request(request);
+            return HttpResponse::overloaded("too many requests in flight; retry shortly");
+        }
+        let message = ShardMsg::Push {
+            origin: ctx.index,
+            request,
+            push,
+        };
+        if ctx.senders.try_send_to(owner, message).is_err() {
+            // A full ring is back-pressure, never a queue without end.
+            ctx.forget_request(request);
+            ctx.shared.metrics.error(ctx.index, "ring_full", 1);
+            return HttpResponse::overloaded("shard ring full; retry shortly");
+        }
+        ctx.remote_in_flight.set(ctx.remote_in_flight.get() + 1);
+    }
+    answered
+        .recv()
+        .await
+        .unwrap_or_else(|| HttpResponse::error(500, errno::INTERNAL, "request lost"))
+}

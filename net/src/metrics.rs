@@ -1,0 +1,244 @@
+//! Prometheus metrics (SPEC §4.3). One registry for the process; each shard
+//! publishes its engine's counters into its own labelled series once a second,
+//! so the hot paths touch no shared memory.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use herald_engine::shard::Stats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub shard: String,
+    pub kind: String,
+}
+
+/// What one shard last published, read by `/about` and `/health` too.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShardSnapshot {
+    pub connections: i64,
+    pub user_agents: i64,
+    pub asleep: i64,
+    pub pending: i64,
+    pub notifications_in: u64,
+    pub notifications_out: u64,
+    pub wal_bytes: i64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<ShardLabel, Gauge>,
+    user_agents: Family<ShardLabel, Gauge>,
+    asleep: Family<ShardLabel, Gauge>,
+    pending: Family<ShardLabel, Gauge>,
+    ring_in_flight: Family<ShardLabel, Gauge>,
+    wal_bytes: Family<ShardLabel, Gauge>,
+    wal_fsyncs: Family<ShardLabel, Counter>,
+    wal_records_synced: Family<ShardLabel, Counter>,
+    notifications_in: Family<ShardLabel, Counter>,
+    notifications_out: Family<ShardLabel, Counter>,
+    acks: Family<ShardLabel, Counter>,
+    nacks: Family<ShardLabel, Counter>,
+    hand_offs: Family<ShardLabel, Counter>,
+    errors: Family<ErrorLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("herald");
+        let metrics = Metrics {
+            connections: Family::default(),
+            user_agents: Family::default(),
+            asleep: Family::default(),
+            pending: Family::default(),
+            ring_in_flight: Family::default(),
+            wal_bytes: Family::default(),
+            wal_fsyncs: Family::default(),
+            wal_records_synced: Family::default(),
+            notifications_in: Family::default(),
+            notifications_out: Family::default(),
+            acks: Family::default(),
+            nacks: Family::default(),
+            hand_offs: Family::default(),
+            errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open UA WebSocket connections",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "user_agents",
+            "UAs known to the shard",
+            metrics.user_agents.clone(),
+        );
+        registry.register(
+            "user_agents_asleep",
+            "UAs asleep awaiting UDP wakeup",
+            metrics.asleep.clone(),
+        );
+        registry.register(
+            "pending_messages",
+            "Stored, unacked notifications",
+            metrics.pending.clone(),
+        );
+        registry.register(
+            "ring_in_flight",
+            "AS requests sent to another shard and not yet answered",
+            metrics.ring_in_flight.clone(),
+        );
+        registry.register(
+            "wal_bytes",
+            "Bytes in the shard's write-ahead log",
+            metrics.wal_bytes.clone(),
+        );
+        registry.register(
+            "wal_fsyncs",
+            "WAL syncs (group commits)",
+            metrics.wal_fsyncs.clone(),
+        );
+        registry.register(
+            "wal_records_synced",
+            "Records made durable by WAL syncs",
+            metrics.wal_records_synced.clone(),
+        );
+        registry.register(
+            "notifications_in",
+            "Notifications accepted from application servers",
+            metrics.notifications_in.clone(),
+        );
+        registry.register(
+            "notifications_out",
+            "Notifications sent to UAs (re-sends included)",
+            metrics.notifications_out.clone(),
+        );
+        registry.register("acks", "Messages acked by UAs", metrics.acks.clone());
+        registry.register("nacks", "Nacks from UAs", metrics.nacks.clone());
+        registry.register(
+            "hand_offs",
+            "UA sockets handed to their owning shard",
+            metrics.hand_offs.clone(),
+        );
+        registry.register("errors", "Errors by kind", metrics.errors.clone());
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn error(&self, shard: usize, kind: &str, count: u64) {
+        if count > 0 {
+            self.errors
+                .get_or_create(&ErrorLabel {
+                    shard: shard.to_string(),
+                    kind: kind.to_owned(),
+                })
+                .inc_by(count);
+        }
+    }
+
+    /// Publishes a shard's state; `previous` is what it published last time,
+    /// so counters advance by the difference.
+    pub fn publish(
+        &self,
+        shard: usize,
+        snapshot: &ShardSnapshot,
+        stats: &Stats,
+        previous: &Stats,
+        ring_in_flight: i64,
+    ) {
+        let label = ShardLabel {
+            shard: shard.to_string(),
+        };
+        self.connections
+            .get_or_create(&label)
+            .set(snapshot.connections);
+        self.user_agents
+            .get_or_create(&label)
+            .set(snapshot.user_agents);
+        self.asleep.get_or_create(&label).set(snapshot.asleep);
+        self.pending.get_or_create(&label).set(snapshot.pending);
+        self.wal_bytes.get_or_create(&label).set(snapshot.wal_bytes);
+        self.ring_in_flight
+            .get_or_create(&label)
+            .set(ring_in_flight);
+        let advance = |family: &Family<ShardLabel, Counter>, now: u64, before: u64| {
+            family
+                .get_or_create(&label)
+                .inc_by(now.saturating_sub(before));
+        };
+        advance(
+            &self.notifications_in,
+            stats.notifications_in,
+            previous.notifications_in,
+        );
+        advance(
+            &self.notifications_out,
+            stats.notifications_out,
+            previous.notifications_out,
+        );
+        advance(&self.acks, stats.acks, previous.acks);
+        advance(&self.nacks, stats.nacks, previous.nacks);
+        advance(&self.hand_offs, stats.hand_offs, previous.hand_offs);
+        self.error(
+            shard,
+            "protocol",
+            stats
+                .protocol_errors
+                .saturating_sub(previous.protocol_errors),
+        );
+        self.error(
+            shard,
+            "ping_rate",
+            stats
+                .ping_rate_closes
+                .saturating_sub(previous.ping_rate_closes),
+        );
+        self.error(
+            shard,
+            "pending_dropped",
+            stats
+                .pending_dropped
+                .saturating_sub(previous.pending_dropped),
+        );
+        self.error(
+            shard,
+            "cross_mode_dropped",
+            stats
+                .cross_mode_dropped
+                .saturating_sub(previous.cross_mode_dropped),
+        );
+    }
+
+    pub fn publish_wal(&self, shard: usize, fsyncs: u64, records: u64) {
+        let label = ShardLabel {
+            shard: shard.to_string(),
+        };
+        let sync_counter = self.wal_fsyncs.get_or_create(&label);
+        sync_counter.inc_by(fsyncs.saturating_sub(sync_counter.get()));
+        let record_counter = self.wal_records_synced.get_or_create(&label);
+        record_counter.inc_by(records.saturating_sub(record_counter.get()));
+    }
+}

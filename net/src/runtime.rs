@@ -1,0 +1,116 @@
+//! Process start-up and shutdown: executors, listeners, signals.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::metrics::{Metrics, ShardSnapshot};
+use crate::shard::{self, ShardMsg};
+use crate::ServerConfig;
+
+/// What every shard can read: configuration, metrics, the shutdown flag.
+pub struct Shared {
+    pub config: ServerConfig,
+    pub metrics: Metrics,
+    pub snapshots: Vec<Mutex<ShardSnapshot>>,
+    pub shutdown: AtomicBool,
+    pub started: Instant,
+}
+
+/// io_uring buffer memory per executor. The machine allows 8 MiB of locked
+/// memory in all; glommio's default (10 MiB) would not fit even one shard.
+const EXECUTOR_IO_MEMORY_BYTES: usize = 512 * 1024;
+/// How long start-up may take before we report the shards as stuck.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs the server until SIGTERM/SIGINT. Errors are printed by the caller.
+pub fn serve(config: ServerConfig) -> Result<(), String> {
+    let signals = block_termination_signals();
+    let shards = config.shards.max(1);
+    let shared = Arc::new(Shared {
+        snapshots: (0..shards)
+            .map(|_| Mutex::new(ShardSnapshot::default()))
+            .collect(),
+        metrics: Metrics::new(),
+        shutdown: AtomicBool::new(false),
+        started: Instant::now(),
+        config,
+    });
+    let mesh = MeshBuilder::<ShardMsg, _>::full(shards, shared.config.limits.ring_capacity.max(1));
+    let cpus = std::thread::available_parallelism().map_or(1, |count| count.get());
+    let (ready_sender, ready) = mpsc::channel::<Result<(), String>>();
+    let mut handles = Vec::with_capacity(shards);
+    for index in 0..shards {
+        let shared = shared.clone();
+        let mesh = mesh.clone();
+        let ready_sender = ready_sender.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(index % cpus))
+            .name(&format!("herald-shard-{index}"))
+            .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+            .spawn(move || shard::run(index, shared, mesh, ready_sender))
+            .map_err(|error| {
+                format!("cannot start shard {index} (is io_uring available?): {error}")
+            })?;
+        handles.push(handle);
+    }
+    drop(ready_sender);
+    for _ in 0..shards {
+        match ready.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                shared.shutdown.store(true, Ordering::SeqCst);
+                return Err(error);
+            }
+            Err(_) => return Err("shards did not start".to_owned()),
+        }
+    }
+    let config = &shared.config;
+    println!(
+        "herald: UA WebSocket listening on ws://{}",
+        config.ua_listen
+    );
+    println!(
+        "herald: AS HTTP listening on http://{} (endpoints under {})",
+        config.as_listen, config.endpoint_url
+    );
+    println!(
+        "herald: data dir {} ({} shards, fsync {:?})",
+        config.data_dir.display(),
+        shards,
+        config.fsync
+    );
+    tracing::info!(shards, "ready");
+    let signal = wait_for_signal(&signals);
+    tracing::info!(signal, "shutting down");
+    shared.shutdown.store(true, Ordering::SeqCst);
+    for handle in handles {
+        if handle.join().is_err() {
+            return Err("a shard failed while shutting down".to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// Blocks SIGTERM and SIGINT in this thread and every thread it starts, so
+/// that only [`wait_for_signal`] sees them.
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-set calls on a local, initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: `set` was built by block_termination_signals; sigwait only reads it.
+    unsafe { libc::sigwait(set, &mut signal) };
+    signal
+}

@@ -1,0 +1,450 @@
+//! One shard's runtime: its engine, its connections, its rings.
+//!
+//! Everything here runs on the shard's own executor thread, so state lives in
+//! `Rc`/`RefCell` and is never locked. Other shards are reached only through
+//! the bounded mesh of [`ShardMsg`] rings.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ahash::AHashMap;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::TcpListener;
+use glommio::spawn_local;
+use glommio::timer::sleep;
+use rand::SeedableRng;
+
+use herald_engine::identity::Keys;
+use herald_engine::push::{errno, HttpResponse, PushRequest};
+use herald_engine::shard::{close, Action, Shard, ShardConfig, Stats};
+use herald_engine::{ConnId, Lsn, Millis, RequestId};
+
+use crate::journal::Journal;
+use crate::metrics::ShardSnapshot;
+use crate::runtime::Shared;
+use crate::{as_conn, ua_conn, WakeupRoute};
+
+/// What crosses the rings between shards.
+pub enum ShardMsg {
+    /// A UA socket whose hello named a UAID of the receiving shard.
+    HandOff {
+        fd: RawFd,
+        buffered: Vec<u8>,
+        hello: String,
+    },
+    /// An AS request for a UAID the receiver owns.
+    Push {
+        origin: usize,
+        request: RequestId,
+        push: PushRequest,
+    },
+    /// The owner's answer, already durable.
+    Reply {
+        request: RequestId,
+        response: HttpResponse,
+    },
+}
+
+/// What a UA connection's writer task is asked to do, in order.
+pub enum Outgoing {
+    /// A text frame, held until `after` is durable.
+    Text {
+        after: Option<Lsn>,
+        text: String,
+    },
+    Ping,
+    Pong(Vec<u8>),
+    Close {
+        code: u16,
+        reason: &'static str,
+    },
+}
+
+/// The shard's side of one UA socket.
+pub struct ConnHandle {
+    pub outbox: LocalSender<Outgoing>,
+    pub fd: RawFd,
+    /// Set when the engine decided to move this socket to another shard.
+    pub hand_off: Rc<RefCell<Option<(usize, String)>>>,
+}
+
+/// Who waits for an AS request's answer.
+pub enum Origin {
+    Local(LocalSender<HttpResponse>),
+    Remote { shard: usize, request: RequestId },
+}
+
+pub struct Ctx {
+    pub index: usize,
+    pub shared: Arc<Shared>,
+    pub keys: Keys,
+    pub engine: RefCell<Shard>,
+    pub conns: RefCell<AHashMap<ConnId, ConnHandle>>,
+    requests: RefCell<AHashMap<RequestId, Origin>>,
+    /// Requests this shard sent to another shard and still awaits.
+    pub remote_in_flight: Cell<usize>,
+    next_id: Cell<u64>,
+    pub senders: Senders<ShardMsg>,
+    pub journal: Journal,
+}
+
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as Millis)
+}
+
+/// How often the engine's timers are checked and metrics published.
+const TICK: Duration = Duration::from_millis(50);
+const PUBLISH_EVERY_TICKS: u32 = 20;
+/// On shutdown: how long in-flight AS requests and close frames may take.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Ctx {
+    pub fn next_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    /// Runs `input` against the engine, then carries out what it asked for.
+    pub fn with_engine<R>(self: &Rc<Ctx>, input: impl FnOnce(&mut Shard, Millis) -> R) -> R {
+        let result = input(&mut self.engine.borrow_mut(), now_ms());
+        self.run_actions();
+        result
+    }
+
+    fn run_actions(self: &Rc<Ctx>) {
+        loop {
+            let action = self.engine.borrow_mut().poll_action();
+            let Some(action) = action else { return };
+            match action {
+                Action::Send { conn, after, text } => {
+                    self.to_conn(conn, Outgoing::Text { after, text })
+                }
+                Action::WsPing { conn } => self.to_conn(conn, Outgoing::Ping),
+                Action::Close { conn, code, reason } => {
+                    if let Some(handle) = self.conns.borrow_mut().remove(&conn) {
+                        if handle
+                            .outbox
+                            .try_send(Outgoing::Close { code, reason })
+                            .is_err()
+                        {
+                            shutdown_socket(handle.fd);
+                        }
+                    }
+                }
+                Action::HandOff { conn, shard, hello } => {
+                    if let Some(handle) = self.conns.borrow_mut().remove(&conn) {
+                        *handle.hand_off.borrow_mut() = Some((shard, hello));
+                    }
+                }
+                Action::Append { lsn, record } => match self.journal.append(&record) {
+                    Ok(assigned) => {
+                        debug_assert_eq!(assigned, lsn, "engine and WAL disagree on LSNs")
+                    }
+                    Err(error) => {
+                        tracing::error!(shard = self.index, %error, "WAL append failed; refusing writes");
+                        self.engine.borrow_mut().on_store_failed();
+                    }
+                },
+                Action::Reply {
+                    request,
+                    after,
+                    response,
+                } => self.reply(request, after, response),
+            }
+        }
+    }
+
+    /// Queues a frame for a socket. A UA that does not read its frames fills
+    /// its bounded outbox and is disconnected rather than buffered without end.
+    fn to_conn(self: &Rc<Ctx>, conn: ConnId, item: Outgoing) {
+        let stuck = match self.conns.borrow().get(&conn) {
+            Some(handle) => handle.outbox.try_send(item).is_err().then_some(handle.fd),
+            None => None,
+        };
+        if let Some(fd) = stuck {
+            tracing::warn!(shard = self.index, conn, "UA outbox full; disconnecting");
+            self.conns.borrow_mut().remove(&conn);
+            shutdown_socket(fd);
+            self.engine.borrow_mut().on_closed(now_ms(), conn);
+        }
+    }
+
+    pub fn register_request(&self, origin: Origin) -> RequestId {
+        let request = self.next_id();
+        self.requests.borrow_mut().insert(request, origin);
+        request
+    }
+
+    pub fn forget_request(&self, request: RequestId) {
+        self.requests.borrow_mut().remove(&request);
+    }
+
+    fn reply(self: &Rc<Ctx>, request: RequestId, after: Option<Lsn>, response: HttpResponse) {
+        let Some(origin) = self.requests.borrow_mut().remove(&request) else {
+            return;
+        };
+        match after.filter(|lsn| !self.journal.is_durable(*lsn)) {
+            None => self.deliver(origin, response),
+            Some(lsn) => {
+                let ctx = self.clone();
+                spawn_local(async move {
+                    let response = match ctx.journal.wait_durable(lsn).await {
+                        Ok(()) => response,
+                        Err(_) => {
+                            HttpResponse::error(503, errno::STORAGE_FAILED, "storage unavailable")
+                        }
+                    };
+                    ctx.deliver(origin, response);
+                })
+                .detach();
+            }
+        }
+    }
+
+    fn deliver(self: &Rc<Ctx>, origin: Origin, response: HttpResponse) {
+        match origin {
+            Origin::Local(sender) => {
+                // The waiter may have gone (client hung up); nothing to do then.
+                let _ = sender.try_send(response);
+            }
+            Origin::Remote { shard, request } => {
+                let ctx = self.clone();
+                spawn_local(async move {
+                    // Waits for ring space: the answer must not be dropped.
+                    if ctx
+                        .senders
+                        .send_to(shard, ShardMsg::Reply { request, response })
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(shard = ctx.index, peer = shard, "reply ring closed");
+                    }
+                })
+                .detach();
+            }
+        }
+    }
+
+    fn on_ring(self: &Rc<Ctx>, message: ShardMsg) {
+        match message {
+            ShardMsg::HandOff {
+                fd,
+                buffered,
+                hello,
+            } => {
+                // SAFETY: the sending shard dup'ed this fd for us and closed its own copies.
+                let stream =
+                    unsafe { <glommio::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                spawn_local(ua_conn::serve_adopted(
+                    self.clone(),
+                    stream,
+                    buffered,
+                    hello,
+                ))
+                .detach();
+            }
+            ShardMsg::Push {
+                origin,
+                request,
+                push,
+            } => {
+                let local = self.register_request(Origin::Remote {
+                    shard: origin,
+                    request,
+                });
+                self.with_engine(|engine, now| engine.on_push(now, local, push));
+            }
+            ShardMsg::Reply { request, response } => {
+                self.remote_in_flight
+                    .set(self.remote_in_flight.get().saturating_sub(1));
+                if let Some(Origin::Local(sender)) = self.requests.borrow_mut().remove(&request) {
+                    let _ = sender.try_send(response);
+                }
+            }
+        }
+    }
+
+    /// A new local waiter for one AS answer.
+    pub fn answer_slot() -> (
+        LocalSender<HttpResponse>,
+        local_channel::LocalReceiver<HttpResponse>,
+    ) {
+        local_channel::new_bounded(1)
+    }
+}
+
+/// `shutdown(2)` on a socket some task still holds: its pending reads and
+/// writes end, and the task cleans up as for a closed peer.
+pub fn shutdown_socket(fd: RawFd) {
+    // SAFETY: shutdown on an fd we own a handle to; errors (already closed) are harmless.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// The shard's root task: open the WAL, bind, serve until shutdown.
+pub async fn run(
+    index: usize,
+    shared: Arc<Shared>,
+    mesh: MeshBuilder<ShardMsg, Full>,
+    ready: mpsc::Sender<Result<(), String>>,
+) {
+    let (senders, receivers) = match mesh.join().await {
+        Ok(joined) => joined,
+        Err(_) => {
+            let _ = ready.send(Err(format!("shard {index}: could not join the shard mesh")));
+            return;
+        }
+    };
+    let config = &shared.config;
+    let keys = Keys::new(&config.keys);
+    let engine_config = ShardConfig {
+        index,
+        shards: config.shards,
+        endpoint_url: config.endpoint_url.clone(),
+        limits: config.limits.clone(),
+        wakeup_networks: config
+            .wakeup_routes
+            .iter()
+            .filter(|(_, route)| matches!(route, WakeupRoute::Udp | WakeupRoute::Proxy(_)))
+            .map(|(network, _)| network.clone())
+            .collect(),
+    };
+    let engine = Shard::new(
+        engine_config,
+        keys.clone(),
+        rand::rngs::StdRng::from_entropy(),
+    );
+    let listeners = TcpListener::bind(config.ua_listen)
+        .and_then(|ua| Ok((ua, TcpListener::bind(config.as_listen)?)));
+    let (ua_listener, as_listener) = match listeners {
+        Ok(bound) => bound,
+        Err(error) => {
+            let _ = ready.send(Err(format!(
+                "cannot listen on {} / {}: {error}",
+                config.ua_listen, config.as_listen
+            )));
+            return;
+        }
+    };
+    let ctx = Rc::new(Ctx {
+        index,
+        shared: shared.clone(),
+        keys,
+        engine: RefCell::new(engine),
+        conns: RefCell::new(AHashMap::new()),
+        requests: RefCell::new(AHashMap::new()),
+        remote_in_flight: Cell::new(0),
+        next_id: Cell::new(1),
+        senders,
+        journal: Journal::new(),
+    });
+    let mut receivers = receivers;
+    for (_, receiver) in receivers.streams() {
+        let ctx = ctx.clone();
+        spawn_local(async move {
+            while let Some(message) = receiver.recv().await {
+                ctx.on_ring(message);
+            }
+        })
+        .detach();
+    }
+    spawn_local(accept_loop(ctx.clone(), ua_listener, Listener::Ua)).detach();
+    spawn_local(accept_loop(ctx.clone(), as_listener, Listener::As)).detach();
+    let _ = ready.send(Ok(()));
+    tick_until_shutdown(&ctx).await;
+    drain(&ctx).await;
+}
+
+#[derive(Clone, Copy)]
+enum Listener {
+    Ua,
+    As,
+}
+
+async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener, kind: Listener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                if ctx.shared.shutdown.load(Ordering::Relaxed) {
+                    return;
+                }
+                let _ = stream.set_nodelay(true);
+                match kind {
+                    Listener::Ua => spawn_local(ua_conn::serve(ctx.clone(), stream)).detach(),
+                    Listener::As => spawn_local(as_conn::serve(ctx.clone(), stream)).detach(),
+                };
+            }
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(shard = ctx.index, %error, "accept failed");
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn tick_until_shutdown(ctx: &Rc<Ctx>) {
+    let mut ticks = 0u32;
+    let mut published = Stats::default();
+    while !ctx.shared.shutdown.load(Ordering::Relaxed) {
+        sleep(TICK).await;
+        ctx.with_engine(|engine, now| engine.on_tick(now));
+        ticks += 1;
+        if ticks % PUBLISH_EVERY_TICKS == 0 {
+            published = publish(ctx, &published);
+        }
+    }
+}
+
+fn publish(ctx: &Ctx, previous: &Stats) -> Stats {
+    let engine = ctx.engine.borrow();
+    let snapshot = ShardSnapshot {
+        connections: engine.connections() as i64,
+        user_agents: engine.user_agents() as i64,
+        asleep: engine.asleep() as i64,
+        pending: engine.pending_messages() as i64,
+        notifications_in: engine.stats().notifications_in,
+        notifications_out: engine.stats().notifications_out,
+        wal_bytes: 0,
+    };
+    let stats = engine.stats().clone();
+    ctx.shared.metrics.publish(
+        ctx.index,
+        &snapshot,
+        &stats,
+        previous,
+        ctx.remote_in_flight.get() as i64,
+    );
+    if let Ok(mut slot) = ctx.shared.snapshots[ctx.index].lock() {
+        *slot = snapshot;
+    }
+    stats
+}
+
+/// SIGTERM: stop accepting (the accept loops see the flag), let in-flight AS
+/// requests finish, close UA sockets with 1001, and give the writers a moment.
+async fn drain(ctx: &Rc<Ctx>) {
+    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+    while !ctx.requests.borrow().is_empty() && std::time::Instant::now() < deadline {
+        sleep(TICK).await;
+    }
+    let conns: Vec<ConnId> = ctx.conns.borrow().keys().copied().collect();
+    for conn in conns {
+        if let Some(handle) = ctx.conns.borrow_mut().remove(&conn) {
+            let _ = handle.outbox.try_send(Outgoing::Close {
+                code: close::GOING_AWAY,
+                reason: "server shutting down",
+            });
+        }
+    }
+    while ua_conn::open_writers() > 0 && std::time::Instant::now() < deadline {
+        sleep(TICK).await;
+    }
+}

@@ -1,0 +1,398 @@
+//! SPEC §9 bad input, limits, overload (and §7's pending cap).
+
+use herald_tests::serde_json::{json, Value};
+use herald_tests::*;
+use std::time::Duration;
+
+/// After abuse, the server still serves a fresh UA end to end.
+fn server_still_serves(server: &Server) {
+    let h = http("GET", &format!("{}/health", server.as_url()), &[], None);
+    h.assert_status(200, "health after bad input");
+    let mut ua = server.ua_webpush();
+    let (_c, e) = ua.register_new();
+    push_aes128gcm(&e, b"alive", 60).assert_status(201, "POST after bad input");
+    assert_eq!(notification_data(&ua.recv_notification(DEADLINE)), b"alive");
+}
+
+/// The server closed with a close frame (texts before it, if any, are JSON
+/// error replies). Returns the close code.
+fn expect_clean_close(ua: &mut WsClient, what: &str) -> u16 {
+    let (texts, code) = ua.drain_until_close(DEADLINE);
+    for t in &texts {
+        let v: Value = serde_json::from_str(t)
+            .unwrap_or_else(|_| panic!("{what}: non-JSON text before close: {t:?}"));
+        let st = v["status"].as_u64().unwrap_or(0);
+        assert!(
+            st >= 400,
+            "{what}: only an error reply may precede the close: {v}"
+        );
+    }
+    assert!(
+        (1000..=4999).contains(&code) && code != 1005 && code != 1006,
+        "{what}: close code {code}"
+    );
+    code
+}
+
+#[test]
+fn oversized_ws_frame_closes_1009() {
+    let server = Server::start_default(); // 8 KiB default
+    let mut ua = server.ua_webpush();
+    let big = json!({"messageType":"ping","pad":"x".repeat(9000)}).to_string();
+    let _ = ua.try_send_text(&big);
+    assert_eq!(ua.expect_close_with_deadline(DEADLINE), 1009);
+    // also before hello
+    let mut ua = server.ua();
+    let _ = ua.try_send_text(&big);
+    assert_eq!(ua.expect_close_with_deadline(DEADLINE), 1009);
+    server_still_serves(&server);
+}
+
+#[test]
+fn frame_under_the_limit_is_fine() {
+    let server = Server::start_default();
+    let mut ua = server.ua_webpush();
+    let msg = json!({"messageType":"ping","pad":"x".repeat(7500)}).to_string();
+    assert!(msg.len() < 8192);
+    ua.send_text(&msg);
+    assert_eq!(ua.recv_json_with_deadline(DEADLINE), json!({}));
+}
+
+#[test]
+fn oversized_fragmented_message_closes_1009() {
+    let server = Server::start_default();
+    let mut ua = server.ua_webpush();
+    // 30 + 5000 + 5000 bytes in three fragments: over 8 KiB only as a whole
+    let chunk = vec![b' '; 5000];
+    ua.send_raw_frame(0x1, b"{\"messageType\":\"ping\",\"pad\":\"", false)
+        .unwrap();
+    ua.send_raw_frame(0x0, &chunk, false).unwrap();
+    // the server may refuse as soon as the total is over the limit
+    let _ = ua.send_raw_frame(0x0, &chunk, false);
+    let _ = ua.send_raw_frame(0x0, b"\"}", true);
+    assert_eq!(ua.expect_close_with_deadline(DEADLINE), 1009);
+}
+
+#[test]
+fn huge_frame_header_closes_1009_without_waiting_for_payload() {
+    let server = Server::start_default();
+    let mut ua = server.ua_webpush();
+    // text frame, masked, 64-bit length of 100 MB, then nothing
+    let mut h = vec![0x81u8, 0x80 | 127];
+    h.extend_from_slice(&(100_000_000u64).to_be_bytes());
+    h.extend_from_slice(&[1, 2, 3, 4]);
+    ua.send_raw_bytes(&h).unwrap();
+    assert_eq!(ua.expect_close_with_deadline(DEADLINE), 1009);
+    server_still_serves(&server);
+}
+
+#[test]
+fn configured_ws_message_limit_is_honoured() {
+    let server = Server::start(ServerOptions::new().limit("ws_message_bytes_max", 1024));
+    let mut ua = server.ua_webpush();
+    ua.send_text(&json!({"messageType":"ping","pad":"x".repeat(800)}).to_string());
+    assert_eq!(ua.recv_json_with_deadline(DEADLINE), json!({}));
+    let _ = ua.try_send_text(&json!({"messageType":"ping","pad":"x".repeat(2000)}).to_string());
+    assert_eq!(ua.expect_close_with_deadline(DEADLINE), 1009);
+}
+
+#[test]
+fn malformed_json_is_closed_cleanly() {
+    let server = Server::start_default();
+    for bad in [
+        "{\"messageType\":",
+        "not json at all",
+        "{\"messageType\":\"ping\"} trailing",
+        "{'single':'quotes'}",
+    ] {
+        let mut ua = server.ua_webpush();
+        ua.send_text(bad);
+        expect_clean_close(&mut ua, bad);
+    }
+    // before hello too
+    let mut ua = server.ua();
+    ua.send_text("{\"messageType\":\"hel");
+    expect_clean_close(&mut ua, "malformed hello");
+    server_still_serves(&server);
+}
+
+#[test]
+fn non_object_json_is_closed_cleanly() {
+    let server = Server::start_default();
+    for bad in ["[1,2,3]", "42", "\"hello\"", "null", "true"] {
+        let mut ua = server.ua_webpush();
+        ua.send_text(bad);
+        expect_clean_close(&mut ua, bad);
+    }
+    server_still_serves(&server);
+}
+
+#[test]
+fn invalid_utf8_text_frame_closes_1007() {
+    let server = Server::start_default();
+    let mut ua = server.ua_webpush();
+    ua.send_raw_frame(0x1, &[b'{', b'"', 0xff, 0xfe, b'"', b'}'], true)
+        .unwrap();
+    let code = ua.expect_close_with_deadline(DEADLINE);
+    assert!(
+        code == 1007 || code == 1002,
+        "invalid UTF-8: close 1007 (or 1002), got {code}"
+    );
+    // before hello too
+    let mut ua = server.ua();
+    ua.send_raw_frame(0x1, &[0xc3, 0x28], true).unwrap();
+    let code = ua.expect_close_with_deadline(DEADLINE);
+    assert!(
+        code == 1007 || code == 1002,
+        "invalid UTF-8: close 1007 (or 1002), got {code}"
+    );
+    server_still_serves(&server);
+}
+
+#[test]
+fn unknown_message_type_is_closed_cleanly() {
+    let server = Server::start_default();
+    let mut ua = server.ua_webpush();
+    ua.send_json(&json!({"messageType":"frobnicate","x":1}));
+    expect_clean_close(&mut ua, "unknown messageType");
+    let mut ua = server.ua_webpush();
+    ua.send_json(&json!({"messageType":42}));
+    expect_clean_close(&mut ua, "numeric messageType");
+    server_still_serves(&server);
+}
+
+#[test]
+fn wrong_types_are_rejected_cleanly() {
+    let server = Server::start_default();
+    let cases = [
+        json!({"messageType":"register","channelID":123}),
+        json!({"messageType":"register","channelID":null}),
+        json!({"messageType":"register","channelID":["a"]}),
+        json!({"messageType":"unregister","channelID":{"a":1}}),
+        json!({"messageType":"ack","updates":"not-a-list"}),
+        json!({"messageType":"register","channelID":new_channel_id(),"key":12345}),
+    ];
+    for m in cases {
+        let mut ua = server.ua_webpush();
+        ua.send_json(&m);
+        match ua.next_event(DEADLINE) {
+            WsEvent::Close(Some(c), _) => {
+                assert!((1000..=4999).contains(&c), "{m}: close code {c}")
+            }
+            WsEvent::Text(t) => {
+                let v: Value = serde_json::from_str(&t)
+                    .unwrap_or_else(|_| panic!("{m}: non-JSON reply {t:?}"));
+                let st = v["status"].as_u64().unwrap_or(0);
+                assert!(st >= 400, "{m}: error status in reply: {v}");
+            }
+            // an ack with a bad shape may be ignored: the socket must still work
+            WsEvent::Timeout if m["messageType"] == "ack" => {
+                ua.send_json(&json!({}));
+                assert_eq!(ua.recv_json_with_deadline(DEADLINE), json!({}));
+            }
+            other => panic!("{m}: expected an error reply or a close frame, got {other:?}"),
+        }
+    }
+    server_still_serves(&server);
+}
+
+#[test]
+fn oversized_numbers_are_handled_cleanly() {
+    let server = Server::start_default();
+    let c = new_channel_id();
+    let cases = [
+        format!("{{\"messageType\":\"ack\",\"updates\":[{{\"channelID\":\"{c}\",\"version\":1e400,\"code\":100}}]}}"),
+        format!("{{\"messageType\":\"ack\",\"updates\":[{{\"channelID\":\"{c}\",\"version\":123456789012345678901234567890}}]}}"),
+        format!("{{\"messageType\":\"nack\",\"version\":\"x\",\"code\":99999999999999999999999}}"),
+    ];
+    for m in cases {
+        let mut ua = server.ua_webpush();
+        ua.send_text(&m);
+        match ua.next_event(Duration::from_millis(500)) {
+            WsEvent::Close(Some(code), _) => {
+                assert!((1000..=4999).contains(&code), "{m}: close code {code}")
+            }
+            WsEvent::Text(t) => {
+                let v: Value = serde_json::from_str(&t)
+                    .unwrap_or_else(|_| panic!("{m}: non-JSON reply {t:?}"));
+                assert!(
+                    v["status"].as_u64().unwrap_or(0) >= 400,
+                    "{m}: error reply: {v}"
+                );
+            }
+            WsEvent::Timeout => {
+                // ignored: the socket keeps working
+                ua.send_json(&json!({}));
+                assert_eq!(ua.recv_json_with_deadline(DEADLINE), json!({}));
+            }
+            other => panic!("{m}: expected a clean outcome, got {other:?}"),
+        }
+    }
+    server_still_serves(&server);
+}
+
+#[test]
+fn truncated_frame_and_abrupt_disconnects_leave_the_server_healthy() {
+    let server = Server::start_default();
+    for _ in 0..5 {
+        let mut ua = server.ua_webpush();
+        // a frame header announcing 100 bytes, then only 10
+        let mut f = vec![0x81u8, 0x80 | 100, 9, 9, 9, 9];
+        f.extend_from_slice(&[b'x'; 10]);
+        ua.send_raw_bytes(&f).unwrap();
+        ua.drop_tcp();
+    }
+    for _ in 0..5 {
+        // handshake then gone
+        let ua = server.ua();
+        ua.drop_tcp();
+    }
+    server_still_serves(&server);
+}
+
+// ---------------------------------------------------------------------------
+// HTTP framing and sizes on the AS listener
+// ---------------------------------------------------------------------------
+
+fn endpoint_path(server: &Server) -> (WsClient, String) {
+    let mut ua = server.ua_webpush();
+    let (_c, e) = ua.register_new();
+    let path = e
+        .strip_prefix(&server.as_url())
+        .expect("endpoint on the AS listener")
+        .to_string();
+    (ua, path)
+}
+
+#[test]
+fn bad_content_length_gets_400_and_connection_closed() {
+    let server = Server::start_default();
+    let (mut ua, path) = endpoint_path(&server);
+    let host = server.as_addr();
+    let requests = [
+        format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nTTL: 60\r\nContent-Length: abc\r\n\r\n"),
+        format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nTTL: 60\r\nContent-Length: -1\r\n\r\n"),
+        format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nTTL: 60\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+    ];
+    for req in requests {
+        let r = raw_http(&host, req.as_bytes(), DEADLINE, Duration::from_secs(2));
+        assert_eq!(r.status, Some(400), "400 for {req:?}: {r:?}");
+        assert!(
+            r.closed,
+            "connection closed after a framing error for {req:?}: {r:?}"
+        );
+    }
+    ua.expect_silence(Duration::from_millis(300));
+    server_still_serves(&server);
+}
+
+#[test]
+fn oversized_headers_get_431() {
+    let server = Server::start_default();
+    let (_ua, path) = endpoint_path(&server);
+    let host = server.as_addr();
+    // one huge header
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nTTL: 60\r\nX-Pad: {}\r\nContent-Length: 0\r\n\r\n",
+        "a".repeat(17_000)
+    );
+    let r = raw_http(&host, req.as_bytes(), DEADLINE, Duration::from_millis(100));
+    r.assert_json_error(431);
+    // many headers adding up to more than 16 KiB
+    let mut req = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nTTL: 60\r\n");
+    for i in 0..300 {
+        req.push_str(&format!("X-H{i}: {}\r\n", "b".repeat(60)));
+    }
+    req.push_str("Content-Length: 0\r\n\r\n");
+    let r = raw_http(&host, req.as_bytes(), DEADLINE, Duration::from_millis(100));
+    r.assert_json_error(431);
+    server_still_serves(&server);
+}
+
+#[test]
+fn headers_under_the_limit_are_fine() {
+    let server = Server::start_default();
+    let (mut ua, path) = endpoint_path(&server);
+    let host = server.as_addr();
+    let req = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nTTL: 60\r\nX-Pad: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", "a".repeat(10_000));
+    let r = raw_http(&host, req.as_bytes(), DEADLINE, Duration::from_millis(100));
+    assert_eq!(r.status, Some(201), "{r:?}");
+    ua.recv_notification(DEADLINE);
+}
+
+// ---------------------------------------------------------------------------
+// per-UAID limits
+// ---------------------------------------------------------------------------
+
+#[test]
+fn too_many_channels_gets_429_in_register_reply() {
+    let server = Server::start(ServerOptions::new().limit("channels_per_uaid_max", 3));
+    let mut ua = server.ua_webpush();
+    let mut chans = vec![];
+    for _ in 0..3 {
+        chans.push(ua.register_new());
+    }
+    let r = ua.register_reply(&new_channel_id(), None);
+    assert_eq!(r["status"], 429, "4th channel with a limit of 3: {r}");
+    // re-registering an existing channel is still fine (idempotent)
+    assert_eq!(ua.register(&chans[0].0), chans[0].1);
+    // freeing one makes room
+    ua.unregister(&chans[1].0);
+    ua.register_new();
+    let r = ua.register_reply(&new_channel_id(), None);
+    assert_eq!(r["status"], 429, "{r}");
+}
+
+#[test]
+fn pending_cap_drops_the_oldest_normal_message() {
+    let server = Server::start(ServerOptions::new().limit("pending_per_uaid_max", 3));
+    let mut ua = server.ua_webpush();
+    let uaid = ua.uaid();
+    let (_c, e) = ua.register_new();
+    ua.close();
+    for i in 1..=5u8 {
+        push_aes128gcm(&e, &[b'm', b'0' + i], 60).assert_status(201, "POST");
+    }
+    let mut ua = server.ua_resume(&uaid, true);
+    let msgs = ua.collect_until_quiet(NEG_WINDOW);
+    let mut got: Vec<Vec<u8>> = msgs.iter().map(notification_data).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![b"m3".to_vec(), b"m4".to_vec(), b"m5".to_vec()],
+        "the 3 newest kept: {msgs:?}"
+    );
+}
+
+#[test]
+fn pending_cap_keeps_high_urgency_messages() {
+    let server = Server::start(ServerOptions::new().limit("pending_per_uaid_max", 3));
+    let mut ua = server.ua_webpush();
+    let uaid = ua.uaid();
+    let (_c, e) = ua.register_new();
+    ua.close();
+    push_with(
+        &e,
+        &[
+            ("TTL", "60"),
+            ("Content-Encoding", "aes128gcm"),
+            ("Urgency", "high"),
+        ],
+        Some(b"h1"),
+    )
+    .assert_status(201, "POST high");
+    for i in 2..=5u8 {
+        push_aes128gcm(&e, &[b'm', b'0' + i], 60).assert_status(201, "POST");
+    }
+    let mut ua = server.ua_resume(&uaid, true);
+    let msgs = ua.collect_until_quiet(NEG_WINDOW);
+    let mut got: Vec<Vec<u8>> = msgs.iter().map(notification_data).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![b"h1".to_vec(), b"m4".to_vec(), b"m5".to_vec()],
+        "oldest normal ones dropped: {msgs:?}"
+    );
+}

@@ -1,0 +1,229 @@
+//! `herald serve`'s configuration: flags win over `HERALD_*` environment
+//! variables (clap reads both), which win over the TOML file, which wins over
+//! the embedded defaults (SPEC §2).
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+use herald_engine::identity::KeyMaterial;
+use herald_engine::limits::Limits;
+use herald_net::{FsyncMode, ServerConfig, WakeupRoute};
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML config file (keys as the flags, with `_`; limits in `[limits]`).
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// UA WebSocket listener [default: 127.0.0.1:8080]
+    #[arg(long, env = "HERALD_UA_LISTEN")]
+    pub ua_listen: Option<SocketAddr>,
+    /// AS HTTP listener [default: 127.0.0.1:8081]
+    #[arg(long, env = "HERALD_AS_LISTEN")]
+    pub as_listen: Option<SocketAddr>,
+    /// Base URL of push endpoints [default: http://<as-listen>]
+    #[arg(long, env = "HERALD_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// Data directory: WAL, keys [default: ./herald-data]
+    #[arg(long, env = "HERALD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Number of shards [default: one per available core]
+    #[arg(long, env = "HERALD_SHARDS")]
+    pub shards: Option<usize>,
+    /// always | batch | never [default: batch]
+    #[arg(long, env = "HERALD_FSYNC")]
+    pub fsync: Option<String>,
+    /// MCC-MNC=udp or MCC-MNC=URL of a wakeup proxy (repeatable; env: comma-separated)
+    #[arg(
+        long = "wakeup-route",
+        env = "HERALD_WAKEUP_ROUTES",
+        value_delimiter = ','
+    )]
+    pub wakeup_routes: Vec<String>,
+    /// Key file [default: <data-dir>/keys, generated with mode 0600 when missing]
+    #[arg(long, env = "HERALD_KEYS_FILE")]
+    pub keys_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    ua_listen: Option<SocketAddr>,
+    as_listen: Option<SocketAddr>,
+    endpoint_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    shards: Option<usize>,
+    fsync: Option<String>,
+    #[serde(default)]
+    wakeup_routes: Vec<String>,
+    keys_file: Option<PathBuf>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+/// Shards are capped: each holds a mesh ring to every other one.
+const SHARDS_MAX: usize = 256;
+
+pub fn resolve(args: ServeArgs) -> Result<ServerConfig, String> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = fs::read_to_string(path)
+                .map_err(|error| format!("cannot read config {}: {error}", path.display()))?;
+            toml::from_str::<FileConfig>(&text)
+                .map_err(|error| format!("bad config {}: {error}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let ua_listen = args
+        .ua_listen
+        .or(file.ua_listen)
+        .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal address"));
+    let as_listen = args
+        .as_listen
+        .or(file.as_listen)
+        .unwrap_or_else(|| "127.0.0.1:8081".parse().expect("literal address"));
+    let endpoint_url = args
+        .endpoint_url
+        .or(file.endpoint_url)
+        .unwrap_or_else(|| format!("http://{as_listen}"));
+    if !(endpoint_url.starts_with("http://") || endpoint_url.starts_with("https://")) {
+        return Err(format!(
+            "endpoint URL must start with http:// or https://, got {endpoint_url:?}"
+        ));
+    }
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./herald-data"));
+    let cores = std::thread::available_parallelism().map_or(1, |count| count.get());
+    let shards = args.shards.or(file.shards).unwrap_or(cores);
+    if shards == 0 || shards > SHARDS_MAX {
+        return Err(format!(
+            "--shards must be between 1 and {SHARDS_MAX}, got {shards}"
+        ));
+    }
+    let fsync = parse_fsync(args.fsync.or(file.fsync).as_deref().unwrap_or("batch"))?;
+    let routes = if args.wakeup_routes.is_empty() {
+        file.wakeup_routes
+    } else {
+        args.wakeup_routes
+    };
+    let wakeup_routes = routes
+        .iter()
+        .map(|route| parse_route(route))
+        .collect::<Result<Vec<_>, _>>()?;
+    prepare_data_dir(&data_dir)?;
+    let keys_file = args
+        .keys_file
+        .or(file.keys_file)
+        .unwrap_or_else(|| data_dir.join("keys"));
+    let keys = load_or_create_keys(&keys_file)?;
+    Ok(ServerConfig {
+        ua_listen,
+        as_listen,
+        endpoint_url,
+        data_dir,
+        shards,
+        fsync,
+        wakeup_routes,
+        limits: file.limits,
+        keys,
+    })
+}
+
+fn parse_fsync(text: &str) -> Result<FsyncMode, String> {
+    match text {
+        "always" => Ok(FsyncMode::Always),
+        "batch" => Ok(FsyncMode::Batch),
+        "never" => Ok(FsyncMode::Never),
+        other => Err(format!(
+            "--fsync must be always, batch or never, got {other:?}"
+        )),
+    }
+}
+
+/// `MCC-MNC=udp` or `MCC-MNC=http://proxy:port`.
+pub fn parse_route(text: &str) -> Result<(String, WakeupRoute), String> {
+    let bad = || {
+        format!("bad wakeup route {text:?}: expected MCC-MNC=udp or MCC-MNC=URL (e.g. 214-07=udp)")
+    };
+    let (network, target) = text.split_once('=').ok_or_else(bad)?;
+    let (mcc, mnc) = network.split_once('-').ok_or_else(bad)?;
+    let digits = |part: &str, lengths: &[usize]| {
+        lengths.contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit())
+    };
+    if !digits(mcc, &[3]) || !digits(mnc, &[2, 3]) {
+        return Err(bad());
+    }
+    let route = match target {
+        "udp" => WakeupRoute::Udp,
+        url if url.starts_with("http://") || url.starts_with("https://") => {
+            WakeupRoute::Proxy(url.to_owned())
+        }
+        _ => return Err(bad()),
+    };
+    Ok((network.to_owned(), route))
+}
+
+fn prepare_data_dir(dir: &Path) -> Result<(), String> {
+    fs::create_dir_all(dir)
+        .map_err(|error| format!("unusable data dir {}: {error}", dir.display()))?;
+    let probe = dir.join(".write-probe");
+    fs::write(&probe, b"ok")
+        .map_err(|error| format!("data dir {} is not writable: {error}", dir.display()))?;
+    let _ = fs::remove_file(probe);
+    Ok(())
+}
+
+fn load_or_create_keys(path: &Path) -> Result<KeyMaterial, String> {
+    match fs::read_to_string(path) {
+        Ok(text) => KeyMaterial::parse(&text)
+            .map_err(|error| format!("bad key file {}: {error}", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let material = KeyMaterial::generate(&mut rand::rngs::OsRng);
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|error| format!("cannot create key file {}: {error}", path.display()))?;
+            file.write_all(material.to_file_text().as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|error| format!("cannot write key file {}: {error}", path.display()))?;
+            tracing::info!(path = %path.display(), "generated new server keys");
+            Ok(material)
+        }
+        Err(error) => Err(format!("cannot read key file {}: {error}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_and_refuse_nonsense() {
+        assert_eq!(
+            parse_route("214-07=udp").unwrap(),
+            ("214-07".to_owned(), WakeupRoute::Udp)
+        );
+        assert_eq!(
+            parse_route("310-410=http://10.0.0.1:9000").unwrap().1,
+            WakeupRoute::Proxy("http://10.0.0.1:9000".to_owned())
+        );
+        for bad in [
+            "214-07",
+            "21-07=udp",
+            "214-7=udp",
+            "214-07=tcp",
+            "abc-de=udp",
+        ] {
+            assert!(parse_route(bad).is_err(), "{bad}");
+        }
+    }
+}
