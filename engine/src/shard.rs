@@ -65,6 +65,16 @@ pub enum Action {
         after: Option<Lsn>,
         response: HttpResponse,
     },
+    /// A message waits for a sleeping UA: have the wakeup core send a datagram.
+    Wakeup {
+        uaid: Uaid,
+        target: WakeupInfo,
+        urgency: Urgency,
+    },
+    /// The UA reconnected: stop any wakeup in flight for it.
+    Awake {
+        uaid: Uaid,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -130,6 +140,8 @@ impl UserAgent {
 struct Conn {
     uaid: Option<Uaid>,
     web_push: bool,
+    /// Last frame from the UA; a wakeup-registered UA idle this long is put to sleep.
+    last_activity_ms: Millis,
     ping_window_start_ms: Millis,
     pings_in_window: u32,
 }
@@ -139,6 +151,7 @@ enum Timer {
     HelloDeadline(ConnId),
     Retry(ConnId),
     WsPing(ConnId),
+    SleepIdle(ConnId),
 }
 
 /// How long removed messages are remembered for `GET /m/<id>`.
@@ -342,6 +355,7 @@ impl Shard {
             Conn {
                 uaid: None,
                 web_push: false,
+                last_activity_ms: now_ms,
                 ping_window_start_ms: now_ms,
                 pings_in_window: 0,
             },
@@ -379,9 +393,10 @@ impl Shard {
     }
 
     pub fn on_text(&mut self, now_ms: Millis, conn: ConnId, text: &str) {
-        let Some(state) = self.conns.get(&conn) else {
+        let Some(state) = self.conns.get_mut(&conn) else {
             return;
         };
+        state.last_activity_ms = now_ms;
         let identified = state.uaid;
         let message = match ua::parse(text) {
             Ok(message) => message,
@@ -488,6 +503,11 @@ impl Shard {
             None,
             ua::hello_reply(&uaid.to_hex(), status, hello.use_webpush),
         );
+        if self.uas.get(&uaid).is_some_and(|ua| ua.wakeup.is_some()) {
+            self.actions.push_back(Action::Awake { uaid });
+            let sleep_at = now_ms + self.config.limits.wakeup_idle_ms;
+            self.timers.insert((sleep_at, Timer::SleepIdle(conn)));
+        }
         self.deliver_pending(now_ms, conn, uaid);
         self.timers.insert((
             now_ms + self.config.limits.ws_ping_interval_ms,
@@ -848,6 +868,7 @@ impl Shard {
                         self.deliver_pending(now_ms, conn, uaid);
                     }
                 }
+                Timer::SleepIdle(conn) => self.on_sleep_idle(now_ms, conn),
                 Timer::WsPing(conn) => {
                     if self.conns.contains_key(&conn) {
                         self.actions.push_back(Action::WsPing { conn });
@@ -856,6 +877,35 @@ impl Shard {
                     }
                 }
             }
+        }
+    }
+
+    /// SPEC §5: a wakeup-registered UA with nothing in flight is closed with
+    /// 4774 once idle, so its radio can sleep; otherwise look again later.
+    fn on_sleep_idle(&mut self, now_ms: Millis, conn: ConnId) {
+        let Some(state) = self.conns.get(&conn) else {
+            return;
+        };
+        let Some(uaid) = state.uaid else { return };
+        let idle_since = state.last_activity_ms;
+        let idle_ms = self.config.limits.wakeup_idle_ms;
+        let Some(ua) = self.uas.get(&uaid) else {
+            return;
+        };
+        if ua.wakeup.is_none() || ua.conn != Some(conn) {
+            return;
+        }
+        let quiet = now_ms.saturating_sub(idle_since) >= idle_ms;
+        let unacked = ua.pending.values().any(|pending| pending.sent);
+        if quiet && !unacked {
+            self.close(conn, close::SLEEP, "sleep: you will be woken by UDP");
+        } else {
+            let next = if quiet {
+                now_ms + idle_ms
+            } else {
+                idle_since + idle_ms
+            };
+            self.timers.insert((next, Timer::SleepIdle(conn)));
         }
     }
 
@@ -951,6 +1001,15 @@ impl Shard {
         } else {
             self.make_room(uaid, &message);
             let lsn = self.append(Record::MessageStored(message.clone()));
+            if connected.is_none() {
+                if let Some(target) = self.uas.get(&uaid).and_then(|ua| ua.wakeup.clone()) {
+                    self.actions.push_back(Action::Wakeup {
+                        uaid,
+                        target,
+                        urgency: message.urgency,
+                    });
+                }
+            }
             if let Some(conn) = connected {
                 if let Some(pending) = self
                     .uas

@@ -11,6 +11,7 @@ mod pages;
 mod runtime;
 mod shard;
 mod ua_conn;
+mod wakeup;
 pub mod websocket;
 
 use std::net::SocketAddr;

@@ -27,6 +27,7 @@ use herald_engine::{ConnId, Lsn, Millis, RequestId};
 use crate::journal::Journal;
 use crate::metrics::ShardSnapshot;
 use crate::runtime::Shared;
+use crate::wakeup::WakeupClient;
 use crate::{as_conn, ua_conn, WakeupRoute};
 
 /// What crosses the rings between shards.
@@ -91,6 +92,7 @@ pub struct Ctx {
     next_id: Cell<u64>,
     pub senders: Senders<ShardMsg>,
     pub journal: Journal,
+    pub wakeups: WakeupClient,
 }
 
 pub fn now_ms() -> Millis {
@@ -158,6 +160,12 @@ impl Ctx {
                     after,
                     response,
                 } => self.reply(request, after, response),
+                Action::Wakeup {
+                    uaid,
+                    target,
+                    urgency,
+                } => self.wakeups.wake(uaid, target, urgency),
+                Action::Awake { uaid } => self.wakeups.awake(uaid),
             }
         }
     }
@@ -344,6 +352,7 @@ pub async fn run(
         next_id: Cell::new(1),
         senders,
         journal: Journal::new(),
+        wakeups: WakeupClient::default(),
     });
     let mut receivers = receivers;
     for (_, receiver) in receivers.streams() {

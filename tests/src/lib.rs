@@ -1576,3 +1576,123 @@ pub fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+// ---------------------------------------------------------------------------
+// self-tests of the harness (no herald needed)
+// ---------------------------------------------------------------------------
+
+#[cfg(test)]
+mod selftest {
+    use super::*;
+    use tungstenite::protocol::frame::coding::CloseCode;
+    use tungstenite::protocol::CloseFrame;
+
+    #[test]
+    fn ws_client_against_tungstenite_server_without_subprotocol_echo() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut ws = tungstenite::accept(s).unwrap();
+            // echo one text, answer a raw text frame, then close 1008
+            let m = ws.read().unwrap();
+            ws.send(m).unwrap();
+            let m = ws.read().unwrap();
+            assert_eq!(m, Message::Text("hi".into()));
+            ws.send(Message::Text("PONG".into())).unwrap();
+            ws.close(Some(CloseFrame {
+                code: CloseCode::Policy,
+                reason: "bye".into(),
+            }))
+            .unwrap();
+            loop {
+                match ws.read() {
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+            }
+        });
+        let mut c = WsClient::connect(&addr);
+        assert_eq!(c.subprotocol, None);
+        c.send_json(&json!({"a": 1}));
+        assert_eq!(c.recv_json_with_deadline(DEADLINE), json!({"a": 1}));
+        c.send_raw_frame(0x1, b"hi", true).unwrap();
+        assert_eq!(c.next_event(DEADLINE), WsEvent::Text("PONG".into()));
+        assert_eq!(c.expect_close_with_deadline(DEADLINE), 1008);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn silence_and_timeout() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut ws = tungstenite::accept(s).unwrap();
+            let _ = ws.read();
+        });
+        let mut c = WsClient::connect(&addr);
+        let t0 = Instant::now();
+        c.expect_silence(Duration::from_millis(200));
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+        assert_eq!(c.next_event(Duration::from_millis(50)), WsEvent::Timeout);
+        c.drop_tcp();
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn raw_http_reads_response_and_sees_close() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let (_h, _rest) = read_http_head(&mut s, DEADLINE).unwrap();
+            s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 39\r\n\r\n{\"code\":400,\"errno\":1,\"error\":\"x\",\"m\":1}").unwrap();
+        });
+        let r = raw_http(
+            &addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            DEADLINE,
+            Duration::from_secs(2),
+        );
+        t.join().unwrap();
+        assert_eq!(r.status, Some(400), "{r:?}");
+        assert!(r.closed);
+        r.assert_json_error(400);
+    }
+
+    #[test]
+    fn http_returns_error_statuses() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let (_h, _rest) = read_http_head(&mut s, DEADLINE).unwrap();
+            s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 52\r\nConnection: close\r\n\r\n{\"code\":404,\"errno\":102,\"error\":\"Not Found\",\"message\":\"\"}").unwrap();
+        });
+        let r = http("POST", &format!("http://{addr}/x"), &[("TTL", "1")], None);
+        t.join().unwrap();
+        assert_eq!(r.status, 404);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+
+    #[test]
+    fn prometheus_parsing() {
+        let s = parse_prometheus(
+            "# HELP x y\nherald_notifications_in_total 3\nherald_x{shard=\"0\",a=\"b c\"} 2.5\n",
+        );
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0], ("herald_notifications_in_total".into(), 3.0));
+        assert_eq!(metric_name(&s[1].0), "herald_x");
+        assert_eq!(s[1].1, 2.5);
+    }
+
+    #[test]
+    fn helpers() {
+        let c = new_channel_id();
+        assert_eq!(c.len(), 36);
+        assert_eq!(b64url_decode(VAPID_KEY_G).len(), 65);
+        assert_eq!(b64url_decode(&format!("{VAPID_KEY_G}=")).len(), 65);
+        assert!(is_uaid(&random_hex(16)));
+    }
+}

@@ -1,0 +1,337 @@
+//! Multi-shard behaviour (SPEC §8 socket hand-off, seen from outside): with
+//! `--shards 4` a UA's socket lands on any shard and must be handed to the
+//! shard owning its UAID. Every UA-visible rule must hold whatever shard a
+//! socket was accepted by; these tests use many UAIDs so that most sockets
+//! are handed off.
+
+use herald_tests::serde_json::{json, Value};
+use herald_tests::*;
+use std::time::Duration;
+
+const SHARDS: usize = 4;
+const N: usize = 12;
+
+fn sharded() -> Server {
+    Server::start(ServerOptions::new().shards(SHARDS))
+}
+
+/// N UAs with one channel each, all disconnected: (uaid, channel, endpoint).
+fn offline_uas(server: &Server, n: usize, webpush: bool) -> Vec<(String, String, String)> {
+    (0..n)
+        .map(|_| {
+            let mut ua = server.ua();
+            ua.hello(None, None, webpush);
+            let uaid = ua.uaid();
+            let (c, e) = ua.register_new();
+            ua.close();
+            (uaid, c, e)
+        })
+        .collect()
+}
+
+#[test]
+fn many_uas_reconnecting_on_fresh_sockets_get_their_messages() {
+    let server = sharded();
+    let uas = offline_uas(&server, 32, true);
+    for (i, (_u, _c, e)) in uas.iter().enumerate() {
+        push_aes128gcm(e, format!("offline-{i}").as_bytes(), 60)
+            .assert_status(201, "POST while offline");
+    }
+    let mut socks = vec![];
+    for (i, (u, c, _e)) in uas.iter().enumerate() {
+        let mut ua = server.ua_resume(u, true);
+        let n = ua.recv_notification(DEADLINE);
+        assert!(same_channel(&n["channelID"], c), "UA {i}: {n}");
+        assert_eq!(
+            notification_data(&n),
+            format!("offline-{i}").as_bytes(),
+            "UA {i} gets its own message"
+        );
+        ua.ack_notification(&n);
+        socks.push(ua);
+    }
+    // live delivery to handed-off sockets
+    for (i, (_u, _c, e)) in uas.iter().enumerate() {
+        push_aes128gcm(e, format!("live-{i}").as_bytes(), 60)
+            .assert_status(201, "POST while online");
+    }
+    for (i, ua) in socks.iter_mut().enumerate() {
+        let n = ua.recv_notification(DEADLINE);
+        assert_eq!(
+            notification_data(&n),
+            format!("live-{i}").as_bytes(),
+            "UA {i} live"
+        );
+        ua.expect_silence(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn frames_sent_right_after_hello_survive_the_hand_off() {
+    let server = sharded();
+    let uas = offline_uas(&server, N, true);
+    for (u, _c, _e) in &uas {
+        let mut ua = server.ua();
+        // hello, ping and a register in one TCP write: the bytes after the
+        // hello are buffered by the accepting shard and must follow the socket
+        let c2 = new_channel_id();
+        let mut bytes = masked_frame(
+            0x1,
+            json!({"messageType":"hello","uaid":u,"use_webpush":true})
+                .to_string()
+                .as_bytes(),
+            true,
+        );
+        bytes.extend(masked_frame(0x1, b"{}", true));
+        bytes.extend(masked_frame(
+            0x1,
+            json!({"messageType":"register","channelID":c2})
+                .to_string()
+                .as_bytes(),
+            true,
+        ));
+        ua.send_raw_bytes(&bytes).unwrap();
+        let h = ua.recv_type("hello", DEADLINE);
+        assert_eq!(h["uaid"], u.as_str(), "{h}");
+        assert_eq!(h["status"], 200);
+        assert_eq!(
+            ua.recv_json_with_deadline(DEADLINE),
+            json!({}),
+            "ping after hello answered"
+        );
+        let r = ua.recv_type("register", DEADLINE);
+        assert_eq!(r["status"], 200, "{r}");
+        let e2 = r["pushEndpoint"].as_str().unwrap().to_string();
+        push_aes128gcm(&e2, b"x", 60).assert_status(201, "POST");
+        assert_eq!(notification_data(&ua.recv_notification(DEADLINE)), b"x");
+    }
+}
+
+#[test]
+fn second_socket_of_a_uaid_wins_across_shards() {
+    let server = sharded();
+    let uas = offline_uas(&server, N, true);
+    for (i, (u, c, e)) in uas.iter().enumerate() {
+        let mut first = server.ua_resume(u, true);
+        let mut second = server.ua_resume(u, true);
+        assert_eq!(
+            first.expect_close_with_deadline(DEADLINE),
+            1000,
+            "UA {i}: older socket closed 1000"
+        );
+        push_aes128gcm(e, b"to-second", 60).assert_status(201, "POST");
+        let n = second.recv_notification(DEADLINE);
+        assert!(same_channel(&n["channelID"], c));
+        assert_eq!(notification_data(&n), b"to-second");
+    }
+}
+
+#[test]
+fn register_is_idempotent_across_shards() {
+    let server = sharded();
+    let uas = offline_uas(&server, N, true);
+    for (u, c, e) in &uas {
+        let mut ua = server.ua_resume(u, true);
+        assert_eq!(
+            &ua.register(c),
+            e,
+            "same channelID, same endpoint after reconnect"
+        );
+        assert_eq!(&ua.register(&c.to_ascii_uppercase()), e);
+    }
+}
+
+#[test]
+fn unregister_gives_410_across_shards() {
+    let server = sharded();
+    let uas = offline_uas(&server, N, true);
+    for (u, c, e) in &uas {
+        let mut ua = server.ua_resume(u, true);
+        assert_eq!(ua.unregister(c)["status"], 200);
+        push_aes128gcm(e, b"x", 60).assert_json_error(410);
+        put_version(e, 1).assert_json_error(410);
+    }
+}
+
+#[test]
+fn channel_ids_sync_across_shards() {
+    let server = sharded();
+    for _ in 0..N {
+        let mut ua = server.ua_webpush();
+        let uaid = ua.uaid();
+        let (a, ea) = ua.register_new();
+        let (_b, eb) = ua.register_new();
+        ua.close();
+        let mut ua = server.ua();
+        let r = ua.hello(Some(&uaid), Some(&[a.clone()]), true);
+        assert_eq!(r["uaid"], uaid.as_str());
+        push_aes128gcm(&eb, b"x", 60).assert_json_error(410);
+        push_aes128gcm(&ea, b"kept", 60).assert_status(201, "POST to kept channel");
+        assert_eq!(notification_data(&ua.recv_notification(DEADLINE)), b"kept");
+    }
+}
+
+#[test]
+fn forged_uaids_get_fresh_distinct_uaids_across_shards() {
+    let server = sharded();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..(N * 2) {
+        let forged = random_hex(16);
+        let mut ua = server.ua();
+        let r = ua.hello(Some(&forged), None, true);
+        let got = r["uaid"].as_str().unwrap().to_string();
+        assert_ne!(got, forged);
+        assert!(seen.insert(got), "fresh UAIDs are distinct");
+        // the fresh UAID works after reconnect (it is routed to its shard)
+        let (_c, e) = ua.register_new();
+        ua.close();
+        let mut ua = server.ua_resume(r["uaid"].as_str().unwrap(), true);
+        push_empty(&e, 60).assert_status(201, "POST");
+        ua.recv_notification(DEADLINE);
+    }
+}
+
+#[test]
+fn cross_mode_delivery_across_shards() {
+    let server = sharded();
+    let uas = offline_uas(&server, N, true);
+    for (u, c, e) in &uas {
+        // Web Push message, SimplePush socket
+        push_aes128gcm(e, b"wp", 60).assert_status(201, "POST");
+        let mut sp = server.ua_resume(u, false);
+        let msgs = sp.collect_until_quiet(Duration::from_millis(300));
+        let ups = sp_updates(&msgs);
+        assert_eq!(ups.len(), 1, "{msgs:?}");
+        assert_eq!(&ups[0].0, c);
+        assert!(ups[0].1.is_u64(), "{msgs:?}");
+        sp.ack(c, ups[0].1.clone());
+        sp.send_json(&json!({}));
+        assert_eq!(sp.recv_json_with_deadline(DEADLINE), json!({}));
+        sp.close();
+        // SimplePush version, Web Push socket
+        let mut wp = server.ua_resume(u, true);
+        put_version(e, 4242).assert_status(200, "PUT");
+        let n = wp.recv_notification(DEADLINE);
+        assert_eq!(n["version"], "4242", "{n}");
+        assert!(absent(&n["data"]), "{n}");
+    }
+}
+
+#[test]
+fn simplepush_collapse_and_not_newer_across_shards() {
+    let server = sharded();
+    let uas = offline_uas(&server, N, false);
+    for (u, c, e) in &uas {
+        put_version(e, 5).assert_status(200, "PUT 5");
+        put_version(e, 9).assert_status(200, "PUT 9");
+        let mut ua = server.ua_resume(u, false);
+        let msgs = ua.collect_until_quiet(Duration::from_millis(300));
+        assert_eq!(
+            sp_updates(&msgs),
+            vec![(c.clone(), Value::from(9u64))],
+            "{msgs:?}"
+        );
+        ua.ack(c, Value::from(9u64));
+        put_version(e, 9).assert_status(200, "PUT 9 again");
+        put_version(e, 3).assert_status(200, "PUT 3");
+        ua.expect_silence(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn desktop_notification_across_shards() {
+    let server = sharded();
+    let uas = offline_uas(&server, N, false);
+    for (u, c, e) in &uas {
+        let mut ua = server.ua_resume(u, false);
+        put_form(e, "body=hello&ttl=30").assert_status(200, "PUT body=");
+        let n = ua.recv_type("desktop-notification", DEADLINE);
+        let up = &n["updates"][0];
+        assert!(same_channel(&up["channelID"], c), "{n}");
+        assert_eq!(up["body"], "hello");
+        assert_eq!(up["ttl"], 30);
+    }
+}
+
+#[test]
+fn retry_timer_and_ack_across_shards() {
+    let server = Server::start(
+        ServerOptions::new()
+            .shards(SHARDS)
+            .limit("retry_interval_ms", 300),
+    );
+    let uas = offline_uas(&server, 6, true);
+    let mut socks: Vec<WsClient> = uas
+        .iter()
+        .map(|(u, _, _)| server.ua_resume(u, true))
+        .collect();
+    for (i, (_u, _c, e)) in uas.iter().enumerate() {
+        push_aes128gcm(e, format!("r{i}").as_bytes(), 60).assert_status(201, "POST");
+    }
+    for (i, ua) in socks.iter_mut().enumerate() {
+        let n1 = ua.recv_notification(DEADLINE);
+        let n2 = ua.recv_notification(Duration::from_secs(3));
+        assert_eq!(
+            n1["version"], n2["version"],
+            "UA {i}: re-sent by the retry timer"
+        );
+        ua.ack_notification(&n2);
+    }
+    for ua in socks.iter_mut() {
+        // drain a re-send that raced with the ack, then nothing more
+        let extra = ua.collect_until_quiet(Duration::from_millis(900));
+        assert!(extra.len() <= 1, "no re-send after ack: {extra:?}");
+    }
+    drop(socks);
+    for (u, _c, _e) in &uas {
+        let mut ua = server.ua_resume(u, true);
+        ua.expect_silence(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn pings_work_on_handed_off_sockets() {
+    let server = sharded();
+    let uas = offline_uas(&server, N, true);
+    for (u, _c, _e) in &uas {
+        let mut ua = server.ua_resume(u, true);
+        ua.send_json(&json!({}));
+        assert_eq!(ua.recv_json_with_deadline(DEADLINE), json!({}));
+        ua.send_text("PING");
+        assert_eq!(ua.next_event(DEADLINE), WsEvent::Text("PONG".into()));
+        ua.send_ping(b"p");
+        assert_eq!(ua.next_event(DEADLINE), WsEvent::Pong(b"p".to_vec()));
+    }
+}
+
+#[test]
+fn concurrent_uas_reconnecting_in_threads() {
+    let server = Server::start(ServerOptions::new().shards(2));
+    let uas = offline_uas(&server, 8, true);
+    let ua_addr = server.ua_addr();
+    std::thread::scope(|s| {
+        for (i, (u, c, e)) in uas.iter().enumerate() {
+            let ua_addr = ua_addr.clone();
+            s.spawn(move || {
+                for round in 0..5 {
+                    let mut ua = WsClient::connect(&ua_addr);
+                    let r = ua.hello(Some(u), None, true);
+                    assert_eq!(r["uaid"], u.as_str());
+                    let body = format!("{i}-{round}");
+                    push_aes128gcm(e, body.as_bytes(), 60).assert_status(201, "POST");
+                    let n = ua.recv_notification(DEADLINE);
+                    assert!(same_channel(&n["channelID"], c));
+                    assert_eq!(
+                        notification_data(&n),
+                        body.as_bytes(),
+                        "UA {i} round {round}"
+                    );
+                    ua.ack_notification(&n);
+                    ua.send_json(&json!({}));
+                    assert_eq!(ua.recv_json_with_deadline(DEADLINE), json!({}));
+                    ua.close();
+                }
+            });
+        }
+    });
+}
