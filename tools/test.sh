@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need,
+# builds the release binary the black-box tests run, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+command -v node >/dev/null || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+
+cargo build --release --locked -p herald
+cargo build --release --locked --workspace --bins
+cargo test --release --locked --workspace --no-fail-fast -- --test-threads="${HERALD_TEST_THREADS:-4}"
