@@ -40,8 +40,26 @@ pub struct Limits {
     pub vapid_expiry_ahead_max_s: u64,
     /// A UA registered for UDP wakeup is closed (4774) after this idle time.
     pub wakeup_idle_ms: u64,
+    /// The WAL is compacted (snapshot + older segments dropped) after this
+    /// many bytes have been appended since the last compaction.
+    pub wal_compact_after_bytes: u64,
     /// Frames queued for one UA socket before it is treated as stuck and closed.
     pub ua_outbox_frames_max: usize,
+    /// Slots in the ring from all shards to the wakeup core. A full ring never
+    /// blocks a shard: the wakeup is dropped and counted as failed.
+    pub wakeup_ring_capacity: usize,
+    /// UAs the wakeup core tracks at once (queued, or woken and not yet back).
+    pub wakeup_pending_max: usize,
+    /// First re-send delay when a woken UA does not reconnect; it doubles on
+    /// each re-send up to `wakeup_retry_max_ms`.
+    pub wakeup_retry_initial_ms: u64,
+    pub wakeup_retry_max_ms: u64,
+    /// Re-sends after the first wakeup before giving up until the next notification.
+    pub wakeup_retries_max: u32,
+    /// Token bucket per mobile network (MCC-MNC): wakeups per second, and the
+    /// burst allowed after a quiet spell. Operators cap signalling load per cell.
+    pub wakeup_per_network_per_s: u32,
+    pub wakeup_per_network_burst: u32,
 }
 
 impl Default for Limits {
@@ -64,7 +82,15 @@ impl Default for Limits {
             http_read_timeout_ms: 30_000,
             vapid_expiry_ahead_max_s: 24 * 3600,
             wakeup_idle_ms: 10_000,
+            wal_compact_after_bytes: 64 * 1024 * 1024,
             ua_outbox_frames_max: 256,
+            wakeup_ring_capacity: 8192,
+            wakeup_pending_max: 262_144,
+            wakeup_retry_initial_ms: 1_000,
+            wakeup_retry_max_ms: 60_000,
+            wakeup_retries_max: 5,
+            wakeup_per_network_per_s: 1_000,
+            wakeup_per_network_burst: 2_000,
         }
     }
 }

@@ -5,13 +5,19 @@
 
 mod as_conn;
 pub mod http;
-mod journal;
 pub mod metrics;
 mod pages;
 mod runtime;
 mod shard;
 mod ua_conn;
 mod wakeup;
+mod wakeup_http;
+pub mod wakeup_metrics;
+// Public (undocumented) only so `bench/` can time the wakeup core's parts.
+#[doc(hidden)]
+pub mod wakeup_plan;
+#[doc(hidden)]
+pub mod wakeup_udp;
 pub mod websocket;
 
 use std::net::SocketAddr;
@@ -20,7 +26,7 @@ use std::path::PathBuf;
 use herald_engine::identity::KeyMaterial;
 use herald_engine::limits::Limits;
 
-pub use journal::FsyncMode;
+pub use herald_store::FsyncMode;
 pub use runtime::serve;
 
 /// Where a wakeup for one mobile network goes (SPEC §5).

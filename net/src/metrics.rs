@@ -43,12 +43,16 @@ pub struct Metrics {
     wal_bytes: Family<ShardLabel, Gauge>,
     wal_fsyncs: Family<ShardLabel, Counter>,
     wal_records_synced: Family<ShardLabel, Counter>,
+    compactions: Family<ShardLabel, Counter>,
+    compaction_pause_us_max: Family<ShardLabel, Gauge>,
     notifications_in: Family<ShardLabel, Counter>,
     notifications_out: Family<ShardLabel, Counter>,
     acks: Family<ShardLabel, Counter>,
     nacks: Family<ShardLabel, Counter>,
     hand_offs: Family<ShardLabel, Counter>,
     errors: Family<ErrorLabel, Counter>,
+    /// Written by the wakeup core only (see `wakeup_metrics.rs`).
+    pub wakeup: crate::wakeup_metrics::WakeupMetrics,
 }
 
 impl Default for Metrics {
@@ -69,12 +73,15 @@ impl Metrics {
             wal_bytes: Family::default(),
             wal_fsyncs: Family::default(),
             wal_records_synced: Family::default(),
+            compactions: Family::default(),
+            compaction_pause_us_max: Family::default(),
             notifications_in: Family::default(),
             notifications_out: Family::default(),
             acks: Family::default(),
             nacks: Family::default(),
             hand_offs: Family::default(),
             errors: Family::default(),
+            wakeup: crate::wakeup_metrics::WakeupMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -118,6 +125,16 @@ impl Metrics {
             metrics.wal_records_synced.clone(),
         );
         registry.register(
+            "wal_compactions",
+            "WAL compactions (snapshot written, older segments dropped)",
+            metrics.compactions.clone(),
+        );
+        registry.register(
+            "wal_compaction_pause_us_max",
+            "Longest shard pause a compaction caused, in microseconds",
+            metrics.compaction_pause_us_max.clone(),
+        );
+        registry.register(
             "notifications_in",
             "Notifications accepted from application servers",
             metrics.notifications_in.clone(),
@@ -135,6 +152,7 @@ impl Metrics {
             metrics.hand_offs.clone(),
         );
         registry.register("errors", "Errors by kind", metrics.errors.clone());
+        metrics.wakeup.register(&mut registry);
         Metrics {
             registry,
             ..metrics
@@ -230,6 +248,19 @@ impl Metrics {
                 .cross_mode_dropped
                 .saturating_sub(previous.cross_mode_dropped),
         );
+    }
+
+    /// Records the shard pause a compaction caused (building its snapshot).
+    pub fn compaction(&self, shard: usize, pause: std::time::Duration) {
+        let label = ShardLabel {
+            shard: shard.to_string(),
+        };
+        let gauge = self.compaction_pause_us_max.get_or_create(&label);
+        let pause_us = pause.as_micros() as i64;
+        if pause_us > gauge.get() {
+            gauge.set(pause_us);
+        }
+        self.compactions.get_or_create(&label).inc();
     }
 
     pub fn publish_wal(&self, shard: usize, fsyncs: u64, records: u64) {

@@ -18,18 +18,25 @@ pub struct Shared {
     pub snapshots: Vec<Mutex<ShardSnapshot>>,
     pub shutdown: AtomicBool,
     pub started: Instant,
+    /// Every shard's handle on the wakeup core (SPEC §5).
+    pub wakeups: crate::wakeup::WakeupClient,
 }
 
 /// io_uring buffer memory per executor. The machine allows 8 MiB of locked
 /// memory in all; glommio's default (10 MiB) would not fit even one shard.
 const EXECUTOR_IO_MEMORY_BYTES: usize = 512 * 1024;
+/// The wakeup core only does timers, a few proxy connections and sendmmsg.
+const WAKEUP_IO_MEMORY_BYTES: usize = 256 * 1024;
 /// How long start-up may take before we report the shards as stuck.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs the server until SIGTERM/SIGINT. Errors are printed by the caller.
 pub fn serve(config: ServerConfig) -> Result<(), String> {
+    herald_store::check_layout(&config.data_dir, config.shards)
+        .map_err(|error| format!("data dir {}: {error}", config.data_dir.display()))?;
     let signals = block_termination_signals();
     let shards = config.shards.max(1);
+    let (wakeups, wakeup_core) = crate::wakeup::channel(config.limits.wakeup_ring_capacity)?;
     let shared = Arc::new(Shared {
         snapshots: (0..shards)
             .map(|_| Mutex::new(ShardSnapshot::default()))
@@ -37,8 +44,10 @@ pub fn serve(config: ServerConfig) -> Result<(), String> {
         metrics: Metrics::new(),
         shutdown: AtomicBool::new(false),
         started: Instant::now(),
+        wakeups,
         config,
     });
+    let wakeup_handle = crate::wakeup::spawn(shared.clone(), wakeup_core, WAKEUP_IO_MEMORY_BYTES)?;
     let mesh = MeshBuilder::<ShardMsg, _>::full(shards, shared.config.limits.ring_capacity.max(1));
     let cpus = std::thread::available_parallelism().map_or(1, |count| count.get());
     let (ready_sender, ready) = mpsc::channel::<Result<(), String>>();
@@ -90,6 +99,9 @@ pub fn serve(config: ServerConfig) -> Result<(), String> {
         if handle.join().is_err() {
             return Err("a shard failed while shutting down".to_owned());
         }
+    }
+    if wakeup_handle.join().is_err() {
+        return Err("the wakeup core failed while shutting down".to_owned());
     }
     Ok(())
 }

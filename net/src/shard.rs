@@ -23,8 +23,8 @@ use herald_engine::identity::Keys;
 use herald_engine::push::{errno, HttpResponse, PushRequest};
 use herald_engine::shard::{close, Action, Shard, ShardConfig, Stats};
 use herald_engine::{ConnId, Lsn, Millis, RequestId};
+use herald_store::{DiskLog, LogOptions};
 
-use crate::journal::Journal;
 use crate::metrics::ShardSnapshot;
 use crate::runtime::Shared;
 use crate::wakeup::WakeupClient;
@@ -91,7 +91,7 @@ pub struct Ctx {
     pub remote_in_flight: Cell<usize>,
     next_id: Cell<u64>,
     pub senders: Senders<ShardMsg>,
-    pub journal: Journal,
+    pub journal: DiskLog,
     pub wakeups: WakeupClient,
 }
 
@@ -199,7 +199,7 @@ impl Ctx {
         let Some(origin) = self.requests.borrow_mut().remove(&request) else {
             return;
         };
-        match after.filter(|lsn| !self.journal.is_durable(*lsn)) {
+        match after.filter(|lsn| *lsn > self.journal.durable_lsn()) {
             None => self.deliver(origin, response),
             Some(lsn) => {
                 let ctx = self.clone();
@@ -324,11 +324,44 @@ pub async fn run(
             .map(|(network, _)| network.clone())
             .collect(),
     };
-    let engine = Shard::new(
+    let mut engine = Shard::new(
         engine_config,
         keys.clone(),
         rand::rngs::StdRng::from_entropy(),
     );
+    let options = LogOptions {
+        fsync: config.fsync,
+        ..LogOptions::default()
+    };
+    let (journal, recovered) =
+        match herald_store::open_shard(&config.data_dir, index, options).await {
+            Ok(opened) => opened,
+            Err(error) => {
+                let _ = ready.send(Err(format!(
+                    "shard {index}: cannot open its WAL in {}: {error}",
+                    config.data_dir.display()
+                )));
+                return;
+            }
+        };
+    for record in &recovered.records {
+        engine.apply(record);
+    }
+    engine.set_next_lsn(journal.last_lsn() + 1);
+    let report = &recovered.report;
+    if report.records > 0 || report.cut.is_some() {
+        tracing::info!(
+            shard = index,
+            records = report.records,
+            segments = report.segments,
+            bytes = report.bytes,
+            cut = ?report.cut,
+            user_agents = engine.user_agents(),
+            pending = engine.pending_messages(),
+            "WAL replayed"
+        );
+    }
+    drop(recovered);
     let listeners = TcpListener::bind(config.ua_listen)
         .and_then(|ua| Ok((ua, TcpListener::bind(config.as_listen)?)));
     let (ua_listener, as_listener) = match listeners {
@@ -351,8 +384,8 @@ pub async fn run(
         remote_in_flight: Cell::new(0),
         next_id: Cell::new(1),
         senders,
-        journal: Journal::new(),
-        wakeups: WakeupClient::default(),
+        journal,
+        wakeups: shared.wakeups.clone(),
     });
     let mut receivers = receivers;
     for (_, receiver) in receivers.streams() {
@@ -364,6 +397,13 @@ pub async fn run(
         })
         .detach();
     }
+    let committer = ctx.journal.clone();
+    spawn_local(async move {
+        if let Err(error) = committer.run_committer().await {
+            tracing::error!(shard = index, %error, "WAL committer stopped");
+        }
+    })
+    .detach();
     spawn_local(accept_loop(ctx.clone(), ua_listener, Listener::Ua)).detach();
     spawn_local(accept_loop(ctx.clone(), as_listener, Listener::As)).detach();
     let _ = ready.send(Ok(()));
@@ -402,18 +442,72 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener, kind: Listener) {
 async fn tick_until_shutdown(ctx: &Rc<Ctx>) {
     let mut ticks = 0u32;
     let mut published = Stats::default();
+    let mut store_failure_seen = false;
+    let compaction = Rc::new(Compaction::default());
     while !ctx.shared.shutdown.load(Ordering::Relaxed) {
         sleep(TICK).await;
+        if !store_failure_seen && ctx.journal.failed() {
+            store_failure_seen = true;
+            tracing::error!(
+                shard = ctx.index,
+                "WAL failed: refusing writes until restart"
+            );
+            ctx.shared.metrics.error(ctx.index, "store_failed", 1);
+            ctx.engine.borrow_mut().on_store_failed();
+        }
         ctx.with_engine(|engine, now| engine.on_tick(now));
         ticks += 1;
         if ticks % PUBLISH_EVERY_TICKS == 0 {
             published = publish(ctx, &published);
+            maybe_compact(ctx, &compaction);
         }
     }
 }
 
+/// Compaction bookkeeping: one at a time, triggered by bytes appended.
+#[derive(Default)]
+struct Compaction {
+    running: Cell<bool>,
+    appended_at_last: Cell<u64>,
+}
+
+/// Writes a snapshot of live state once the log has grown by
+/// `wal_compact_after_bytes`, so it does not grow without bound. The only
+/// pause is building the snapshot records; the writing yields to the shard.
+fn maybe_compact(ctx: &Rc<Ctx>, compaction: &Rc<Compaction>) {
+    let appended = ctx.journal.stats().bytes_appended;
+    let threshold = ctx.shared.config.limits.wal_compact_after_bytes;
+    if compaction.running.get() || appended - compaction.appended_at_last.get() < threshold {
+        return;
+    }
+    compaction.running.set(true);
+    compaction.appended_at_last.set(appended);
+    let pause_started = std::time::Instant::now();
+    let covers = ctx.journal.last_lsn();
+    let live = ctx.engine.borrow().snapshot(now_ms());
+    let pause = pause_started.elapsed();
+    let (ctx, compaction) = (ctx.clone(), compaction.clone());
+    spawn_local(async move {
+        let records = live.len();
+        match ctx.journal.compact(covers, live).await {
+            Ok(report) => tracing::info!(
+                shard = ctx.index,
+                records,
+                pause_us = pause.as_micros() as u64,
+                ?report,
+                "WAL compacted"
+            ),
+            Err(error) => tracing::error!(shard = ctx.index, %error, "WAL compaction failed"),
+        }
+        ctx.shared.metrics.compaction(ctx.index, pause);
+        compaction.running.set(false);
+    })
+    .detach();
+}
+
 fn publish(ctx: &Ctx, previous: &Stats) -> Stats {
     let engine = ctx.engine.borrow();
+    let wal = ctx.journal.stats();
     let snapshot = ShardSnapshot {
         connections: engine.connections() as i64,
         user_agents: engine.user_agents() as i64,
@@ -421,9 +515,12 @@ fn publish(ctx: &Ctx, previous: &Stats) -> Stats {
         pending: engine.pending_messages() as i64,
         notifications_in: engine.stats().notifications_in,
         notifications_out: engine.stats().notifications_out,
-        wal_bytes: 0,
+        wal_bytes: wal.bytes_written as i64,
     };
     let stats = engine.stats().clone();
+    ctx.shared
+        .metrics
+        .publish_wal(ctx.index, wal.batches_synced, wal.records_synced);
     ctx.shared.metrics.publish(
         ctx.index,
         &snapshot,
@@ -456,4 +553,8 @@ async fn drain(ctx: &Rc<Ctx>) {
     while ua_conn::open_writers() > 0 && std::time::Instant::now() < deadline {
         sleep(TICK).await;
     }
+    if let Err(error) = ctx.journal.flush().await {
+        tracing::error!(shard = ctx.index, %error, "final WAL flush failed");
+    }
+    ctx.journal.close();
 }

@@ -44,6 +44,9 @@ pub enum StoreError {
     },
     /// The data dir's layout (meta file, shard dirs) is unusable.
     Layout { data_dir: String, reason: String },
+    /// `compact` was called wrongly (one already running, or an LSN outside
+    /// the log).
+    Compaction(String),
     /// The log was closed.
     Closed,
 }
@@ -100,6 +103,7 @@ impl fmt::Display for StoreError {
                  UAIDs hash to shards, so a data dir keeps its shard count (run with --shards {found})"
             ),
             StoreError::Layout { data_dir, reason } => write!(f, "data dir {data_dir}: {reason}"),
+            StoreError::Compaction(reason) => write!(f, "cannot compact: {reason}"),
             StoreError::Closed => write!(f, "the write-ahead log is closed"),
         }
     }

@@ -180,8 +180,11 @@ pub fn read_frame(bytes: &[u8], offset: usize) -> Scan<'_> {
     }
     let header = &rest[..FRAME_HEADER_BYTES];
     if header[0..4] != FRAME_MAGIC {
-        let zero_magic = header[0..4] == [0, 0, 0, 0];
-        if offset == 0 && !zero_magic {
+        // A torn write leaves a prefix of what was written, then zeros (or
+        // nothing). Only other bytes at the start of a file mean "not a WAL".
+        let torn_magic = (0..=4)
+            .any(|k| header[..k] == FRAME_MAGIC[..k] && header[k..4].iter().all(|&b| b == 0));
+        if offset == 0 && !torn_magic {
             return Scan::Fatal(Fatal::BadMagicAtStart);
         }
         return Scan::Damaged(Damage::BadMagic);
@@ -580,5 +583,54 @@ pub fn describe_record(record: &Record) -> String {
             ),
             None => format!("WakeupSet uaid={} none", uaid.to_hex()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte layout documented at `encode_frame` and in WAL_FORMAT.md.
+    #[test]
+    fn frame_layout_matches_the_documentation() {
+        let body = [1u8, 2, 3, 4, 5];
+        let mut out = Vec::new();
+        encode_frame(&mut out, FrameKind::Record, 0x0102_0304_0506_0708, &body);
+        assert_eq!(out.len(), 40, "32-byte header + 5 body bytes + 3 padding");
+        assert_eq!(&out[0..4], b"HWAL");
+        assert_eq!(&out[4..6], &[1, 0]);
+        assert_eq!(out[6], 1);
+        assert_eq!(out[7], 0);
+        assert_eq!(&out[8..12], &[5, 0, 0, 0]);
+        assert_eq!(&out[12..16], &[0, 0, 0, 0]);
+        assert_eq!(&out[16..24], &0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(&out[24..28], &crc32c::crc32c(&body).to_le_bytes());
+        assert_eq!(&out[28..32], &crc32c::crc32c(&out[0..28]).to_le_bytes());
+        assert_eq!(&out[32..37], &body);
+        assert_eq!(&out[37..40], &[0, 0, 0]);
+        match read_frame(&out, 0) {
+            Scan::Frame(frame) => {
+                assert_eq!(frame.lsn, 0x0102_0304_0506_0708);
+                assert_eq!(frame.body, &body);
+                assert_eq!(frame.len_on_disk, 40);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(read_frame(&out, 40), Scan::End));
+    }
+
+    #[test]
+    fn torn_magic_at_the_start_is_damage_not_a_foreign_file() {
+        let mut bytes = vec![0u8; 64];
+        bytes[..2].copy_from_slice(b"HW");
+        assert!(matches!(
+            read_frame(&bytes, 0),
+            Scan::Damaged(Damage::BadMagic)
+        ));
+        bytes[..4].copy_from_slice(b"ELF\x7f");
+        assert!(matches!(
+            read_frame(&bytes, 0),
+            Scan::Fatal(Fatal::BadMagicAtStart)
+        ));
     }
 }

@@ -15,7 +15,7 @@
 //! glommio::spawn_local({ let log = log.clone(); async move { log.run_committer().await } }).detach();
 //! let lsn = log.append(&record)?;                         // sync, no IO
 //! log.wait_durable(lsn).await?;                           // then answer 2xx
-//! log.compact(live_records).await?;                       // now and then
+//! log.compact(lsn_of_state, live_records).await?;         // now and then
 //! log.flush().await?; log.close();                        // shutdown
 //! ```
 //! `Log<S>` is generic over [`Storage`]: [`GlommioStorage`] (real files,
@@ -49,6 +49,9 @@
 //! ([`recovery::RECOVERY_TABLE`]): torn tails are cut, damage followed by
 //! valid records refuses to start, snapshots replace the segments they cover.
 
+// `u64::is_multiple_of` is newer (1.87) than the workspace's rust-version (1.85).
+#![allow(clippy::manual_is_multiple_of)]
+
 mod error;
 pub mod format;
 mod glommio_storage;
@@ -64,7 +67,7 @@ pub use glommio_storage::GlommioStorage;
 pub use herald_engine::Lsn;
 pub use inspect::{inspect, InspectSummary};
 pub use layout::{check_layout, shard_dir};
-pub use log::{CompactReport, FsyncMode, Log, LogOptions, LogStats, Recovered};
+pub use log::{CompactReport, FsyncMode, Log, LogOptions, LogStats, ProgressFn, Recovered};
 pub use recovery::{RecoveryProgress, RecoveryReport};
 pub use storage::{CrashSpec, FaultStorage, MemStorage, Storage};
 

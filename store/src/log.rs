@@ -61,6 +61,9 @@ impl FromStr for FsyncMode {
     }
 }
 
+/// A recovery progress callback.
+pub type ProgressFn = Rc<dyn Fn(&RecoveryProgress)>;
+
 /// How a [`Log`] behaves.
 #[derive(Clone)]
 pub struct LogOptions {
@@ -69,7 +72,7 @@ pub struct LogOptions {
     pub segment_target_bytes: u64,
     /// Called every [`crate::limits::RECOVERY_PROGRESS_EVERY_RECORDS`]
     /// records during recovery (which also logs with `tracing::info!`).
-    pub progress: Option<Rc<dyn Fn(&RecoveryProgress)>>,
+    pub progress: Option<ProgressFn>,
 }
 
 impl Default for LogOptions {
@@ -459,32 +462,38 @@ impl<S: Storage> Log<S> {
     /// Writes a snapshot of the live state and drops the log it replaces.
     ///
     /// Contract: `live` yields records that, replayed from an empty shard,
-    /// rebuild the state after every record appended so far (LSN <=
-    /// [`Log::last_lsn`] at the call) — e.g. one `UaidCreated`, its
-    /// registrations, and its pending messages per UAID. It is consumed in
-    /// chunks with yields in between, so it must own its data (collect it
-    /// first if it borrows the shard).
+    /// rebuild the state after every record with LSN <= `covers_lsn` — e.g.
+    /// one `UaidCreated`, its registrations and its pending messages per
+    /// UAID — and `covers_lsn` is [`Log::last_lsn`] at the moment that state
+    /// was taken. `live` is consumed in chunks with yields in between, so it
+    /// must own its data (collect it first if it borrows the shard).
     ///
-    /// Protocol: X = `last_lsn()` now; the next batch starts a new segment;
-    /// the snapshot is written to `snap-X.snap.tmp`, synced, renamed to
+    /// Protocol: the next batch starts a new segment; the snapshot is written
+    /// to `snap-X.snap.tmp` (X = `covers_lsn`), synced, renamed to
     /// `snap-X.snap`, and the directory synced; only then are older snapshots
-    /// and segments whose records are all <= X deleted. Records appended
-    /// during compaction go to the log as usual and are never lost; records
-    /// <= X that stay in a kept segment are skipped at recovery. A crash at
-    /// any point leaves either the old snapshot and all segments, or the new
-    /// snapshot and the segments it needs.
+    /// and segments whose records are all <= X deleted (a segment ends where
+    /// its successor starts). Records appended during compaction go to the
+    /// log as usual and are never lost; records <= X left in a kept segment
+    /// are skipped at recovery. A crash at any point leaves either the old
+    /// snapshot and all segments, or the new snapshot and the segments it
+    /// needs. An IO error fails the log like any other write error.
     pub async fn compact(
         &self,
+        covers_lsn: Lsn,
         live: impl IntoIterator<Item = Record>,
     ) -> Result<CompactReport, StoreError> {
         self.check_usable()?;
-        if self.inner.compacting.replace(true) {
-            return Err(StoreError::Layout {
-                data_dir: String::new(),
-                reason: "a compaction is already running".to_string(),
-            });
+        if covers_lsn > self.last_lsn() || covers_lsn < self.snapshot_lsn() {
+            return Err(StoreError::Compaction(format!(
+                "LSN {covers_lsn} is outside the log's {}..={}",
+                self.snapshot_lsn(),
+                self.last_lsn()
+            )));
         }
-        let result = self.compact_inner(live).await;
+        if self.inner.compacting.replace(true) {
+            return Err(StoreError::Compaction("one is already running".to_string()));
+        }
+        let result = self.compact_inner(covers_lsn, live).await;
         self.inner.compacting.set(false);
         match result {
             Ok(report) => Ok(report),
@@ -494,11 +503,11 @@ impl<S: Storage> Log<S> {
 
     async fn compact_inner(
         &self,
+        covers: Lsn,
         live: impl IntoIterator<Item = Record>,
     ) -> Result<CompactReport, StoreError> {
         let inner = &*self.inner;
         let storage = &inner.storage;
-        let covers = self.last_lsn();
         inner.rotate.set(true);
         let temp = snapshot_temp_name(covers);
         let name = snapshot_name(covers);

@@ -405,7 +405,8 @@ struct FaultState {
 ///   stopped there. Build the crash image from the inner [`MemStorage`] with
 ///   [`MemStorage::crash`].
 ///
-/// Counting is 1-based. Clones share the plan and the counters.
+/// N counts from the moment the plan is set: 1 is the next such operation.
+/// Clones share the plan and the counters.
 #[derive(Clone, Debug)]
 pub struct FaultStorage<S> {
     inner: S,

@@ -2,6 +2,7 @@
 
 mod config;
 mod push;
+mod wakeup_proxy;
 
 use std::process::ExitCode;
 
@@ -24,6 +25,8 @@ enum Command {
     Serve(config::ServeArgs),
     /// Send one test notification to a push endpoint and print the answer.
     Push(push::PushArgs),
+    /// Relay wakeups inside an operator network: HTTP `POST /wakeup` in, UDP datagram out.
+    WakeupProxy(wakeup_proxy::ProxyArgs),
     /// Inspect the write-ahead log.
     Wal {
         #[command(subcommand)]
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
             herald_net::serve(config)
         }),
         Command::Push(args) => push::run(args),
+        Command::WakeupProxy(args) => wakeup_proxy::run(args),
         Command::Wal { command: WalCommand::Inspect { dir } } => inspect(&dir),
     };
     match result {
@@ -68,8 +72,8 @@ fn main() -> ExitCode {
 }
 
 fn inspect(dir: &std::path::Path) -> Result<(), String> {
-    Err(format!(
-        "wal inspect {}: not available until the WAL lands",
-        dir.display()
-    ))
+    let mut out = std::io::stdout().lock();
+    herald_store::inspect(dir, &mut out)
+        .map(|_| ())
+        .map_err(|error| format!("wal inspect {}: {error}", dir.display()))
 }

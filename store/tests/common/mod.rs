@@ -3,7 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use herald_engine::message::{MessageBody, Registration, Removal, StoredMessage, Urgency, WakeupInfo};
+use herald_engine::message::{
+    MessageBody, Registration, Removal, StoredMessage, Urgency, WakeupInfo,
+};
 use herald_engine::record::Record;
 use herald_engine::{ChannelId, Lsn, Uaid};
 use herald_store::format::{self, FrameKind};
@@ -23,6 +25,8 @@ pub fn channel(n: u64) -> ChannelId {
 }
 
 /// One record of every kind and shape, chosen by `i`, with contents from `rng`.
+// `is_multiple_of` is newer than the workspace's rust-version.
+#[allow(clippy::manual_is_multiple_of)]
 pub fn record(rng: &mut SplitMix64, i: u64) -> Record {
     let u = uaid(rng.next_u64() % 64);
     let ch = channel(rng.next_u64() % 16);
@@ -34,9 +38,16 @@ pub fn record(rng: &mut SplitMix64, i: u64) -> Record {
         1 => Record::ChannelRegistered(Registration {
             uaid: u,
             channel: ch,
-            key_hash: if rng.next_u64() % 2 == 0 { Some([7u8; 32]) } else { None },
+            key_hash: if rng.next_u64() % 2 == 0 {
+                Some([7u8; 32])
+            } else {
+                None
+            },
         }),
-        2 => Record::ChannelUnregistered { uaid: u, channel: ch },
+        2 => Record::ChannelUnregistered {
+            uaid: u,
+            channel: ch,
+        },
         3 => Record::MessageStored(StoredMessage {
             uaid: u,
             channel: ch,
@@ -56,10 +67,16 @@ pub fn record(rng: &mut SplitMix64, i: u64) -> Record {
             urgency: Urgency::High,
             topic: Some(format!("topic-{}", i % 5)),
             body: MessageBody::WebPush {
-                data: (0..(rng.next_u64() % 300) as usize).map(|b| b as u8).collect(),
+                data: (0..(rng.next_u64() % 300) as usize)
+                    .map(|b| b as u8)
+                    .collect(),
                 encoding: Some("aes128gcm".into()),
                 encryption: None,
-                crypto_key: if i % 2 == 0 { Some("dh=abc".into()) } else { None },
+                crypto_key: if i % 2 == 0 {
+                    Some("dh=abc".into())
+                } else {
+                    None
+                },
             },
         }),
         5 => Record::MessageStored(StoredMessage {
@@ -95,7 +112,10 @@ pub fn record(rng: &mut SplitMix64, i: u64) -> Record {
                 netid: "net".into(),
             }),
         },
-        _ => Record::WakeupSet { uaid: u, wakeup: None },
+        _ => Record::WakeupSet {
+            uaid: u,
+            wakeup: None,
+        },
     }
 }
 
@@ -162,7 +182,10 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("herald-store-{tag}-{}-{n}-{nanos}", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "herald-store-{tag}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&path).expect("temp dir");
         TempDir(path)
     }
