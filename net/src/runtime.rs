@@ -34,6 +34,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(600);
 pub fn serve(config: ServerConfig) -> Result<(), String> {
     herald_store::check_layout(&config.data_dir, config.shards)
         .map_err(|error| format!("data dir {}: {error}", config.data_dir.display()))?;
+    refuse_ports_in_use(&[config.ua_listen, config.as_listen])?;
     let signals = block_termination_signals();
     let shards = config.shards.max(1);
     let (wakeups, wakeup_core) = crate::wakeup::channel(config.limits.wakeup_ring_capacity)?;
@@ -102,6 +103,17 @@ pub fn serve(config: ServerConfig) -> Result<(), String> {
     }
     if wakeup_handle.join().is_err() {
         return Err("the wakeup core failed while shutting down".to_owned());
+    }
+    Ok(())
+}
+
+/// The shards bind with SO_REUSEPORT, which would let a second Herald (or
+/// anything else using SO_REUSEPORT as the same user) silently share a port
+/// and split its traffic. A plain bind first turns that into a clear error.
+fn refuse_ports_in_use(addresses: &[std::net::SocketAddr]) -> Result<(), String> {
+    for address in addresses {
+        std::net::TcpListener::bind(address)
+            .map_err(|error| format!("cannot listen on {address}: {error}"))?;
     }
     Ok(())
 }

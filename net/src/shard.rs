@@ -550,7 +550,7 @@ async fn drain(ctx: &Rc<Ctx>) {
             });
         }
     }
-    while ua_conn::open_writers() > 0 && std::time::Instant::now() < deadline {
+    while ua_conn::open_sockets() > 0 && std::time::Instant::now() < deadline {
         sleep(TICK).await;
     }
     if let Err(error) = ctx.journal.flush().await {

@@ -1,40 +1,42 @@
-//! One UA WebSocket: upgrade, then a reader task that decodes frames into
-//! engine inputs and a writer task that sends what the engine queued.
+//! One UA WebSocket: upgrade, then one task that waits for whichever comes
+//! first — bytes from the UA, or a frame the engine queued for it.
 //!
-//! The two tasks hold separate (dup'ed) descriptors of the same socket, so a
-//! read never waits on a write. A socket handed to another shard leaves with
-//! the hello and every byte read after it.
+//! One task and one descriptor per socket: glommio reads are readiness-based
+//! (`poll` then `recv`), so giving up a pending read to write loses no bytes,
+//! and the process's descriptor budget goes to sockets, not duplicates. A
+//! socket handed to another shard leaves with the hello and every byte read
+//! after it.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::TcpStream;
-use glommio::timer::sleep;
-use glommio::{spawn_local, GlommioError, ResourceType};
+use glommio::{GlommioError, ResourceType};
 
 use herald_engine::shard::close;
 use herald_engine::ConnId;
 
-use crate::shard::{shutdown_socket, ConnHandle, Ctx, Outgoing, ShardMsg};
+use crate::shard::{ConnHandle, Ctx, Outgoing, ShardMsg};
 use crate::websocket::{self, Decoder, FrameError, HandshakeError, Incoming};
 
-/// Bytes read per `read` call. Lives only in the reading future, never in
-/// per-connection state; see ARCHITECTURE.md on idle memory.
+/// Bytes read per `read` call, in a buffer that exists only while data is
+/// ready: an idle socket waits on a one-byte peek (see ARCHITECTURE.md).
 const READ_CHUNK_BYTES: usize = 2048;
 /// After Herald's close frame, how long the UA gets to close its side.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 thread_local! {
-    static OPEN_WRITERS: Cell<usize> = const { Cell::new(0) };
+    static OPEN_SOCKETS: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Writer tasks still running on this shard (shutdown waits for them).
-pub fn open_writers() -> usize {
-    OPEN_WRITERS.with(Cell::get)
+/// UA sockets still open on this shard (shutdown waits for them to close).
+pub fn open_sockets() -> usize {
+    OPEN_SOCKETS.with(Cell::get)
 }
 
 /// A freshly accepted socket: WebSocket upgrade, then the protocol.
@@ -65,28 +67,20 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
             return;
         }
     };
-    if stream.set_read_timeout(None).is_err()
-        || stream
-            .write_all(&websocket::upgrade_response(&upgrade))
-            .await
-            .is_err()
-    {
+    let response = websocket::upgrade_response(&upgrade);
+    if stream.set_read_timeout(None).is_err() || stream.write_all(&response).await.is_err() {
         return;
     }
-    let Some((conn, hand_off)) = start_writer(&ctx, &stream) else {
-        return;
-    };
-    ctx.with_engine(|engine, now| engine.on_open(now, conn));
-    read_loop(ctx, stream, conn, hand_off, buffer).await;
+    let socket = Socket::register(&ctx, &stream);
+    ctx.with_engine(|engine, now| engine.on_open(now, socket.conn));
+    socket.run(ctx, stream, buffer).await;
 }
 
 /// A socket another shard handed over, with the hello it had read.
 pub async fn serve_adopted(ctx: Rc<Ctx>, stream: TcpStream, buffered: Vec<u8>, hello: String) {
-    let Some((conn, hand_off)) = start_writer(&ctx, &stream) else {
-        return;
-    };
-    ctx.with_engine(|engine, now| engine.on_adopted(now, conn, &hello));
-    read_loop(ctx, stream, conn, hand_off, buffered).await;
+    let socket = Socket::register(&ctx, &stream);
+    ctx.with_engine(|engine, now| engine.on_adopted(now, socket.conn, &hello));
+    socket.run(ctx, stream, buffered).await;
 }
 
 async fn refuse(stream: &mut TcpStream, status: &str) {
@@ -94,9 +88,10 @@ async fn refuse(stream: &mut TcpStream, status: &str) {
     let _ = stream.write_all(response.as_bytes()).await;
 }
 
-/// Reads once more into `buffer`; false on EOF or error.
+/// Reads once more into `buffer`; false on EOF or error. The chunk is boxed
+/// so that it is allocated only for the instant a read is ready.
 async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; READ_CHUNK_BYTES];
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     match stream.read(&mut chunk).await {
         Ok(0) | Err(_) => false,
         Ok(read) => {
@@ -106,140 +101,196 @@ async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
     }
 }
 
-type HandOffSlot = Rc<RefCell<Option<(usize, String)>>>;
-
-/// Registers the connection with the shard and starts its writer task.
-fn start_writer(ctx: &Rc<Ctx>, stream: &TcpStream) -> Option<(ConnId, HandOffSlot)> {
-    let fd = stream.as_raw_fd();
-    // SAFETY: dup of a valid socket fd; the new fd is owned by the writer's stream.
-    let writer_fd = unsafe { libc::dup(fd) };
-    if writer_fd < 0 {
-        return None;
-    }
-    // SAFETY: writer_fd is a fresh descriptor nobody else owns.
-    let writer_stream = unsafe { TcpStream::from_raw_fd(writer_fd) };
-    let (outbox, inbox) =
-        local_channel::new_bounded(ctx.shared.config.limits.ua_outbox_frames_max.max(1));
-    let conn = ctx.next_id();
-    let hand_off: HandOffSlot = Rc::new(RefCell::new(None));
-    ctx.conns.borrow_mut().insert(
-        conn,
-        ConnHandle {
-            outbox,
-            fd,
-            hand_off: hand_off.clone(),
-        },
-    );
-    OPEN_WRITERS.with(|count| count.set(count.get() + 1));
-    spawn_local(write_loop(ctx.clone(), writer_stream, inbox)).detach();
-    Some((conn, hand_off))
+/// Waits until the socket is readable (or closed) without holding a buffer.
+async fn readable(stream: &TcpStream) {
+    let mut probe = [0u8; 1];
+    let _ = stream.peek(&mut probe).await;
 }
 
-async fn write_loop(ctx: Rc<Ctx>, mut stream: TcpStream, inbox: LocalReceiver<Outgoing>) {
-    let mut frames = Vec::new();
-    while let Some(item) = inbox.recv().await {
-        let closing = match item {
-            Outgoing::Text { after, text } => {
-                if let Some(lsn) = after {
-                    if ctx.journal.wait_durable(lsn).await.is_err() {
-                        frames.extend(websocket::close_frame(
-                            close::INTERNAL,
-                            "storage unavailable",
-                        ));
-                        let _ = stream.write_all(&frames).await;
+type HandOffSlot = Rc<RefCell<Option<(usize, String)>>>;
+
+struct Socket {
+    conn: ConnId,
+    inbox: LocalReceiver<Outgoing>,
+    hand_off: HandOffSlot,
+}
+
+enum Event {
+    Readable,
+    Outgoing(Option<Outgoing>),
+}
+
+impl Socket {
+    /// Registers the connection with the shard: from now on the engine can
+    /// queue frames for it.
+    fn register(ctx: &Rc<Ctx>, stream: &TcpStream) -> Socket {
+        let outbox_frames_max = ctx.shared.config.limits.ua_outbox_frames_max.max(1);
+        let (outbox, inbox) = local_channel::new_bounded(outbox_frames_max);
+        let conn = ctx.next_id();
+        let hand_off: HandOffSlot = Rc::new(RefCell::new(None));
+        let handle = ConnHandle {
+            outbox,
+            fd: stream.as_raw_fd(),
+            hand_off: hand_off.clone(),
+        };
+        ctx.conns.borrow_mut().insert(conn, handle);
+        OPEN_SOCKETS.with(|count| count.set(count.get() + 1));
+        Socket {
+            conn,
+            inbox,
+            hand_off,
+        }
+    }
+
+    async fn run(self, ctx: Rc<Ctx>, mut stream: TcpStream, mut buffer: Vec<u8>) {
+        let message_bytes_max = ctx.shared.config.limits.ws_message_bytes_max;
+        let mut decoder = Decoder::default();
+        // Bytes that arrived with the upgrade or the hand-off come first.
+        let mut readable_now = !buffer.is_empty();
+        loop {
+            if readable_now {
+                readable_now = false;
+                if let Some(outcome) =
+                    self.decode(&ctx, &mut decoder, &mut buffer, message_bytes_max)
+                {
+                    match outcome {
+                        Ended::HandOff(shard, hello) => {
+                            return self
+                                .finish(send_to_owner(&ctx, stream, shard, buffer, hello).await)
+                        }
+                        Ended::Closing => break,
+                    }
+                }
+                if buffer.is_empty() {
+                    // Idle sockets keep no buffer capacity.
+                    buffer = Vec::new();
+                }
+            }
+            let event = future::or(async { Event::Outgoing(self.inbox.recv().await) }, async {
+                readable(&stream).await;
+                Event::Readable
+            })
+            .await;
+            match event {
+                Event::Readable => {
+                    if !read_more(&mut stream, &mut buffer).await {
+                        if ctx.conns.borrow_mut().remove(&self.conn).is_some() {
+                            ctx.with_engine(|engine, now| engine.on_closed(now, self.conn));
+                        }
+                        return self.finish(());
+                    }
+                    readable_now = true;
+                }
+                Event::Outgoing(Some(item)) => {
+                    if !write_item(&ctx, &mut stream, item).await {
                         break;
                     }
                 }
-                frames.extend(websocket::text_frame(&text));
-                false
+                // The shard dropped our handle without a close (hand-off, or
+                // a stuck outbox): nothing more to send.
+                Event::Outgoing(None) => {
+                    if let Some((shard, hello)) = self.hand_off.borrow_mut().take() {
+                        return self
+                            .finish(send_to_owner(&ctx, stream, shard, buffer, hello).await);
+                    }
+                    break;
+                }
             }
-            Outgoing::Ping => {
-                frames.extend(websocket::ping_frame());
-                false
-            }
-            Outgoing::Pong(payload) => {
-                frames.extend(websocket::pong_frame(payload));
-                false
-            }
-            Outgoing::Close { code, reason } => {
-                frames.extend(websocket::close_frame(code, reason));
-                true
-            }
-        };
-        if stream.write_all(&frames).await.is_err() {
-            break;
         }
-        frames.clear();
-        if closing {
-            let _ = stream.shutdown(std::net::Shutdown::Write).await;
-            // The reader ends when the UA closes; a UA that never does is cut off.
-            sleep(CLOSE_GRACE).await;
-            shutdown_socket(stream.as_raw_fd());
-            break;
+        // Closing: write what is still queued (the close frame among it), then
+        // give the UA a moment to close its side.
+        if ctx.conns.borrow_mut().remove(&self.conn).is_some() {
+            ctx.with_engine(|engine, now| engine.on_closed(now, self.conn));
         }
+        while let Ok(Some(item)) = future::or(async { Ok(self.inbox.recv().await) }, async {
+            glommio::timer::sleep(CLOSE_GRACE).await;
+            Err(())
+        })
+        .await
+        {
+            if !write_item(&ctx, &mut stream, item).await {
+                break;
+            }
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Write).await;
+        let _ = future::or(
+            async { while read_more(&mut stream, &mut Vec::new()).await {} },
+            glommio::timer::sleep(CLOSE_GRACE),
+        )
+        .await;
+        self.finish(())
     }
-    // Free the frame buffer before the (possibly long) wait for drop.
-    drop(frames);
-    OPEN_WRITERS.with(|count| count.set(count.get().saturating_sub(1)));
-}
 
-async fn read_loop(
-    ctx: Rc<Ctx>,
-    mut stream: TcpStream,
-    conn: ConnId,
-    hand_off: HandOffSlot,
-    mut buffer: Vec<u8>,
-) {
-    let message_bytes_max = ctx.shared.config.limits.ws_message_bytes_max;
-    let mut decoder = Decoder::default();
-    loop {
-        // Decode everything already buffered before reading again.
+    fn finish(&self, _: ()) {
+        OPEN_SOCKETS.with(|count| count.set(count.get().saturating_sub(1)));
+    }
+
+    /// Feeds every complete message in `buffer` to the engine. Returns why the
+    /// socket's life here ended, if it did.
+    fn decode(
+        &self,
+        ctx: &Rc<Ctx>,
+        decoder: &mut Decoder,
+        buffer: &mut Vec<u8>,
+        message_bytes_max: usize,
+    ) -> Option<Ended> {
+        let conn = self.conn;
         loop {
             if !ctx.conns.borrow().contains_key(&conn) {
-                if let Some((shard, hello)) = hand_off.borrow_mut().take() {
-                    return send_to_owner(&ctx, stream, shard, buffer, hello).await;
-                }
-                return; // the engine closed this socket; the writer finishes it
+                return Some(match self.hand_off.borrow_mut().take() {
+                    Some((shard, hello)) => Ended::HandOff(shard, hello),
+                    None => Ended::Closing,
+                });
             }
-            match decoder.next(&mut buffer, message_bytes_max) {
-                Ok(None) => break,
+            let error = match decoder.next(buffer, message_bytes_max) {
+                Ok(None) => return None,
                 Ok(Some(Incoming::Text(text))) => {
-                    ctx.with_engine(|engine, now| engine.on_text(now, conn, &text))
+                    ctx.with_engine(|engine, now| engine.on_text(now, conn, &text));
+                    continue;
                 }
                 Ok(Some(Incoming::Ping(payload))) => {
                     if let Some(handle) = ctx.conns.borrow().get(&conn) {
                         let _ = handle.outbox.try_send(Outgoing::Pong(payload));
                     }
+                    continue;
                 }
-                Ok(Some(Incoming::Pong)) => {}
-                Ok(Some(Incoming::Close)) => {
-                    return ctx.with_engine(|engine, _| {
-                        engine.on_socket_error(conn, close::NORMAL, "closed by the UA")
-                    });
-                }
-                Err(FrameError::TooBig) => {
-                    return ctx.with_engine(|engine, _| {
-                        engine.on_socket_error(conn, close::TOO_BIG, "message too big")
-                    });
-                }
-                Err(FrameError::Protocol(reason)) => {
-                    return ctx.with_engine(|engine, _| {
-                        engine.on_socket_error(conn, close::PROTOCOL_ERROR, reason)
-                    });
-                }
+                Ok(Some(Incoming::Pong)) => continue,
+                Ok(Some(Incoming::Close)) => (close::NORMAL, "closed by the UA"),
+                Err(FrameError::TooBig) => (close::TOO_BIG, "message too big"),
+                Err(FrameError::Protocol(reason)) => (close::PROTOCOL_ERROR, reason),
+            };
+            ctx.with_engine(|engine, _| engine.on_socket_error(conn, error.0, error.1));
+        }
+    }
+}
+
+enum Ended {
+    HandOff(usize, String),
+    Closing,
+}
+
+/// Writes one queued item; false when the socket is done (closed or broken).
+async fn write_item(ctx: &Rc<Ctx>, stream: &mut TcpStream, item: Outgoing) -> bool {
+    let (frame, more) = match item {
+        Outgoing::Text { after, text } => {
+            let durable = match after {
+                Some(lsn) => ctx.journal.wait_durable(lsn).await.is_ok(),
+                None => true,
+            };
+            if durable {
+                (websocket::text_frame(&text), true)
+            } else {
+                (
+                    websocket::close_frame(close::INTERNAL, "storage unavailable"),
+                    false,
+                )
             }
         }
-        if buffer.is_empty() {
-            // Idle sockets keep no buffer capacity.
-            buffer = Vec::new();
-        }
-        if !read_more(&mut stream, &mut buffer).await {
-            break;
-        }
-    }
-    if ctx.conns.borrow_mut().remove(&conn).is_some() {
-        ctx.with_engine(|engine, now| engine.on_closed(now, conn));
-    }
+        Outgoing::Ping => (websocket::ping_frame(), true),
+        Outgoing::Pong(payload) => (websocket::pong_frame(payload), true),
+        Outgoing::Close { code, reason } => (websocket::close_frame(code, reason), false),
+    };
+    stream.write_all(&frame).await.is_ok() && more
 }
 
 /// Moves the socket to the shard that owns its UAID (SPEC §8): dup the fd for
@@ -257,21 +308,22 @@ async fn send_to_owner(
     if fd < 0 {
         return;
     }
-    let sent = ctx
-        .senders
-        .send_to(
-            shard,
-            ShardMsg::HandOff {
-                fd,
-                buffered,
-                hello,
-            },
-        )
-        .await;
+    let message = ShardMsg::HandOff {
+        fd,
+        buffered,
+        hello,
+    };
     if let Err(GlommioError::Closed(ResourceType::Channel(ShardMsg::HandOff { fd, .. })))
-    | Err(GlommioError::WouldBlock(ResourceType::Channel(ShardMsg::HandOff { fd, .. }))) = sent
+    | Err(GlommioError::WouldBlock(ResourceType::Channel(ShardMsg::HandOff { fd, .. }))) =
+        ctx.senders.send_to(shard, message).await
     {
         // SAFETY: the message came back to us; we still own the descriptor.
         unsafe { libc::close(fd) };
     }
+}
+
+#[allow(dead_code)]
+fn _assert_from_raw_fd_exists(fd: i32) -> TcpStream {
+    // SAFETY: only documents that the owner rebuilds streams with from_raw_fd.
+    unsafe { TcpStream::from_raw_fd(fd) }
 }

@@ -503,7 +503,7 @@ mod tests {
         let sent = poll(&mut p, 10, 64);
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].attempt, 1);
-        assert_eq!(sent[0].addr, "10.0.0.1:5000".parse().unwrap());
+        assert_eq!(sent[0].addr, "10.0.0.1:5000".parse::<SocketAddr>().unwrap());
         assert_eq!(
             p.wake(uaid(1), &target(5000, "214-07"), Urgency::High),
             WakeOutcome::Coalesced
@@ -528,7 +528,7 @@ mod tests {
                 sends.push((now, dispatch.attempt));
             }
         }
-        // 1 + retries_max datagrams at 0, +1 s, +2 s, +4 s; given up at +8 s.
+        // 1 + retries_max datagrams at 0, 1, 3 and 7 s; given up 8 s after the last.
         assert_eq!(sends, vec![(0, 1), (1000, 2), (3000, 3), (7000, 4)]);
         assert_eq!(p.pending(), 0);
         assert_eq!(p.stats().gave_up, 1);
