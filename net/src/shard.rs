@@ -18,6 +18,7 @@ use glommio::net::TcpListener;
 use glommio::spawn_local;
 use glommio::timer::sleep;
 use rand::SeedableRng;
+use std::os::fd::FromRawFd;
 
 use herald_engine::identity::Keys;
 use herald_engine::push::{errno, HttpResponse, PushRequest};
@@ -68,10 +69,28 @@ pub enum Outgoing {
 
 /// The shard's side of one UA socket.
 pub struct ConnHandle {
+    /// Unbounded as a channel, bounded by [`ConnHandle::queue`]: a bounded
+    /// glommio channel preallocates its whole capacity, which idle sockets
+    /// cannot afford.
     pub outbox: LocalSender<Outgoing>,
+    pub outbox_frames_max: usize,
     pub fd: RawFd,
     /// Set when the engine decided to move this socket to another shard.
     pub hand_off: Rc<RefCell<Option<(usize, String)>>>,
+}
+
+impl ConnHandle {
+    /// Queues a frame; false when the outbox is full (the UA is not reading).
+    pub fn queue(&self, item: Outgoing) -> bool {
+        self.outbox.len() < self.outbox_frames_max && self.outbox.try_send(item).is_ok()
+    }
+
+    /// Queues the close frame even past the bound: it is the last one.
+    pub fn queue_close(&self, code: u16, reason: &'static str) -> bool {
+        self.outbox
+            .try_send(Outgoing::Close { code, reason })
+            .is_ok()
+    }
 }
 
 /// Who waits for an AS request's answer.
@@ -132,11 +151,7 @@ impl Ctx {
                 Action::WsPing { conn } => self.to_conn(conn, Outgoing::Ping),
                 Action::Close { conn, code, reason } => {
                     if let Some(handle) = self.conns.borrow_mut().remove(&conn) {
-                        if handle
-                            .outbox
-                            .try_send(Outgoing::Close { code, reason })
-                            .is_err()
-                        {
+                        if !handle.queue_close(code, reason) {
                             shutdown_socket(handle.fd);
                         }
                     }
@@ -174,7 +189,7 @@ impl Ctx {
     /// its bounded outbox and is disconnected rather than buffered without end.
     fn to_conn(self: &Rc<Ctx>, conn: ConnId, item: Outgoing) {
         let stuck = match self.conns.borrow().get(&conn) {
-            Some(handle) => handle.outbox.try_send(item).is_err().then_some(handle.fd),
+            Some(handle) => (!handle.queue(item)).then_some(handle.fd),
             None => None,
         };
         if let Some(fd) = stuck {
@@ -362,8 +377,8 @@ pub async fn run(
         );
     }
     drop(recovered);
-    let listeners = TcpListener::bind(config.ua_listen)
-        .and_then(|ua| Ok((ua, TcpListener::bind(config.as_listen)?)));
+    let listeners = shared_listener(config.ua_listen)
+        .and_then(|ua| Ok((ua, shared_listener(config.as_listen)?)));
     let (ua_listener, as_listener) = match listeners {
         Ok(bound) => bound,
         Err(error) => {
@@ -410,6 +425,27 @@ pub async fn run(
     tick_until_shutdown(&ctx).await;
     drain(&ctx).await;
 }
+
+/// Every shard listens on the same address (SO_REUSEPORT, the kernel spreads
+/// connections). SO_REUSEADDR as well, so that a restart is not refused while
+/// the previous run's connections linger in TIME_WAIT.
+fn shared_listener(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    // SAFETY: a bound, listening socket whose ownership passes to glommio.
+    Ok(unsafe { TcpListener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(socket)) })
+}
+
+/// Pending connections per listener before the kernel refuses more.
+const LISTEN_BACKLOG: i32 = 4096;
 
 #[derive(Clone, Copy)]
 enum Listener {
@@ -544,10 +580,7 @@ async fn drain(ctx: &Rc<Ctx>) {
     let conns: Vec<ConnId> = ctx.conns.borrow().keys().copied().collect();
     for conn in conns {
         if let Some(handle) = ctx.conns.borrow_mut().remove(&conn) {
-            let _ = handle.outbox.try_send(Outgoing::Close {
-                code: close::GOING_AWAY,
-                reason: "server shutting down",
-            });
+            handle.queue_close(close::GOING_AWAY, "server shutting down");
         }
     }
     while ua_conn::open_sockets() > 0 && std::time::Instant::now() < deadline {

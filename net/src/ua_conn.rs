@@ -125,11 +125,12 @@ impl Socket {
     /// queue frames for it.
     fn register(ctx: &Rc<Ctx>, stream: &TcpStream) -> Socket {
         let outbox_frames_max = ctx.shared.config.limits.ua_outbox_frames_max.max(1);
-        let (outbox, inbox) = local_channel::new_bounded(outbox_frames_max);
+        let (outbox, inbox) = local_channel::new_unbounded();
         let conn = ctx.next_id();
         let hand_off: HandOffSlot = Rc::new(RefCell::new(None));
         let handle = ConnHandle {
             outbox,
+            outbox_frames_max,
             fd: stream.as_raw_fd(),
             hand_off: hand_off.clone(),
         };
@@ -173,7 +174,7 @@ impl Socket {
             .await;
             match event {
                 Event::Readable => {
-                    if !read_more(&mut stream, &mut buffer).await {
+                    if !Box::pin(read_more(&mut stream, &mut buffer)).await {
                         if ctx.conns.borrow_mut().remove(&self.conn).is_some() {
                             ctx.with_engine(|engine, now| engine.on_closed(now, self.conn));
                         }
@@ -182,7 +183,7 @@ impl Socket {
                     readable_now = true;
                 }
                 Event::Outgoing(Some(item)) => {
-                    if !write_item(&ctx, &mut stream, item).await {
+                    if !Box::pin(write_item(&ctx, &mut stream, item)).await {
                         break;
                     }
                 }
@@ -197,8 +198,14 @@ impl Socket {
                 }
             }
         }
-        // Closing: write what is still queued (the close frame among it), then
-        // give the UA a moment to close its side.
+        // Rare and slow: boxed so that idle sockets do not carry its state.
+        Box::pin(self.close_gracefully(&ctx, &mut stream)).await;
+        self.finish(())
+    }
+
+    /// Writes what is still queued (the close frame among it), then gives the
+    /// UA a moment to close its side.
+    async fn close_gracefully(&self, ctx: &Rc<Ctx>, stream: &mut TcpStream) {
         if ctx.conns.borrow_mut().remove(&self.conn).is_some() {
             ctx.with_engine(|engine, now| engine.on_closed(now, self.conn));
         }
@@ -208,17 +215,16 @@ impl Socket {
         })
         .await
         {
-            if !write_item(&ctx, &mut stream, item).await {
+            if !write_item(ctx, stream, item).await {
                 break;
             }
         }
         let _ = stream.shutdown(std::net::Shutdown::Write).await;
         let _ = future::or(
-            async { while read_more(&mut stream, &mut Vec::new()).await {} },
+            async { while read_more(stream, &mut Vec::new()).await {} },
             glommio::timer::sleep(CLOSE_GRACE),
         )
         .await;
-        self.finish(())
     }
 
     fn finish(&self, _: ()) {
@@ -250,7 +256,7 @@ impl Socket {
                 }
                 Ok(Some(Incoming::Ping(payload))) => {
                     if let Some(handle) = ctx.conns.borrow().get(&conn) {
-                        let _ = handle.outbox.try_send(Outgoing::Pong(payload));
+                        let _ = handle.queue(Outgoing::Pong(payload));
                     }
                     continue;
                 }
