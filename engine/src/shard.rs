@@ -411,9 +411,6 @@ impl Shard {
                 self.stats.protocol_errors += 1;
                 self.close(conn, close::PROTOCOL_ERROR, "second hello on one socket");
             }
-            (None, ClientMessage::Ping | ClientMessage::TextPing) => {
-                self.on_ping(now_ms, conn, text == ua::PING)
-            }
             (None, _) => {
                 self.stats.protocol_errors += 1;
                 self.close(

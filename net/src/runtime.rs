@@ -28,6 +28,9 @@ const EXECUTOR_IO_MEMORY_BYTES: usize = 512 * 1024;
 /// The wakeup core only does timers, a few proxy connections and sendmmsg.
 const WAKEUP_IO_MEMORY_BYTES: usize = 256 * 1024;
 /// How long start-up may take before we report the shards as stuck.
+/// How long a port may stay held by a process that just exited (see
+/// [`refuse_ports_in_use`]).
+const PORT_RELEASE_WAIT: Duration = Duration::from_secs(3);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs the server until SIGTERM/SIGINT. Errors are printed by the caller.
@@ -110,10 +113,22 @@ pub fn serve(config: ServerConfig) -> Result<(), String> {
 /// The shards bind with SO_REUSEPORT, which would let a second Herald (or
 /// anything else using SO_REUSEPORT as the same user) silently share a port
 /// and split its traffic. A plain bind first turns that into a clear error.
+///
+/// A process that just died can hold its listeners a little longer: io_uring
+/// releases the files of its pending requests after the process is gone. So a
+/// refused bind is retried for a short while before it counts as "in use".
 fn refuse_ports_in_use(addresses: &[std::net::SocketAddr]) -> Result<(), String> {
+    let deadline = Instant::now() + PORT_RELEASE_WAIT;
     for address in addresses {
-        std::net::TcpListener::bind(address)
-            .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+        loop {
+            match std::net::TcpListener::bind(address) {
+                Ok(_) => break,
+                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(error) => return Err(format!("cannot listen on {address}: {error}")),
+            }
+        }
     }
     Ok(())
 }

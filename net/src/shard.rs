@@ -477,7 +477,7 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener, kind: Listener) {
 
 async fn tick_until_shutdown(ctx: &Rc<Ctx>) {
     let mut ticks = 0u32;
-    let mut published = Stats::default();
+    let mut published = publish(ctx, &Stats::default());
     let mut store_failure_seen = false;
     let compaction = Rc::new(Compaction::default());
     while !ctx.shared.shutdown.load(Ordering::Relaxed) {
