@@ -43,6 +43,8 @@ pub struct Limits {
     /// The WAL is compacted (snapshot + older segments dropped) after this
     /// many bytes have been appended since the last compaction.
     pub wal_compact_after_bytes: u64,
+    /// Broadcast subscriptions one socket may hold.
+    pub broadcasts_per_ua_max: usize,
     /// Frames queued for one UA socket before it is treated as stuck and closed.
     pub ua_outbox_frames_max: usize,
     /// Slots in the ring from all shards to the wakeup core. A full ring never
@@ -83,6 +85,7 @@ impl Default for Limits {
             vapid_expiry_ahead_max_s: 24 * 3600,
             wakeup_idle_ms: 10_000,
             wal_compact_after_bytes: 64 * 1024 * 1024,
+            broadcasts_per_ua_max: 64,
             ua_outbox_frames_max: 256,
             wakeup_ring_capacity: 8192,
             wakeup_pending_max: 262_144,

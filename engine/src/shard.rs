@@ -144,6 +144,8 @@ struct Conn {
     last_activity_ms: Millis,
     ping_window_start_ms: Millis,
     pings_in_window: u32,
+    /// Broadcast ids this socket subscribed to (SPEC §3.5).
+    broadcasts: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -172,6 +174,9 @@ pub struct Shard {
     outcome_order: VecDeque<(Uaid, u64)>,
     next_lsn: Lsn,
     store_failed: bool,
+    /// Broadcast id → current version, the same on every shard.
+    broadcasts: BTreeMap<String, String>,
+    broadcast_subscribers: AHashMap<String, ahash::AHashSet<ConnId>>,
     actions: VecDeque<Action>,
     stats: Stats,
 }
@@ -189,6 +194,8 @@ impl Shard {
             outcome_order: VecDeque::new(),
             next_lsn: 1,
             store_failed: false,
+            broadcasts: BTreeMap::new(),
+            broadcast_subscribers: AHashMap::new(),
             actions: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -358,6 +365,7 @@ impl Shard {
                 last_activity_ms: now_ms,
                 ping_window_start_ms: now_ms,
                 pings_in_window: 0,
+                broadcasts: Vec::new(),
             },
         );
         self.timers.insert((
@@ -376,6 +384,11 @@ impl Shard {
         let Some(state) = self.conns.remove(&conn) else {
             return;
         };
+        for id in &state.broadcasts {
+            if let Some(subscribers) = self.broadcast_subscribers.get_mut(id) {
+                subscribers.remove(&conn);
+            }
+        }
         if let Some(ua) = state.uaid.and_then(|uaid| self.uas.get_mut(&uaid)) {
             if ua.conn == Some(conn) {
                 ua.conn = None;
@@ -429,7 +442,12 @@ impl Shard {
             (Some(_), ClientMessage::Nack { .. }) => self.stats.nacks += 1,
             (Some(_), ClientMessage::Ping) => self.on_ping(now_ms, conn, false),
             (Some(_), ClientMessage::TextPing) => self.on_ping(now_ms, conn, true),
-            (Some(_), ClientMessage::BroadcastSubscribe) => {}
+            (Some(_), ClientMessage::BroadcastSubscribe(wanted)) => {
+                let changes = self.subscribe_broadcasts(conn, &wanted);
+                if !changes.is_empty() {
+                    self.send(conn, None, ua::broadcast_message(&changes));
+                }
+            }
         }
     }
 
@@ -495,10 +513,11 @@ impl Shard {
             state.uaid = Some(uaid);
             state.web_push = hello.use_webpush;
         }
+        let changes = self.subscribe_broadcasts(conn, &hello.broadcasts);
         self.send(
             conn,
             None,
-            ua::hello_reply(&uaid.to_hex(), status, hello.use_webpush),
+            ua::hello_reply(&uaid.to_hex(), status, hello.use_webpush, &changes),
         );
         if self.uas.get(&uaid).is_some_and(|ua| ua.wakeup.is_some()) {
             self.actions.push_back(Action::Awake { uaid });
@@ -903,6 +922,60 @@ impl Shard {
                 idle_since + idle_ms
             };
             self.timers.insert((next, Timer::SleepIdle(conn)));
+        }
+    }
+
+    // ---- broadcasts (SPEC §3.5) -----------------------------------------
+
+    /// Subscribes `conn` to `wanted` (id → the version the UA has) and returns
+    /// the subscribed broadcasts whose current version differs. Each
+    /// subscription costs one set entry, whatever the number of broadcasts.
+    fn subscribe_broadcasts(
+        &mut self,
+        conn: ConnId,
+        wanted: &[(String, String)],
+    ) -> Vec<(String, String)> {
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return Vec::new();
+        };
+        let mut changes = Vec::new();
+        for (id, have) in wanted {
+            if !state.broadcasts.contains(id) {
+                if state.broadcasts.len() >= self.config.limits.broadcasts_per_ua_max {
+                    continue;
+                }
+                state.broadcasts.push(id.clone());
+                self.broadcast_subscribers
+                    .entry(id.clone())
+                    .or_default()
+                    .insert(conn);
+            }
+            if let Some(current) = self.broadcasts.get(id).filter(|current| *current != have) {
+                changes.push((id.clone(), current.clone()));
+            }
+        }
+        changes
+    }
+
+    /// An operator set broadcast `id` to `version` (on any shard; every shard
+    /// hears it): tell this shard's subscribers.
+    pub fn on_broadcast(&mut self, id: &str, version: &str) {
+        if self
+            .broadcasts
+            .get(id)
+            .is_some_and(|current| current == version)
+        {
+            return;
+        }
+        self.broadcasts.insert(id.to_owned(), version.to_owned());
+        let subscribers: Vec<ConnId> = self
+            .broadcast_subscribers
+            .get(id)
+            .map(|conns| conns.iter().copied().collect())
+            .unwrap_or_default();
+        let message = ua::broadcast_message(&[(id.to_owned(), version.to_owned())]);
+        for conn in subscribers {
+            self.send(conn, None, message.clone());
         }
     }
 

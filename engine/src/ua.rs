@@ -18,6 +18,8 @@ pub struct Hello {
     pub use_webpush: bool,
     /// Present only when both `wakeup_hostport` and `mobilenetwork` are valid.
     pub wakeup: Option<WakeupInfo>,
+    /// Broadcast id → the version the UA has (SPEC §3.5).
+    pub broadcasts: Vec<(String, String)>,
 }
 
 #[derive(Clone, PartialEq, Debug)]
@@ -50,8 +52,8 @@ pub enum ClientMessage {
     Ping,
     /// Seed 001's `PING` text frame.
     TextPing,
-    /// Accepted and ignored until broadcasts are implemented.
-    BroadcastSubscribe,
+    /// Broadcast id → the version the UA has (SPEC §3.5).
+    BroadcastSubscribe(Vec<(String, String)>),
 }
 
 /// Why a UA message was refused. Every variant closes the socket with 1002
@@ -107,7 +109,7 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
             },
         }),
         "ping" => Ok(ClientMessage::Ping),
-        "broadcast_subscribe" => Ok(ClientMessage::BroadcastSubscribe),
+        "broadcast_subscribe" => parse_broadcasts(object).map(ClientMessage::BroadcastSubscribe),
         _ => Err(ParseError::UnknownType(message_type)),
     }
 }
@@ -156,6 +158,7 @@ fn parse_hello(object: &Map<String, Value>) -> Result<Hello, ParseError> {
         channel_ids,
         use_webpush,
         wakeup: parse_wakeup(object),
+        broadcasts: parse_broadcasts(object)?,
     })
 }
 
@@ -180,6 +183,43 @@ fn parse_wakeup(object: &Map<String, Value>) -> Option<WakeupInfo> {
         netid,
     })
 }
+
+/// `{"<id>": "<version>", ...}`; absent means none. Entries that are not
+/// valid broadcast ids and versions are refused (a broken UA), not skipped.
+fn parse_broadcasts(object: &Map<String, Value>) -> Result<Vec<(String, String)>, ParseError> {
+    let entries = match object.get("broadcasts") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(entries)) => entries,
+        Some(_) => return Err(ParseError::BadField("broadcasts must be an object")),
+    };
+    entries
+        .iter()
+        .map(|(id, version)| match version.as_str() {
+            Some(version) if is_broadcast_id(id) && is_broadcast_version(version) => {
+                Ok((id.clone(), version.to_owned()))
+            }
+            _ => Err(ParseError::BadField(
+                "broadcasts must map ids to version strings",
+            )),
+        })
+        .collect()
+}
+
+/// Broadcast ids look like `remote-settings/monitor_changes`.
+pub fn is_broadcast_id(id: &str) -> bool {
+    (1..=BROADCAST_TEXT_BYTES_MAX).contains(&id.len())
+        && id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"_-./".contains(&byte))
+}
+
+/// Versions are opaque printable strings (megaphone sends quoted numbers).
+pub fn is_broadcast_version(version: &str) -> bool {
+    (1..=BROADCAST_TEXT_BYTES_MAX).contains(&version.len())
+        && version.bytes().all(|byte| byte.is_ascii_graphic())
+}
+
+const BROADCAST_TEXT_BYTES_MAX: usize = 128;
 
 fn is_digits(text: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&text.len()) && text.bytes().all(|byte| byte.is_ascii_digit())
@@ -217,12 +257,28 @@ fn parse_ack(object: &Map<String, Value>) -> Result<ClientMessage, ParseError> {
     Ok(ClientMessage::Ack(parsed))
 }
 
-pub fn hello_reply(uaid_hex: &str, status: u16, use_webpush: bool) -> String {
+fn broadcast_map(broadcasts: &[(String, String)]) -> Value {
+    Value::Object(
+        broadcasts
+            .iter()
+            .map(|(id, version)| (id.clone(), Value::String(version.clone())))
+            .collect(),
+    )
+}
+
+/// `broadcasts` carries the subscribed broadcasts whose version differs
+/// from the one the UA said it has.
+pub fn hello_reply(
+    uaid_hex: &str,
+    status: u16,
+    use_webpush: bool,
+    broadcasts: &[(String, String)],
+) -> String {
     let mut reply = json!({
         "messageType": "hello",
         "uaid": uaid_hex,
         "status": status,
-        "broadcasts": {},
+        "broadcasts": broadcast_map(broadcasts),
     });
     if use_webpush {
         reply["use_webpush"] = Value::Bool(true);
@@ -242,6 +298,10 @@ pub fn unregister_reply(channel_id: &str, status: u16) -> String {
     json!({"messageType": "unregister", "channelID": channel_id, "status": status}).to_string()
 }
 
+pub fn broadcast_message(changes: &[(String, String)]) -> String {
+    json!({"messageType": "broadcast", "broadcasts": broadcast_map(changes)}).to_string()
+}
+
 pub const PING_REPLY: &str = "{}";
 
 #[cfg(test)]
@@ -257,7 +317,8 @@ mod tests {
                 uaid: None,
                 channel_ids: None,
                 use_webpush: true,
-                wakeup: None
+                wakeup: None,
+                broadcasts: Vec::new()
             })
         );
     }

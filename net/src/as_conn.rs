@@ -10,8 +10,8 @@ use glommio::net::TcpStream;
 use herald_engine::push::{self, errno, DecodeContext, HttpRequest, HttpResponse};
 
 use crate::http::{self, FramingError, Head};
-use crate::pages;
 use crate::shard::{now_ms, Ctx, Origin, ShardMsg};
+use crate::{broadcasts, pages};
 
 const READ_CHUNK_BYTES: usize = 4096;
 /// A form-encoded SimplePush body may spell each payload byte as `%XX`.
@@ -103,6 +103,15 @@ async fn route(ctx: &Rc<Ctx>, head: &Head, body: &[u8]) -> HttpResponse {
         ("GET", "/health") => return pages::health(ctx),
         ("GET", "/metrics") => return pages::metrics(ctx),
         ("GET", "/about") | ("GET", "/") => return pages::about(ctx),
+        ("PUT", _) if path.starts_with("/v1/broadcasts/") => {
+            let id = &path["/v1/broadcasts/".len()..];
+            let authorization = head
+                .headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+                .and_then(|(_, value)| std::str::from_utf8(value).ok());
+            return broadcasts::set(ctx, id, authorization, body).await;
+        }
         _ => {}
     }
     let headers: Vec<(&str, &[u8])> = head

@@ -4,6 +4,7 @@
 //! and talks to the other shards only through bounded rings.
 
 mod as_conn;
+mod broadcasts;
 pub mod http;
 pub mod metrics;
 mod pages;
@@ -51,6 +52,9 @@ pub struct ServerConfig {
     pub wakeup_routes: Vec<(String, WakeupRoute)>,
     pub limits: Limits,
     pub keys: KeyMaterial,
+    /// Bearer token for operator requests (`PUT /v1/broadcasts/<id>`);
+    /// `None` disables them.
+    pub admin_token: Option<String>,
 }
 
 /// `scheme://host[:port]` of a URL: the VAPID `aud` Herald expects.

@@ -45,6 +45,8 @@ pub enum ShardMsg {
         request: RequestId,
         push: PushRequest,
     },
+    /// An operator changed a broadcast on another shard.
+    Broadcast { id: String, version: String },
     /// The owner's answer, already durable.
     Reply {
         request: RequestId,
@@ -285,6 +287,9 @@ impl Ctx {
                 });
                 self.with_engine(|engine, now| engine.on_push(now, local, push));
             }
+            ShardMsg::Broadcast { id, version } => {
+                self.with_engine(|engine, _| engine.on_broadcast(&id, &version));
+            }
             ShardMsg::Reply { request, response } => {
                 self.remote_in_flight
                     .set(self.remote_in_flight.get().saturating_sub(1));
@@ -361,6 +366,9 @@ pub async fn run(
         };
     for record in &recovered.records {
         engine.apply(record);
+    }
+    for (id, version) in crate::broadcasts::load(&config.data_dir) {
+        engine.on_broadcast(&id, &version);
     }
     engine.set_next_lsn(journal.last_lsn() + 1);
     let report = &recovered.report;

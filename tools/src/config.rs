@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// Key file [default: <data-dir>/keys, generated with mode 0600 when missing]
     #[arg(long, env = "HERALD_KEYS_FILE")]
     pub keys_file: Option<PathBuf>,
+    /// Bearer token for operator requests such as PUT /v1/broadcasts/<id>
+    /// (prefer the env or the config file: flags show in `ps`) [default: none, disabled]
+    #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -62,6 +66,7 @@ struct FileConfig {
     #[serde(default)]
     wakeup_routes: Vec<String>,
     keys_file: Option<PathBuf>,
+    admin_token: Option<String>,
     #[serde(default)]
     limits: Limits,
 }
@@ -133,6 +138,10 @@ pub fn resolve(args: ServeArgs) -> Result<ServerConfig, String> {
         wakeup_routes,
         limits: file.limits,
         keys,
+        admin_token: args
+            .admin_token
+            .or(file.admin_token)
+            .filter(|token| !token.is_empty()),
     })
 }
 
