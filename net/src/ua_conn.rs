@@ -39,8 +39,20 @@ pub fn open_sockets() -> usize {
     OPEN_SOCKETS.with(Cell::get)
 }
 
-/// A freshly accepted socket: WebSocket upgrade, then the protocol.
+/// A freshly accepted socket: WebSocket upgrade, then the protocol. The
+/// upgrade is boxed so its state is freed before the long idle life begins.
 pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
+    let Some(buffer) = Box::pin(upgrade(&ctx, &mut stream)).await else {
+        return;
+    };
+    let socket = Socket::register(&ctx, &stream);
+    ctx.with_engine(|engine, now| engine.on_open(now, socket.conn));
+    socket.run(ctx, stream, buffer).await;
+}
+
+/// Reads the upgrade request and answers 101; returns the bytes read past
+/// the request (a UA may send its hello right behind it).
+async fn upgrade(ctx: &Rc<Ctx>, stream: &mut TcpStream) -> Option<Vec<u8>> {
     let limits = &ctx.shared.config.limits;
     let deadline = Instant::now() + Duration::from_millis(limits.handshake_timeout_ms);
     let mut buffer = Vec::new();
@@ -52,28 +64,31 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
             }
             Err(HandshakeError::Incomplete) if buffer.len() < limits.http_header_bytes_max => {}
             Err(HandshakeError::Incomplete) => {
-                return refuse(&mut stream, "431 Request Header Fields Too Large").await
+                refuse(stream, "431 Request Header Fields Too Large").await;
+                return None;
             }
-            Err(HandshakeError::Malformed) => return refuse(&mut stream, "400 Bad Request").await,
+            Err(HandshakeError::Malformed) => {
+                refuse(stream, "400 Bad Request").await;
+                return None;
+            }
             Err(HandshakeError::NotWebSocket) => {
-                return refuse(&mut stream, "426 Upgrade Required").await
+                refuse(stream, "426 Upgrade Required").await;
+                return None;
             }
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() || stream.set_read_timeout(Some(remaining)).is_err() {
-            return;
+            return None;
         }
-        if !read_more(&mut stream, &mut buffer).await {
-            return;
+        if !read_more(stream, &mut buffer).await {
+            return None;
         }
     };
     let response = websocket::upgrade_response(&upgrade);
     if stream.set_read_timeout(None).is_err() || stream.write_all(&response).await.is_err() {
-        return;
+        return None;
     }
-    let socket = Socket::register(&ctx, &stream);
-    ctx.with_engine(|engine, now| engine.on_open(now, socket.conn));
-    socket.run(ctx, stream, buffer).await;
+    Some(buffer)
 }
 
 /// A socket another shard handed over, with the hello it had read.
@@ -156,8 +171,9 @@ impl Socket {
                 {
                     match outcome {
                         Ended::HandOff(shard, hello) => {
-                            return self
-                                .finish(send_to_owner(&ctx, stream, shard, buffer, hello).await)
+                            return self.finish(
+                                Box::pin(send_to_owner(&ctx, stream, shard, buffer, hello)).await,
+                            )
                         }
                         Ended::Closing => break,
                     }
@@ -191,8 +207,9 @@ impl Socket {
                 // a stuck outbox): nothing more to send.
                 Event::Outgoing(None) => {
                     if let Some((shard, hello)) = self.hand_off.borrow_mut().take() {
-                        return self
-                            .finish(send_to_owner(&ctx, stream, shard, buffer, hello).await);
+                        return self.finish(
+                            Box::pin(send_to_owner(&ctx, stream, shard, buffer, hello)).await,
+                        );
                     }
                     break;
                 }
