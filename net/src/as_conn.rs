@@ -61,6 +61,16 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
             .await;
         }
         let request_bytes = head.head_bytes + head.body_bytes;
+        if buffer.len() < request_bytes && expects_continue(&head) {
+            // curl and others wait (about a second) for this before sending a body.
+            if stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
         while buffer.len() < request_bytes {
             if !read_more(&mut stream, &mut buffer).await {
                 return;
@@ -77,6 +87,12 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
             return;
         }
     }
+}
+
+fn expects_continue(head: &Head) -> bool {
+    head.headers.iter().any(|(name, value)| {
+        name.eq_ignore_ascii_case("expect") && value.eq_ignore_ascii_case(b"100-continue")
+    })
 }
 
 async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {

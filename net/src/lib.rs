@@ -8,6 +8,7 @@ mod broadcasts;
 pub mod http;
 pub mod metrics;
 mod pages;
+mod per_ip;
 mod runtime;
 mod shard;
 mod ua_conn;

@@ -20,6 +20,7 @@ pub struct Shared {
     pub started: Instant,
     /// Every shard's handle on the wakeup core (SPEC §5).
     pub wakeups: crate::wakeup::WakeupClient,
+    pub connections_per_ip: Arc<crate::per_ip::PerIpCounter>,
 }
 
 /// io_uring buffer memory per executor. The machine allows 8 MiB of locked
@@ -49,6 +50,7 @@ pub fn serve(config: ServerConfig) -> Result<(), String> {
         shutdown: AtomicBool::new(false),
         started: Instant::now(),
         wakeups,
+        connections_per_ip: Arc::default(),
         config,
     });
     let wakeup_handle = crate::wakeup::spawn(shared.clone(), wakeup_core, WAKEUP_IO_MEMORY_BYTES)?;
@@ -123,7 +125,10 @@ fn refuse_ports_in_use(addresses: &[std::net::SocketAddr]) -> Result<(), String>
         loop {
             match std::net::TcpListener::bind(address) {
                 Ok(_) => break,
-                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::AddrInUse
+                        && Instant::now() < deadline =>
+                {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(error) => return Err(format!("cannot listen on {address}: {error}")),

@@ -27,6 +27,7 @@ use herald_engine::{ConnId, Lsn, Millis, RequestId};
 use herald_store::{DiskLog, LogOptions};
 
 use crate::metrics::ShardSnapshot;
+use crate::per_ip::IpSlot;
 use crate::runtime::Shared;
 use crate::wakeup::WakeupClient;
 use crate::{as_conn, ua_conn, WakeupRoute};
@@ -38,6 +39,8 @@ pub enum ShardMsg {
         fd: RawFd,
         buffered: Vec<u8>,
         hello: String,
+        /// The socket's place under `connections_per_ip_max`, if counted.
+        ip_slot: Option<IpSlot>,
     },
     /// An AS request for a UAID the receiver owns.
     Push {
@@ -264,17 +267,17 @@ impl Ctx {
                 fd,
                 buffered,
                 hello,
+                ip_slot,
             } => {
                 // SAFETY: the sending shard dup'ed this fd for us and closed its own copies.
                 let stream =
                     unsafe { <glommio::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                spawn_local(ua_conn::serve_adopted(
-                    self.clone(),
-                    stream,
+                let adopted = ua_conn::Adopted {
                     buffered,
                     hello,
-                ))
-                .detach();
+                    ip_slot,
+                };
+                spawn_local(ua_conn::serve_adopted(self.clone(), stream, adopted)).detach();
             }
             ShardMsg::Push {
                 origin,
@@ -469,10 +472,24 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener, kind: Listener) {
                     return;
                 }
                 let _ = stream.set_nodelay(true);
-                match kind {
-                    Listener::Ua => spawn_local(ua_conn::serve(ctx.clone(), stream)).detach(),
-                    Listener::As => spawn_local(as_conn::serve(ctx.clone(), stream)).detach(),
+                let max = ctx.shared.config.limits.connections_per_ip_max;
+                let slot = match stream.peer_addr() {
+                    Ok(peer) => ctx.shared.connections_per_ip.acquire(peer.ip(), max),
+                    Err(_) => continue,
                 };
+                let Ok(slot) = slot else {
+                    ctx.shared.metrics.error(ctx.index, "connections_per_ip", 1);
+                    continue; // dropping the stream closes it
+                };
+                let task_ctx = ctx.clone();
+                match kind {
+                    Listener::Ua => spawn_local(ua_conn::serve(task_ctx, stream, slot)),
+                    Listener::As => spawn_local(async move {
+                        as_conn::serve(task_ctx, stream).await;
+                        drop(slot);
+                    }),
+                }
+                .detach();
             }
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning.

@@ -21,6 +21,7 @@ use glommio::{GlommioError, ResourceType};
 use herald_engine::shard::close;
 use herald_engine::ConnId;
 
+use crate::per_ip::IpSlot;
 use crate::shard::{ConnHandle, Ctx, Outgoing, ShardMsg};
 use crate::websocket::{self, Decoder, FrameError, HandshakeError, Incoming};
 
@@ -41,11 +42,11 @@ pub fn open_sockets() -> usize {
 
 /// A freshly accepted socket: WebSocket upgrade, then the protocol. The
 /// upgrade is boxed so its state is freed before the long idle life begins.
-pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
+pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream, ip_slot: Option<IpSlot>) {
     let Some(buffer) = Box::pin(upgrade(&ctx, &mut stream)).await else {
         return;
     };
-    let socket = Socket::register(&ctx, &stream);
+    let socket = Socket::register(&ctx, &stream, ip_slot);
     ctx.with_engine(|engine, now| engine.on_open(now, socket.conn));
     socket.run(ctx, stream, buffer).await;
 }
@@ -91,11 +92,19 @@ async fn upgrade(ctx: &Rc<Ctx>, stream: &mut TcpStream) -> Option<Vec<u8>> {
     Some(buffer)
 }
 
+/// What travels with a socket handed over by another shard.
+pub struct Adopted {
+    /// Every byte the other shard read after the hello.
+    pub buffered: Vec<u8>,
+    pub hello: String,
+    pub ip_slot: Option<IpSlot>,
+}
+
 /// A socket another shard handed over, with the hello it had read.
-pub async fn serve_adopted(ctx: Rc<Ctx>, stream: TcpStream, buffered: Vec<u8>, hello: String) {
-    let socket = Socket::register(&ctx, &stream);
-    ctx.with_engine(|engine, now| engine.on_adopted(now, socket.conn, &hello));
-    socket.run(ctx, stream, buffered).await;
+pub async fn serve_adopted(ctx: Rc<Ctx>, stream: TcpStream, adopted: Adopted) {
+    let socket = Socket::register(&ctx, &stream, adopted.ip_slot);
+    ctx.with_engine(|engine, now| engine.on_adopted(now, socket.conn, &adopted.hello));
+    socket.run(ctx, stream, adopted.buffered).await;
 }
 
 async fn refuse(stream: &mut TcpStream, status: &str) {
@@ -126,6 +135,8 @@ type HandOffSlot = Rc<RefCell<Option<(usize, String)>>>;
 
 struct Socket {
     conn: ConnId,
+    /// Held for the socket's life on this shard, passed on at hand-off.
+    ip_slot: RefCell<Option<IpSlot>>,
     inbox: LocalReceiver<Outgoing>,
     hand_off: HandOffSlot,
 }
@@ -138,7 +149,7 @@ enum Event {
 impl Socket {
     /// Registers the connection with the shard: from now on the engine can
     /// queue frames for it.
-    fn register(ctx: &Rc<Ctx>, stream: &TcpStream) -> Socket {
+    fn register(ctx: &Rc<Ctx>, stream: &TcpStream, ip_slot: Option<IpSlot>) -> Socket {
         let outbox_frames_max = ctx.shared.config.limits.ua_outbox_frames_max.max(1);
         let (outbox, inbox) = local_channel::new_unbounded();
         let conn = ctx.next_id();
@@ -153,6 +164,7 @@ impl Socket {
         OPEN_SOCKETS.with(|count| count.set(count.get() + 1));
         Socket {
             conn,
+            ip_slot: RefCell::new(ip_slot),
             inbox,
             hand_off,
         }
@@ -172,7 +184,15 @@ impl Socket {
                     match outcome {
                         Ended::HandOff(shard, hello) => {
                             return self.finish(
-                                Box::pin(send_to_owner(&ctx, stream, shard, buffer, hello)).await,
+                                Box::pin(send_to_owner(
+                                    &ctx,
+                                    stream,
+                                    shard,
+                                    buffer,
+                                    hello,
+                                    self.ip_slot.take(),
+                                ))
+                                .await,
                             )
                         }
                         Ended::Closing => break,
@@ -208,7 +228,15 @@ impl Socket {
                 Event::Outgoing(None) => {
                     if let Some((shard, hello)) = self.hand_off.borrow_mut().take() {
                         return self.finish(
-                            Box::pin(send_to_owner(&ctx, stream, shard, buffer, hello)).await,
+                            Box::pin(send_to_owner(
+                                &ctx,
+                                stream,
+                                shard,
+                                buffer,
+                                hello,
+                                self.ip_slot.take(),
+                            ))
+                            .await,
                         );
                     }
                     break;
@@ -324,6 +352,7 @@ async fn send_to_owner(
     shard: usize,
     buffered: Vec<u8>,
     hello: String,
+    ip_slot: Option<IpSlot>,
 ) {
     // SAFETY: dup of the valid socket fd this task owns.
     let fd = unsafe { libc::dup(stream.as_raw_fd()) };
@@ -335,6 +364,7 @@ async fn send_to_owner(
         fd,
         buffered,
         hello,
+        ip_slot,
     };
     if let Err(GlommioError::Closed(ResourceType::Channel(ShardMsg::HandOff { fd, .. })))
     | Err(GlommioError::WouldBlock(ResourceType::Channel(ShardMsg::HandOff { fd, .. }))) =

@@ -396,3 +396,31 @@ fn pending_cap_keeps_high_urgency_messages() {
         "oldest normal ones dropped: {msgs:?}"
     );
 }
+
+#[test]
+fn connections_per_ip_cap_refuses_extra_sockets_and_frees_slots() {
+    let server = Server::start(
+        ServerOptions::new()
+            .shards(2)
+            .limit("connections_per_ip_max", 2),
+    );
+    // The harness's readiness probe holds a slot until the server sees it close.
+    let connect = || {
+        let mut held = None;
+        wait_until(DEADLINE, "a socket within the cap connects", || {
+            held = WsClient::connect_with(&server.ua_addr(), &Handshake::default()).ok();
+            held.is_some()
+        });
+        held.expect("connected")
+    };
+    let first = connect();
+    let _second = connect();
+    assert!(
+        WsClient::connect_with(&server.ua_addr(), &Handshake::default()).is_err(),
+        "a third socket from 127.0.0.1 is refused"
+    );
+    drop(first);
+    wait_until(DEADLINE, "a slot frees once a socket closes", || {
+        WsClient::connect_with(&server.ua_addr(), &Handshake::default()).is_ok()
+    });
+}
