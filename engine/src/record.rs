@@ -28,6 +28,13 @@ pub enum Record {
         uaid: Uaid,
         wakeup: Option<WakeupInfo>,
     },
+    /// The newest SimplePush version a channel has seen. Written by snapshots
+    /// so that compaction does not forget it once its message was acked.
+    ChannelVersion {
+        uaid: Uaid,
+        channel: ChannelId,
+        version: u64,
+    },
 }
 
 impl Record {
@@ -36,7 +43,8 @@ impl Record {
             Record::UaidCreated { uaid, .. }
             | Record::ChannelUnregistered { uaid, .. }
             | Record::MessageRemoved { uaid, .. }
-            | Record::WakeupSet { uaid, .. } => *uaid,
+            | Record::WakeupSet { uaid, .. }
+            | Record::ChannelVersion { uaid, .. } => *uaid,
             Record::ChannelRegistered(registration) => registration.uaid,
             Record::MessageStored(message) => message.uaid,
         }

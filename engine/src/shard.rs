@@ -108,7 +108,7 @@ pub struct Stats {
 struct Channel {
     key_hash: Option<KeyHash>,
     /// Newest SimplePush version seen; older ones are accepted but not re-sent.
-    version: u64,
+    version: Option<u64>,
 }
 
 struct Pending {
@@ -146,6 +146,8 @@ struct Conn {
     pings_in_window: u32,
     /// Broadcast ids this socket subscribed to (SPEC §3.5).
     broadcasts: Vec<String>,
+    /// A retry timer is pending for this socket.
+    retry_scheduled: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -267,7 +269,7 @@ impl Shard {
                     .or_insert_with(UserAgent::new);
                 let channel = ua.channels.entry(registration.channel).or_insert(Channel {
                     key_hash: None,
-                    version: 0,
+                    version: None,
                 });
                 channel.key_hash = registration.key_hash;
             }
@@ -283,7 +285,7 @@ impl Shard {
                 if let (MessageBody::Version(version), Some(channel)) =
                     (&message.body, ua.channels.get_mut(&message.channel))
                 {
-                    channel.version = channel.version.max(*version);
+                    channel.version = channel.version.max(Some(*version));
                 }
                 ua.next_seq = ua.next_seq.max(message.seq + 1);
                 ua.pending.insert(
@@ -301,6 +303,19 @@ impl Shard {
                     ua.pending.remove(seq);
                 }
                 self.remember_outcome(*uaid, *seq, *reason);
+            }
+            Record::ChannelVersion {
+                uaid,
+                channel,
+                version,
+            } => {
+                if let Some(state) = self
+                    .uas
+                    .get_mut(uaid)
+                    .and_then(|ua| ua.channels.get_mut(channel))
+                {
+                    state.version = state.version.max(Some(*version));
+                }
             }
             Record::WakeupSet { uaid, wakeup } => {
                 let ua = self.uas.entry(*uaid).or_insert_with(UserAgent::new);
@@ -335,6 +350,13 @@ impl Shard {
                     channel: *channel,
                     key_hash: state.key_hash,
                 }));
+                if let Some(version) = state.version {
+                    records.push(Record::ChannelVersion {
+                        uaid: *uaid,
+                        channel: *channel,
+                        version,
+                    });
+                }
             }
             if ua.wakeup.is_some() {
                 records.push(Record::WakeupSet {
@@ -366,6 +388,7 @@ impl Shard {
                 ping_window_start_ms: now_ms,
                 pings_in_window: 0,
                 broadcasts: Vec::new(),
+                retry_scheduled: false,
             },
         );
         self.timers.insert((
@@ -548,10 +571,14 @@ impl Shard {
                 channel: *channel,
             });
         }
-        for channel in wanted
-            .difference(&have)
-            .take(self.config.limits.channels_per_uaid_max)
-        {
+        // Channels kept after the removals above count against the limit too.
+        let kept = have.intersection(&wanted).count();
+        let room = self
+            .config
+            .limits
+            .channels_per_uaid_max
+            .saturating_sub(kept);
+        for channel in wanted.difference(&have).take(room) {
             self.append(Record::ChannelRegistered(Registration {
                 uaid,
                 channel: *channel,
@@ -564,10 +591,7 @@ impl Shard {
     fn set_wakeup(&mut self, uaid: Uaid, wakeup: Option<WakeupInfo>) -> u16 {
         let routed = wakeup.filter(|info| {
             let network = format!("{}-{}", info.mcc, info.mnc);
-            self.config
-                .wakeup_networks
-                .iter()
-                .any(|known| *known == network)
+            self.config.wakeup_networks.contains(&network)
         });
         let current = self.uas.get(&uaid).and_then(|ua| ua.wakeup.clone());
         let status = if routed.is_some() { 201 } else { 200 };
@@ -724,9 +748,9 @@ impl Shard {
 
     // ---- delivery ------------------------------------------------------
 
-    /// Sends every pending message of `uaid` on `conn`: high urgency first,
-    /// then arrival order; expired ones are dropped on the way.
-    fn deliver_pending(&mut self, now_ms: Millis, conn: ConnId, uaid: Uaid) {
+    /// Forgets messages whose TTL ran out. No record is needed: replay keeps
+    /// them only until the next purge, and compaction leaves them out.
+    fn purge_expired(&mut self, now_ms: Millis, uaid: Uaid) {
         let Some(ua) = self.uas.get_mut(&uaid) else {
             return;
         };
@@ -736,10 +760,18 @@ impl Shard {
             .filter(|(_, pending)| pending.message.is_expired(now_ms))
             .map(|(seq, _)| *seq)
             .collect();
-        for seq in expired {
-            ua.pending.remove(&seq);
-            self.outcomes.insert((uaid, seq), Removal::Expired);
+        for seq in &expired {
+            ua.pending.remove(seq);
         }
+        for seq in expired {
+            self.remember_outcome(uaid, seq, Removal::Expired);
+        }
+    }
+
+    /// Sends every pending message of `uaid` on `conn`: high urgency first,
+    /// then arrival order; expired ones are dropped on the way.
+    fn deliver_pending(&mut self, now_ms: Millis, conn: ConnId, uaid: Uaid) {
+        self.purge_expired(now_ms, uaid);
         let Some(ua) = self.uas.get_mut(&uaid) else {
             return;
         };
@@ -761,8 +793,20 @@ impl Shard {
             return;
         }
         self.send_messages(conn, &messages);
-        let retry_at = now_ms + self.config.limits.retry_interval_ms;
-        self.timers.insert((retry_at, Timer::Retry(conn)));
+        self.schedule_retry(now_ms, conn);
+    }
+
+    /// One retry chain per socket: a re-send covers every unacked message,
+    /// so more timers would only multiply the re-sends.
+    fn schedule_retry(&mut self, now_ms: Millis, conn: ConnId) {
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !state.retry_scheduled {
+            state.retry_scheduled = true;
+            let retry_at = now_ms + self.config.limits.retry_interval_ms;
+            self.timers.insert((retry_at, Timer::Retry(conn)));
+        }
     }
 
     /// Frames for `messages` in the form the socket speaks (SPEC §3.3).
@@ -880,7 +924,11 @@ impl Shard {
                     }
                 }
                 Timer::Retry(conn) => {
-                    if let Some(uaid) = self.conns.get(&conn).and_then(|state| state.uaid) {
+                    let Some(state) = self.conns.get_mut(&conn) else {
+                        continue;
+                    };
+                    state.retry_scheduled = false;
+                    if let Some(uaid) = state.uaid {
                         self.deliver_pending(now_ms, conn, uaid);
                     }
                 }
@@ -989,8 +1037,8 @@ impl Shard {
                 key_hash,
                 notification,
             } => self.on_notify(now_ms, uaid, channel, key_hash, notification),
-            PushRequest::DeleteMessage(claims) => self.on_delete(claims),
-            PushRequest::MessageState(claims) => (None, self.message_state(claims)),
+            PushRequest::DeleteMessage(claims) => self.on_delete(now_ms, claims),
+            PushRequest::MessageState(claims) => (None, self.message_state(now_ms, claims)),
         };
         self.actions.push_back(Action::Reply {
             request,
@@ -1035,7 +1083,7 @@ impl Shard {
             if *version == VERSION_FROM_CLOCK {
                 *version = now_ms;
             }
-            if *version <= state.version {
+            if Some(*version) <= state.version {
                 // Not newer: accepted, nothing to send (SPEC §4.1).
                 return (
                     self.next_lsn.checked_sub(1),
@@ -1069,7 +1117,7 @@ impl Shard {
             }
             self.next_lsn.checked_sub(1)
         } else {
-            self.make_room(uaid, &message);
+            self.make_room(now_ms, uaid, &message);
             let lsn = self.append(Record::MessageStored(message.clone()));
             if connected.is_none() {
                 if let Some(target) = self.uas.get(&uaid).and_then(|ua| ua.wakeup.clone()) {
@@ -1089,10 +1137,7 @@ impl Shard {
                     pending.sent = true;
                 }
                 self.send_messages(conn, std::slice::from_ref(&message));
-                self.timers.insert((
-                    now_ms + self.config.limits.retry_interval_ms,
-                    Timer::Retry(conn),
-                ));
+                self.schedule_retry(now_ms, conn);
             }
             Some(lsn)
         };
@@ -1123,7 +1168,8 @@ impl Shard {
     /// Removes what the new message replaces (older SimplePush version on the
     /// channel, same Topic) and, at the pending limit, the oldest message of
     /// the lowest urgency present.
-    fn make_room(&mut self, uaid: Uaid, incoming: &StoredMessage) {
+    fn make_room(&mut self, now_ms: Millis, uaid: Uaid, incoming: &StoredMessage) {
+        self.purge_expired(now_ms, uaid);
         let Some(ua) = self.uas.get(&uaid) else {
             return;
         };
@@ -1170,12 +1216,14 @@ impl Shard {
         }
     }
 
-    fn on_delete(&mut self, claims: MessageClaims) -> (Option<Lsn>, HttpResponse) {
+    fn on_delete(&mut self, now_ms: Millis, claims: MessageClaims) -> (Option<Lsn>, HttpResponse) {
         let present = self
             .uas
             .get(&claims.uaid)
             .and_then(|ua| ua.pending.get(&claims.seq))
-            .is_some_and(|pending| pending.message.channel == claims.channel);
+            .is_some_and(|pending| {
+                pending.message.channel == claims.channel && !pending.message.is_expired(now_ms)
+            });
         if !present {
             return (
                 None,
@@ -1207,12 +1255,13 @@ impl Shard {
     }
 
     /// `GET /m/<id>`: stored | delivered | acked | expired (SPEC §4.2).
-    fn message_state(&self, claims: MessageClaims) -> HttpResponse {
+    fn message_state(&self, now_ms: Millis, claims: MessageClaims) -> HttpResponse {
         let pending = self
             .uas
             .get(&claims.uaid)
             .and_then(|ua| ua.pending.get(&claims.seq));
         let state = match (pending, self.outcomes.get(&(claims.uaid, claims.seq))) {
+            (Some(pending), _) if pending.message.is_expired(now_ms) => "expired",
             (Some(pending), _) if pending.sent => "delivered",
             (Some(_), _) => "stored",
             (None, Some(Removal::Acked)) => "acked",

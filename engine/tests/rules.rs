@@ -180,7 +180,6 @@ fn hello_channel_ids_recover_channels_after_data_loss() {
 }
 
 #[test]
-#[ignore = "bug: hello channelIDs sync can exceed channels_per_uaid_max"]
 fn hello_channel_ids_sync_respects_the_channel_limit() {
     let mut h = Harness::new(); // channels_per_uaid_max = 3
     let listed: Vec<String> = (1..=5).map(chan).collect();
@@ -240,6 +239,8 @@ fn any_message_before_hello_closes_1002() {
         json!({"messageType": "ack", "updates": []}),
         json!({"messageType": "nack", "code": 301}),
         json!({"messageType": "bogus"}),
+        json!({"messageType": "ping"}),
+        json!({}),
         json!([1, 2]),
         json!({"uaid": "x"}),
     ] {
@@ -248,9 +249,12 @@ fn any_message_before_hello_closes_1002() {
         assert_eq!(h.closed(conn), Some(close::PROTOCOL_ERROR), "{message}");
         assert_eq!(h.shards[0].user_agents(), 0);
     }
-    let conn = h.open();
-    h.send(conn, "not json");
-    assert_eq!(h.closed(conn), Some(close::PROTOCOL_ERROR));
+    for text in ["not json", "PING"] {
+        let conn = h.open();
+        h.send(conn, text);
+        assert_eq!(h.closed(conn), Some(close::PROTOCOL_ERROR), "{text}");
+        assert!(h.take(conn).is_empty(), "no reply to {text}");
+    }
 }
 
 #[test]
@@ -802,7 +806,6 @@ fn webpush_messages_expire_after_their_ttl() {
 }
 
 #[test]
-#[ignore = "bug: GET /m/<id> reports an expired (not yet purged) message as stored"]
 fn message_state_of_an_expired_message_is_expired() {
     let mut h = Harness::new();
     let (_, endpoints) = offline_ua(&mut h, true, &[&chan(1)]);
@@ -873,7 +876,6 @@ fn pending_limit_drops_the_oldest_of_the_lowest_urgency() {
 }
 
 #[test]
-#[ignore = "bug: expired messages count against pending_per_uaid_max and push out live ones"]
 fn expired_messages_do_not_push_live_ones_out() {
     let mut h = Harness::new(); // pending_per_uaid_max = 3
     let (uaid, endpoints) = offline_ua(&mut h, true, &[&chan(1)]);
@@ -892,7 +894,6 @@ fn expired_messages_do_not_push_live_ones_out() {
 }
 
 #[test]
-#[ignore = "bug: after a replay, expired messages come back and the pending limit is exceeded"]
 fn the_pending_limit_holds_after_replay() {
     let mut h = Harness::new(); // pending_per_uaid_max = 3
     let (uaid, endpoints) = offline_ua(&mut h, true, &[&chan(1)]);
@@ -1080,7 +1081,6 @@ fn retry_timer_resends_unacked_on_a_live_socket() {
 }
 
 #[test]
-#[ignore = "bug: every push on a live socket starts its own retry chain, so retries multiply"]
 fn retry_resends_each_message_about_once_per_interval() {
     let mut h = Harness::with_limits(Limits {
         pending_per_uaid_max: 10,
@@ -1316,6 +1316,88 @@ fn wakeup_needs_a_routed_network_and_activity_defers_sleep() {
     assert_eq!(h.closed(conn), Some(close::SLEEP));
 }
 
+// ---- §3.5 broadcasts ---------------------------------------------------
+
+const MONITOR: &str = "remote-settings/monitor_changes";
+
+#[test]
+fn hello_broadcasts_answer_changed_versions_and_later_changes_arrive() {
+    let mut h = Harness::with_shards(2);
+    h.broadcast(MONITOR, "\"100\"");
+    let subscriber = h.open_on(1);
+    let reply = h.hello(
+        subscriber,
+        json!({"use_webpush": true, "broadcasts": {MONITOR: "\"99\"", "other/x": "v1"}}),
+    );
+    assert_eq!(
+        reply["broadcasts"],
+        json!({MONITOR: "\"100\""}),
+        "only subscribed broadcasts whose version changed"
+    );
+    let up_to_date = h.open_on(0);
+    let reply = h.hello(up_to_date, json!({"broadcasts": {MONITOR: "\"100\""}}));
+    assert_eq!(reply["broadcasts"], json!({}));
+    let bystander = h.open();
+    h.hello(bystander, json!({"use_webpush": true}));
+
+    h.broadcast("other/x", "v2");
+    assert_eq!(
+        h.take(subscriber),
+        vec![Frame::Json(
+            json!({"messageType": "broadcast", "broadcasts": {"other/x": "v2"}})
+        )]
+    );
+    assert!(h.take(up_to_date).is_empty());
+    h.broadcast(MONITOR, "\"101\"");
+    let expected =
+        Frame::Json(json!({"messageType": "broadcast", "broadcasts": {MONITOR: "\"101\""}}));
+    assert_eq!(h.take(subscriber), vec![expected.clone()]);
+    assert_eq!(h.take(up_to_date), vec![expected]);
+    assert!(h.take(bystander).is_empty(), "not subscribed");
+    // Setting the same version again sends nothing.
+    h.broadcast(MONITOR, "\"101\"");
+    assert!(h.take(subscriber).is_empty());
+    // A closed socket is no longer a subscriber.
+    h.disconnect(subscriber);
+    h.broadcast(MONITOR, "\"102\"");
+    assert_eq!(h.socks[&subscriber].sent_after_close, 0);
+    assert_eq!(h.take(up_to_date).len(), 1);
+}
+
+#[test]
+fn broadcast_subscribe_adds_subscriptions() {
+    let mut h = Harness::new();
+    h.broadcast(MONITOR, "\"7\"");
+    let (conn, _) = h.connect_new(true);
+    h.send_json(
+        conn,
+        json!({"messageType": "broadcast_subscribe", "broadcasts": {MONITOR: "\"6\"", "b/c": "1"}}),
+    );
+    assert_eq!(
+        h.take(conn),
+        vec![Frame::Json(
+            json!({"messageType": "broadcast", "broadcasts": {MONITOR: "\"7\""}})
+        )],
+        "the stale one is answered at once"
+    );
+    h.broadcast("b/c", "2");
+    assert_eq!(
+        h.take(conn),
+        vec![Frame::Json(
+            json!({"messageType": "broadcast", "broadcasts": {"b/c": "2"}})
+        )]
+    );
+    // Malformed broadcasts are a protocol error.
+    h.send_json(
+        conn,
+        json!({"messageType": "broadcast_subscribe", "broadcasts": {"x": 5}}),
+    );
+    assert_eq!(h.closed(conn), Some(close::PROTOCOL_ERROR));
+    let conn = h.open();
+    h.send_json(conn, json!({"messageType": "hello", "broadcasts": ["x"]}));
+    assert_eq!(h.closed(conn), Some(close::PROTOCOL_ERROR));
+}
+
 // ---- multi-shard -------------------------------------------------------
 
 #[test]
@@ -1444,7 +1526,6 @@ fn replaying_a_snapshot_keeps_registrations_and_pending() {
 }
 
 #[test]
-#[ignore = "bug: snapshot() loses SimplePush channel versions, so older versions are re-sent after compaction"]
 fn replaying_a_snapshot_keeps_simplepush_versions() {
     let mut h = Harness::new();
     let (conn, uaid) = h.connect_new(false);

@@ -518,7 +518,7 @@ async fn tick_until_shutdown(ctx: &Rc<Ctx>) {
         }
         ctx.with_engine(|engine, now| engine.on_tick(now));
         ticks += 1;
-        if ticks % PUBLISH_EVERY_TICKS == 0 {
+        if ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
             published = publish(ctx, &published);
             maybe_compact(ctx, &compaction);
         }

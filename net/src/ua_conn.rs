@@ -183,17 +183,10 @@ impl Socket {
                 {
                     match outcome {
                         Ended::HandOff(shard, hello) => {
-                            return self.finish(
-                                Box::pin(send_to_owner(
-                                    &ctx,
-                                    stream,
-                                    shard,
-                                    buffer,
-                                    hello,
-                                    self.ip_slot.take(),
-                                ))
-                                .await,
-                            )
+                            let ip_slot = self.ip_slot.take();
+                            Box::pin(send_to_owner(&ctx, stream, shard, buffer, hello, ip_slot))
+                                .await;
+                            return self.finish();
                         }
                         Ended::Closing => break,
                     }
@@ -214,7 +207,7 @@ impl Socket {
                         if ctx.conns.borrow_mut().remove(&self.conn).is_some() {
                             ctx.with_engine(|engine, now| engine.on_closed(now, self.conn));
                         }
-                        return self.finish(());
+                        return self.finish();
                     }
                     readable_now = true;
                 }
@@ -226,8 +219,9 @@ impl Socket {
                 // The shard dropped our handle without a close (hand-off, or
                 // a stuck outbox): nothing more to send.
                 Event::Outgoing(None) => {
-                    if let Some((shard, hello)) = self.hand_off.borrow_mut().take() {
-                        return self.finish(
+                    let hand_off = self.hand_off.borrow_mut().take();
+                    if let Some((shard, hello)) = hand_off {
+                        {
                             Box::pin(send_to_owner(
                                 &ctx,
                                 stream,
@@ -236,8 +230,9 @@ impl Socket {
                                 hello,
                                 self.ip_slot.take(),
                             ))
-                            .await,
-                        );
+                            .await;
+                            return self.finish();
+                        }
                     }
                     break;
                 }
@@ -245,7 +240,7 @@ impl Socket {
         }
         // Rare and slow: boxed so that idle sockets do not carry its state.
         Box::pin(self.close_gracefully(&ctx, &mut stream)).await;
-        self.finish(())
+        self.finish()
     }
 
     /// Writes what is still queued (the close frame among it), then gives the
@@ -272,7 +267,7 @@ impl Socket {
         .await;
     }
 
-    fn finish(&self, _: ()) {
+    fn finish(&self) {
         OPEN_SOCKETS.with(|count| count.set(count.get().saturating_sub(1)));
     }
 

@@ -279,6 +279,13 @@ pub enum DiskRecord {
         uaid: [u8; 16],
         wakeup: Option<DiskWakeup>,
     },
+    /// Added after the first release of format 1: new variants go last so
+    /// that every earlier record keeps its discriminant.
+    ChannelVersion {
+        uaid: [u8; 16],
+        channel: [u8; 16],
+        version: u64,
+    },
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
@@ -391,6 +398,15 @@ impl From<&Record> for DiskRecord {
                     netid: info.netid.clone(),
                 }),
             },
+            Record::ChannelVersion {
+                uaid,
+                channel,
+                version,
+            } => DiskRecord::ChannelVersion {
+                uaid: uaid.0,
+                channel: channel.0,
+                version: *version,
+            },
         }
     }
 }
@@ -466,6 +482,15 @@ impl TryFrom<DiskRecord> for Record {
                     mnc: info.mnc,
                     netid: info.netid,
                 }),
+            },
+            DiskRecord::ChannelVersion {
+                uaid,
+                channel,
+                version,
+            } => Record::ChannelVersion {
+                uaid: Uaid(uaid),
+                channel: ChannelId(channel),
+                version,
             },
         })
     }
@@ -583,6 +608,15 @@ pub fn describe_record(record: &Record) -> String {
             ),
             None => format!("WakeupSet uaid={} none", uaid.to_hex()),
         },
+        Record::ChannelVersion {
+            uaid,
+            channel: ch,
+            version,
+        } => format!(
+            "ChannelVersion uaid={} channel={} version={version}",
+            uaid.to_hex(),
+            channel(ch)
+        ),
     }
 }
 

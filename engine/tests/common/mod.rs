@@ -297,6 +297,14 @@ impl Harness {
         self.tick();
     }
 
+    /// An operator sets broadcast `id` to `version`: every shard hears it.
+    pub fn broadcast(&mut self, id: &str, version: &str) {
+        for shard in &mut self.shards {
+            shard.on_broadcast(id, version);
+        }
+        self.pump();
+    }
+
     // ---- UA side -------------------------------------------------------
 
     /// A WebSocket upgrade completes on shard 0.

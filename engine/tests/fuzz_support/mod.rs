@@ -56,6 +56,12 @@ impl<'a> Input<'a> {
         byte
     }
 
+    /// True with probability about 1/n.
+    #[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.85
+    pub fn one_in(&mut self, n: u8) -> bool {
+        self.byte() % n.max(1) == 0
+    }
+
     pub fn below(&mut self, n: usize) -> usize {
         if n <= 1 {
             0
@@ -132,7 +138,7 @@ pub fn ua_parse(data: &[u8]) -> u32 {
             assert_eq!(text, ua::PING);
             14
         }
-        Ok(ClientMessage::BroadcastSubscribe) => 15,
+        Ok(ClientMessage::BroadcastSubscribe(_)) => 15,
     }
 }
 
@@ -270,12 +276,12 @@ pub fn push_decode(data: &[u8]) -> u32 {
     };
     let count = input.below(8);
     let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
-    if input.byte() % 2 == 0 {
+    if input.one_in(2) {
         let ttl = input.pick(&["60", "0", "86400", "99999999"]);
         headers.push(("TTL".to_owned(), ttl.as_bytes().to_vec()));
     }
     for _ in 0..count {
-        let name = if input.byte() % 8 == 0 {
+        let name = if input.one_in(8) {
             input.text()
         } else {
             input.pick(HEADER_NAMES).to_owned()
@@ -403,17 +409,20 @@ fn frame_text(input: &mut Input, world: &World) -> String {
     match input.byte() % 12 {
         0 | 1 => {
             let mut hello = json!({"messageType": "hello", "uaid": uaid(input)});
-            if input.byte() % 2 == 0 {
+            if input.one_in(2) {
                 hello["use_webpush"] = json!(true);
             }
-            if input.byte() % 3 == 0 {
+            if input.one_in(3) {
+                hello["broadcasts"] = broadcasts(input);
+            }
+            if input.one_in(3) {
                 let ids: Vec<Value> = (0..input.below(5)).map(|_| pick_channel(input)).collect();
                 hello["channelIDs"] = json!(ids);
             }
-            if input.byte() % 3 == 0 {
+            if input.one_in(3) {
                 hello["wakeup_hostport"] = json!({"ip": "10.0.0.1", "port": input.byte()});
                 hello["mobilenetwork"] =
-                    json!({"mcc": "214", "mnc": if input.byte() % 2 == 0 { "07" } else { "99" }});
+                    json!({"mcc": "214", "mnc": if input.one_in(2) { "07" } else { "99" }});
             }
             hello.to_string()
         }
@@ -451,7 +460,8 @@ fn frame_text(input: &mut Input, world: &World) -> String {
                 r#"{"messageType":"nack","code":301}"#,
             ])
             .to_owned(),
-        8 => json!({"messageType": "broadcast_subscribe", "broadcasts": {"a": "v"}}).to_string(),
+        8 => json!({"messageType": "broadcast_subscribe", "broadcasts": broadcasts(input)})
+            .to_string(),
         9 => {
             // A valid frame with one byte changed.
             let mut text = json!({"messageType": "register", "channelID": pick_channel(input)})
@@ -463,6 +473,27 @@ fn frame_text(input: &mut Input, world: &World) -> String {
         }
         _ => input.text(),
     }
+}
+
+const BROADCAST_IDS: &[&str] = &["remote-settings/monitor_changes", "a", "b/c"];
+
+/// A broadcasts object: known ids with small versions, or junk.
+fn broadcasts(input: &mut Input) -> Value {
+    let mut map = serde_json::Map::new();
+    for _ in 0..input.below(4) {
+        let id = if input.one_in(4) {
+            input.text()
+        } else {
+            input.pick(BROADCAST_IDS).to_owned()
+        };
+        let version = match input.byte() % 6 {
+            0 => json!(input.text()),
+            1 => json!(input.byte()),
+            _ => json!(format!("v{}", input.below(3))),
+        };
+        map.insert(id, version);
+    }
+    Value::Object(map)
 }
 
 fn drain(shard: &mut Shard, world: &mut World, shards: usize) {
@@ -484,6 +515,9 @@ fn drain(shard: &mut Shard, world: &mut World, shards: usize) {
                         world
                             .channels
                             .push(value["channelID"].as_str().unwrap_or_default().to_owned());
+                    }
+                    if value["messageType"] == "broadcast" {
+                        world.outcome |= 8192 << 3;
                     }
                     if value["messageType"] == "notification" {
                         world.outcome |= 1;
@@ -558,7 +592,11 @@ pub fn shard_frames(data: &[u8]) -> u32 {
     let mut steps = 0;
     while !input.is_empty() && steps < 200 {
         steps += 1;
-        match input.byte() % 10 {
+        match input.byte() % 11 {
+            10 => {
+                let id = input.pick(BROADCAST_IDS);
+                shard.on_broadcast(id, &format!("v{}", input.below(3)));
+            }
             0 => {
                 let conn = world.next_conn;
                 world.next_conn += 1;
@@ -591,7 +629,7 @@ pub fn shard_frames(data: &[u8]) -> u32 {
                         .unwrap_or_default()
                         .to_owned(),
                 };
-                let path = if input.byte() % 6 == 0 {
+                let path = if input.one_in(6) {
                     match world.versions.iter().find_map(|v| v.as_str()) {
                         Some(id) => format!("/m/{id}"),
                         None => path,
@@ -612,7 +650,7 @@ pub fn shard_frames(data: &[u8]) -> u32 {
                     input
                         .pick(&[&b"version=3"[..], b"version=9", b"", b"body=x&ttl=9"])
                         .to_vec()
-                } else if input.byte() % 2 == 0 {
+                } else if input.one_in(2) {
                     headers.push(("Content-Encoding", b"aes128gcm"));
                     input.chunk().to_vec()
                 } else {
