@@ -10,6 +10,7 @@
 //! loop on an event with a deadline; "nothing arrives" is checked with a read
 //! timeout over a bounded window.
 
+pub mod ece;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
@@ -1619,6 +1620,7 @@ mod selftest {
         c.send_raw_frame(0x1, b"hi", true).unwrap();
         assert_eq!(c.next_event(DEADLINE), WsEvent::Text("PONG".into()));
         assert_eq!(c.expect_close_with_deadline(DEADLINE), 1008);
+        drop(c);
         t.join().unwrap();
     }
 

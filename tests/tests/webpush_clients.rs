@@ -103,18 +103,17 @@ fn firefox_decrypts_messages_from_real_sender_libraries() {
 
 /// The UA's side of RFC 8291: a P-256 key pair and an auth secret.
 struct UaKeys {
-    keypair: ece::EcKeyComponents,
+    keypair: ece::UaKeys,
     p256dh: String,
     auth: Vec<u8>,
 }
 
 fn ua_keys() -> UaKeys {
-    let (keypair, auth) = ece::generate_keypair_and_auth_secret().expect("ece key pair");
-    let public = keypair.pub_as_raw().expect("raw public key");
+    let keypair = ece::UaKeys::generate();
     UaKeys {
-        keypair: keypair.raw_components().expect("raw key components"),
-        p256dh: b64url_encode(&public),
-        auth: auth.to_vec(),
+        p256dh: b64url_encode(&keypair.public_key()),
+        auth: keypair.auth.to_vec(),
+        keypair,
     }
 }
 
@@ -173,7 +172,7 @@ fn decrypt(keys: &UaKeys, notification: &serde_json::Value) -> String {
         "herald push sends aes128gcm: {notification}"
     );
     let data = notification_data(notification);
-    let plain = ece::decrypt(&keys.keypair, &keys.auth, &data)
+    let plain = ece::decrypt(&keys.keypair.secret, &keys.auth, &data)
         .unwrap_or_else(|e| panic!("the UA cannot decrypt {notification}: {e}"));
     String::from_utf8(plain).expect("UTF-8 plaintext")
 }

@@ -3,6 +3,7 @@
 mod config;
 mod push;
 mod wakeup_proxy;
+mod webpush_crypto;
 
 use std::process::ExitCode;
 

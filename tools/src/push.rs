@@ -2,11 +2,11 @@
 //!
 //! Sends a SimplePush version (`PUT version=N`), an empty Web Push message, or
 //! — with `--data`, `--p256dh` and `--auth` — a Web Push message encrypted for
-//! the subscription with `aes128gcm` (RFC 8188 / RFC 8291, done by Mozilla's
-//! `ece` crate). With `--vapid-key` the request carries a VAPID (RFC 8292)
-//! `Authorization: vapid t=<JWT>, k=<public key>` header: an ES256 JWT whose
-//! `aud` is the endpoint's origin, `exp` 12 hours ahead and `sub` the
-//! `--subject`. Prints the server's answer.
+//! the subscription with `aes128gcm` (RFC 8188 / RFC 8291, see
+//! [`crate::webpush_crypto`]). With `--vapid-key` the request carries a VAPID
+//! (RFC 8292) `Authorization: vapid t=<JWT>, k=<public key>` header: an ES256
+//! JWT whose `aud` is the endpoint's origin, `exp` 12 hours ahead and `sub`
+//! the `--subject`. Prints the server's answer.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -161,6 +161,9 @@ fn encrypt(data: &[u8], p256dh: &str, auth: &str) -> Result<Vec<u8>, String> {
             public_key.len()
         ));
     }
+    if p256::PublicKey::from_sec1_bytes(&public_key).is_err() {
+        return Err("--p256dh is not a point on the P-256 curve".to_owned());
+    }
     let auth = decode_b64("--auth", auth)?;
     if auth.len() != 16 {
         return Err(format!(
@@ -168,7 +171,8 @@ fn encrypt(data: &[u8], p256dh: &str, auth: &str) -> Result<Vec<u8>, String> {
             auth.len()
         ));
     }
-    ece::encrypt(&public_key, &auth, data).map_err(|e| format!("encryption failed: {e}"))
+    crate::webpush_crypto::encrypt(data, &public_key, &auth)
+        .map_err(|e| format!("encryption failed: {e}"))
 }
 
 /// Reads a VAPID private key: PEM (SEC1 or PKCS#8) or raw base64url.
