@@ -45,7 +45,8 @@ pub struct Limits {
     pub wal_compact_after_bytes: u64,
     /// Broadcast subscriptions one socket may hold.
     pub broadcasts_per_ua_max: usize,
-    /// Frames queued for one UA socket before it is treated as stuck and closed.
+    /// Frames queued for one UA socket, beyond `pending_per_uaid_max` (which a
+    /// reconnect may queue at once), before it is treated as stuck and closed.
     pub ua_outbox_frames_max: usize,
     /// Slots in the ring from all shards to the wakeup core. A full ring never
     /// blocks a shard: the wakeup is dropped and counted as failed.

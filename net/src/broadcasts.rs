@@ -151,6 +151,10 @@ mod tests {
         assert_eq!(id_from_file_name(&file_name(id)).as_deref(), Some(id));
         assert_eq!(id_from_file_name("zz"), None, "not hex");
         assert_eq!(id_from_file_name("616"), None, "odd length");
-        assert_eq!(id_from_file_name("6120"), None, "a space is not an id character");
+        assert_eq!(
+            id_from_file_name("6120"),
+            None,
+            "a space is not an id character"
+        );
     }
 }

@@ -21,6 +21,8 @@ pub struct Shared {
     /// Every shard's handle on the wakeup core (SPEC §5).
     pub wakeups: crate::wakeup::WakeupClient,
     pub connections_per_ip: Arc<crate::per_ip::PerIpCounter>,
+    /// Shards that finished replaying their logs (they accept once all have).
+    pub shards_ready: std::sync::atomic::AtomicUsize,
 }
 
 /// io_uring buffer memory per executor. The machine allows 8 MiB of locked
@@ -51,6 +53,7 @@ pub fn serve(config: ServerConfig) -> Result<(), String> {
         started: Instant::now(),
         wakeups,
         connections_per_ip: Arc::default(),
+        shards_ready: Default::default(),
         config,
     });
     let wakeup_handle = crate::wakeup::spawn(shared.clone(), wakeup_core, WAKEUP_IO_MEMORY_BYTES)?;

@@ -430,9 +430,18 @@ pub async fn run(
         }
     })
     .detach();
+    let _ = ready.send(Ok(()));
+    // Accept only once every shard has replayed its log: a UA handed to, or an
+    // AS request routed to, a shard still replaying would wait on it.
+    shared.shards_ready.fetch_add(1, Ordering::SeqCst);
+    while shared.shards_ready.load(Ordering::SeqCst) < shared.config.shards {
+        if shared.shutdown.load(Ordering::Relaxed) {
+            return;
+        }
+        sleep(TICK).await;
+    }
     spawn_local(accept_loop(ctx.clone(), ua_listener, Listener::Ua)).detach();
     spawn_local(accept_loop(ctx.clone(), as_listener, Listener::As)).detach();
-    let _ = ready.send(Ok(()));
     tick_until_shutdown(&ctx).await;
     drain(&ctx).await;
 }

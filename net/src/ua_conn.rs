@@ -150,7 +150,10 @@ impl Socket {
     /// Registers the connection with the shard: from now on the engine can
     /// queue frames for it.
     fn register(ctx: &Rc<Ctx>, stream: &TcpStream, ip_slot: Option<IpSlot>) -> Socket {
-        let outbox_frames_max = ctx.shared.config.limits.ua_outbox_frames_max.max(1);
+        // A hello may legitimately queue every pending message at once; only
+        // frames beyond that (and the slack) mean the UA is not reading.
+        let limits = &ctx.shared.config.limits;
+        let outbox_frames_max = limits.pending_per_uaid_max + limits.ua_outbox_frames_max.max(1);
         let (outbox, inbox) = local_channel::new_unbounded();
         let conn = ctx.next_id();
         let hand_off: HandOffSlot = Rc::new(RefCell::new(None));

@@ -52,13 +52,19 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
-        Command::Throughput { uas, senders, seconds } => throughput(cli.ua, uas, senders, Duration::from_secs(seconds)),
+        Command::Throughput {
+            uas,
+            senders,
+            seconds,
+        } => throughput(cli.ua, uas, senders, Duration::from_secs(seconds)),
         Command::Idle { uas, pid } => idle(cli.ua, uas, pid),
     }
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_micros() as u64)
 }
 
 type Socket = WebSocket<TcpStream>;
@@ -66,19 +72,31 @@ type Socket = WebSocket<TcpStream>;
 /// Connects, says hello, registers one channel; returns the socket and endpoint.
 fn connect_ua(ua: SocketAddr, index: usize) -> (Socket, String) {
     let stream = TcpStream::connect(ua).expect("connect to the UA listener");
-    let (mut socket, _) = tungstenite::client(format!("ws://{ua}/"), stream).expect("WebSocket upgrade");
-    send(&mut socket, json!({"messageType": "hello", "use_webpush": true}));
+    let (mut socket, _) =
+        tungstenite::client(format!("ws://{ua}/"), stream).expect("WebSocket upgrade");
+    send(
+        &mut socket,
+        json!({"messageType": "hello", "use_webpush": true}),
+    );
     let hello = recv(&mut socket);
     assert_eq!(hello["status"], 200, "hello refused: {hello}");
     let channel = format!("{:08x}-0000-4000-8000-{:012x}", index, index);
-    send(&mut socket, json!({"messageType": "register", "channelID": channel}));
+    send(
+        &mut socket,
+        json!({"messageType": "register", "channelID": channel}),
+    );
     let register = recv(&mut socket);
-    let endpoint = register["pushEndpoint"].as_str().expect("pushEndpoint").to_owned();
+    let endpoint = register["pushEndpoint"]
+        .as_str()
+        .expect("pushEndpoint")
+        .to_owned();
     (socket, endpoint)
 }
 
 fn send(socket: &mut Socket, value: Value) {
-    socket.send(Message::text(value.to_string())).expect("send frame");
+    socket
+        .send(Message::text(value.to_string()))
+        .expect("send frame");
 }
 
 fn recv(socket: &mut Socket) -> Value {
@@ -94,13 +112,18 @@ fn recv(socket: &mut Socket) -> Value {
 fn throughput(ua: SocketAddr, uas: usize, senders: usize, duration: Duration) {
     let mut endpoints = Vec::with_capacity(uas);
     let delivered = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram")));
+    let latencies = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
     for index in 0..uas {
         let (mut socket, endpoint) = connect_ua(ua, index);
         endpoints.push(endpoint);
-        socket.get_mut().set_read_timeout(Some(Duration::from_millis(200))).expect("read timeout");
+        socket
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("read timeout");
         let (delivered, latencies, stop) = (delivered.clone(), latencies.clone(), stop.clone());
         readers.push(std::thread::spawn(move || {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
@@ -126,7 +149,8 @@ fn throughput(ua: SocketAddr, uas: usize, senders: usize, duration: Duration) {
     let endpoints = Arc::new(endpoints);
     let sender_threads: Vec<_> = (0..senders)
         .map(|sender| {
-            let (endpoints, accepted, refused) = (endpoints.clone(), accepted.clone(), refused.clone());
+            let (endpoints, accepted, refused) =
+                (endpoints.clone(), accepted.clone(), refused.clone());
             std::thread::spawn(move || {
                 let mut connection: Option<BufReader<TcpStream>> = None;
                 let mut next = sender;
@@ -134,7 +158,8 @@ fn throughput(ua: SocketAddr, uas: usize, senders: usize, duration: Duration) {
                     let endpoint = &endpoints[next % endpoints.len()];
                     next += senders;
                     let status = post(&mut connection, endpoint, &now_us().to_be_bytes());
-                    if status == 201 { &accepted } else { &refused }.fetch_add(1, Ordering::Relaxed);
+                    if status == 201 { &accepted } else { &refused }
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             })
         })
@@ -145,7 +170,9 @@ fn throughput(ua: SocketAddr, uas: usize, senders: usize, duration: Duration) {
     let elapsed = started.elapsed().as_secs_f64();
     // Let in-flight deliveries land before stopping the readers.
     let settle = Instant::now();
-    while delivered.load(Ordering::Relaxed) < accepted.load(Ordering::Relaxed) && settle.elapsed() < Duration::from_secs(5) {
+    while delivered.load(Ordering::Relaxed) < accepted.load(Ordering::Relaxed)
+        && settle.elapsed() < Duration::from_secs(5)
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     stop.store(true, Ordering::Relaxed);
@@ -214,10 +241,17 @@ fn post(connection: &mut Option<BufReader<TcpStream>>, endpoint: &str, body: &[u
         body.len()
     );
     let stream = reader.get_mut();
-    stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).expect("send request");
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body))
+        .expect("send request");
     let mut status_line = String::new();
     reader.read_line(&mut status_line).expect("status line");
-    let status = status_line.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
     let mut length = 0usize;
     loop {
         let mut line = String::new();
@@ -251,8 +285,12 @@ fn idle(ua: SocketAddr, uas: usize, pid: u32) {
     let mut sockets = Vec::with_capacity(uas);
     for index in 0..uas {
         let stream = TcpStream::connect(ua).expect("connect to the UA listener");
-        let (mut socket, _) = tungstenite::client(format!("ws://{ua}/"), stream).expect("WebSocket upgrade");
-        send(&mut socket, json!({"messageType": "hello", "use_webpush": true}));
+        let (mut socket, _) =
+            tungstenite::client(format!("ws://{ua}/"), stream).expect("WebSocket upgrade");
+        send(
+            &mut socket,
+            json!({"messageType": "hello", "use_webpush": true}),
+        );
         let hello = recv(&mut socket);
         assert_eq!(hello["status"], 200, "hello {index} refused");
         sockets.push(socket);

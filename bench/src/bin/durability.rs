@@ -1,0 +1,789 @@
+//! `herald-durability`: the durability figures of bench/RESULTS.md ("Durability").
+//!
+//! Every subcommand starts its own `herald serve` (the binary next to this one,
+//! or `--herald PATH`) on 127.0.0.1 ports, in a data dir it is given or makes
+//! under /tmp, and stops it with SIGTERM. Everything is bounded in time and
+//! count; nothing leaves loopback.
+//!
+//! - `fsync`: durable AS requests per second with `--fsync batch` vs `never`
+//!   vs `always`. For each mode and run: a fresh data dir, a fresh server,
+//!   `herald-load throughput --uas U --senders S --seconds T` against it, then
+//!   `/metrics`: the average batch per fdatasync is
+//!   `herald_wal_records_synced / herald_wal_fsyncs` (all records: pushes,
+//!   acks' removals, registrations). Prints one JSON line per run and medians.
+//!     herald-durability fsync --runs 3 --uas 200 --senders 64 --seconds 10
+//! - `gen`: writes a data dir directly with the store API (no server): the
+//!   key file (`KeyMaterial::generate(..).to_file_text()` into `<dir>/keys`),
+//!   `check_layout`, then per shard under a glommio `LocalExecutor`
+//!   `open_shard` + `append` of `UaidCreated`, `ChannelRegistered` and
+//!   `MessageStored` (Web Push, 30-day TTL) records, UAIDs minted with
+//!   `Keys::mint_uaid(rng, shard, shards)` so each lands in its own shard.
+//!     herald-durability gen --data-dir /tmp/herald-1m --uaids 100000 \
+//!         --channels-per-uaid 10 --pending 100000
+//! - `restart`: times `herald serve` on such a data dir from launch until
+//!   `/health` answers 200, and reads the "WAL replayed" log lines (records
+//!   per shard, with their timestamps): replay rate per shard =
+//!   records / (time of its "WAL replayed" line − launch). Page cache warm
+//!   (the data dir was just written or read).
+//!     herald-durability restart --data-dir /tmp/herald-1m --runs 3
+//! - `compaction`: runs the server on a data dir (e.g. one from `gen`: a big
+//!   live state) with a small `[limits] wal_compact_after_bytes`, under
+//!   `herald-load throughput` load, then reads `herald_wal_compaction_pause_us_max`
+//!   from /metrics and every "WAL compacted" log line (pause_us, records in
+//!   the snapshot). Prints max and median pause and the state size.
+//!     herald-durability compaction --data-dir /tmp/herald-1m \
+//!         --compact-after-bytes 2097152 --seconds 20
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use rand::SeedableRng;
+use serde_json::{json, Value};
+
+use herald_engine::identity::{KeyMaterial, Keys};
+use herald_engine::message::{MessageBody, Registration, StoredMessage, Urgency};
+use herald_engine::record::Record;
+use herald_engine::ChannelId;
+use herald_store::{check_layout, open_shard, FsyncMode, LogOptions};
+
+#[derive(Parser)]
+#[command(about = "Durability benchmarks for Herald (loopback only)")]
+struct Cli {
+    /// The herald binary (default: `herald` next to this executable).
+    #[arg(long, global = true)]
+    herald: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// AS requests/s and records per fsync for each --fsync mode.
+    Fsync {
+        #[arg(long, default_value = "batch,never,always")]
+        modes: String,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value_t = 200)]
+        uas: usize,
+        #[arg(long, default_value_t = 64)]
+        senders: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        shards: usize,
+    },
+    /// Writes a data dir with registered channels and pending messages.
+    Gen {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        shards: usize,
+        #[arg(long, default_value_t = 100_000)]
+        uaids: usize,
+        #[arg(long, default_value_t = 10)]
+        channels_per_uaid: usize,
+        /// Pending Web Push messages, spread round-robin over the UAIDs.
+        #[arg(long, default_value_t = 100_000)]
+        pending: usize,
+        /// Ciphertext bytes per pending message.
+        #[arg(long, default_value_t = 128)]
+        body_bytes: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Start time and replay rate on an existing data dir.
+    Restart {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        shards: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Compaction pauses under load.
+    Compaction {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        shards: usize,
+        #[arg(long, default_value_t = 2 * 1024 * 1024)]
+        compact_after_bytes: u64,
+        #[arg(long, default_value_t = 200)]
+        uas: usize,
+        #[arg(long, default_value_t = 16)]
+        senders: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let herald = cli.herald.clone().unwrap_or_else(|| sibling("herald"));
+    match cli.command {
+        Cmd::Fsync {
+            modes,
+            runs,
+            uas,
+            senders,
+            seconds,
+            shards,
+        } => fsync_bench(&herald, &modes, runs, uas, senders, seconds, shards),
+        Cmd::Gen {
+            data_dir,
+            shards,
+            uaids,
+            channels_per_uaid,
+            pending,
+            body_bytes,
+            seed,
+        } => generate(
+            &data_dir,
+            shards,
+            uaids,
+            channels_per_uaid,
+            pending,
+            body_bytes,
+            seed,
+        ),
+        Cmd::Restart {
+            data_dir,
+            shards,
+            runs,
+        } => restart_bench(&herald, &data_dir, shards, runs),
+        Cmd::Compaction {
+            data_dir,
+            shards,
+            compact_after_bytes,
+            uas,
+            senders,
+            seconds,
+        } => compaction_bench(
+            &herald,
+            &data_dir,
+            shards,
+            compact_after_bytes,
+            uas,
+            senders,
+            seconds,
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// helpers: processes, HTTP, logs
+// ---------------------------------------------------------------------------
+
+fn sibling(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent().expect("exe dir").join(name)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("free port")
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// A running `herald serve`; SIGTERM (then SIGKILL) on drop.
+struct Herald {
+    child: Child,
+    ua: SocketAddr,
+    as_addr: SocketAddr,
+    log: PathBuf,
+    launched: SystemTime,
+    ready_after: Duration,
+}
+
+impl Herald {
+    fn start(
+        herald: &Path,
+        data_dir: &Path,
+        shards: usize,
+        fsync: &str,
+        config: Option<&Path>,
+    ) -> Herald {
+        let ua: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let as_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = data_dir.with_extension("herald.log");
+        let file = std::fs::File::create(&log).expect("create log file");
+        let mut command = Command::new(herald);
+        command.arg("serve");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--shards")
+            .arg(shards.to_string())
+            .arg("--fsync")
+            .arg(fsync)
+            .arg("--ua-listen")
+            .arg(ua.to_string())
+            .arg("--as-listen")
+            .arg(as_addr.to_string())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file));
+        let launched = SystemTime::now();
+        let started = Instant::now();
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("spawn {}: {error}", herald.display()));
+        let deadline = started + Duration::from_secs(300);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "herald exited at start ({status}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if http_get(as_addr, "/health").is_some_and(|(status, _)| status == 200) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "herald not healthy within 300 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Herald {
+            child,
+            ua,
+            as_addr,
+            log,
+            launched,
+            ready_after: started.elapsed(),
+        }
+    }
+
+    fn metric_sum(&self, prefix: &str) -> f64 {
+        let (_, text) = http_get(self.as_addr, "/metrics").expect("GET /metrics");
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter(|line| {
+                line.split(['{', ' ']).next() == Some(prefix)
+                    || line.starts_with(&format!("{prefix}_total"))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn metric_max(&self, name: &str) -> f64 {
+        let (_, text) = http_get(self.as_addr, "/metrics").expect("GET /metrics");
+        text.lines()
+            .filter(|line| line.split(['{', ' ']).next() == Some(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0, f64::max)
+    }
+
+    fn log_text(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// `GET path` over a fresh connection: (status, body).
+fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for next in chars.by_ref() {
+                if next.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `key=value` from a tracing log line (value up to the next space).
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let needle = format!(" {key}=");
+    let start = line.find(&needle)? + needle.len();
+    let rest = &line[start..];
+    Some(rest.split(' ').next().unwrap_or(rest))
+}
+
+/// The RFC 3339 UTC timestamp that starts a tracing line, as a SystemTime.
+fn line_time(line: &str) -> Option<SystemTime> {
+    let stamp = line.split_whitespace().next()?;
+    let (date, time) = stamp.trim_end_matches('Z').split_once('T')?;
+    let mut date_parts = date.split('-').map(|part| part.parse::<i64>());
+    let (year, month, day) = (
+        date_parts.next()?.ok()?,
+        date_parts.next()?.ok()?,
+        date_parts.next()?.ok()?,
+    );
+    let mut time_parts = time.split(':');
+    let hours: i64 = time_parts.next()?.parse().ok()?;
+    let minutes: i64 = time_parts.next()?.parse().ok()?;
+    let seconds: f64 = time_parts.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hours * 3600 + minutes * 60;
+    Some(UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_secs_f64(seconds))
+}
+
+/// Runs `herald-load throughput` against `ua`; its JSON report.
+fn run_load(ua: SocketAddr, uas: usize, senders: usize, seconds: u64) -> Value {
+    let output = Command::new(sibling("herald-load"))
+        .args(["--ua", &ua.to_string(), "throughput"])
+        .args(["--uas", &uas.to_string(), "--senders", &senders.to_string()])
+        .args(["--seconds", &seconds.to_string()])
+        .output()
+        .expect("run herald-load (cargo build --release -p herald-bench)");
+    assert!(
+        output.status.success(),
+        "herald-load failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("")).expect("herald-load JSON report")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "herald-durability-{tag}-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+// ---------------------------------------------------------------------------
+// fsync: requests/s per mode
+// ---------------------------------------------------------------------------
+
+fn fsync_bench(
+    herald: &Path,
+    modes: &str,
+    runs: usize,
+    uas: usize,
+    senders: usize,
+    seconds: u64,
+    shards: usize,
+) {
+    let modes: Vec<&str> = modes.split(',').collect();
+    let mut per_mode: Vec<(String, Vec<f64>, Vec<f64>, Vec<f64>)> = Vec::new();
+    for mode in &modes {
+        per_mode.push((mode.to_string(), vec![], vec![], vec![]));
+    }
+    // Interleave modes so that drift of the machine hits all of them alike.
+    for run in 0..runs {
+        for (slot, mode) in modes.iter().enumerate() {
+            let root = temp_dir(mode);
+            let data = root.join("data");
+            let server = Herald::start(herald, &data, shards, mode, None);
+            let report = run_load(server.ua, uas, senders, seconds);
+            let fsyncs = server.metric_sum("herald_wal_fsyncs");
+            let records = server.metric_sum("herald_wal_records_synced");
+            server.stop();
+            let _ = std::fs::remove_dir_all(&root);
+            let per_s = report["accepted_per_s"].as_f64().unwrap_or(0.0);
+            let batch = if fsyncs > 0.0 {
+                records / fsyncs
+            } else {
+                f64::NAN
+            };
+            println!(
+                "{}",
+                json!({"run": run, "fsync": mode, "accepted_per_s": per_s, "refused": report["refused"],
+                       "latency_us_p50": report["latency_us_p50"], "latency_us_p99": report["latency_us_p99"],
+                       "wal_fsyncs": fsyncs, "wal_records_synced": records, "records_per_fsync": batch})
+            );
+            per_mode[slot].1.push(per_s);
+            per_mode[slot].2.push(batch);
+            per_mode[slot]
+                .3
+                .push(report["latency_us_p50"].as_f64().unwrap_or(0.0));
+        }
+    }
+    let never = per_mode
+        .iter_mut()
+        .find(|(mode, ..)| mode == "never")
+        .map(|(_, rates, ..)| median(&mut rates.clone()));
+    for (mode, rates, batches, p50) in &mut per_mode {
+        let rate = median(rates);
+        println!(
+            "{}",
+            json!({"summary": mode, "runs": rates.len(), "median_accepted_per_s": rate,
+                   "all_accepted_per_s": rates, "median_records_per_fsync": median(batches),
+                   "median_latency_us_p50": median(p50),
+                   "ratio_to_never": never.map(|never| rate / never)})
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// gen: a big data dir through the store API
+// ---------------------------------------------------------------------------
+
+fn generate(
+    data_dir: &Path,
+    shards: usize,
+    uaids: usize,
+    channels_per_uaid: usize,
+    pending: usize,
+    body_bytes: usize,
+    seed: u64,
+) {
+    assert!(
+        !data_dir.exists()
+            || std::fs::read_dir(data_dir)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false),
+        "{} must not exist or be empty",
+        data_dir.display()
+    );
+    std::fs::create_dir_all(data_dir).expect("create data dir");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let material = KeyMaterial::generate(&mut rng);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(data_dir.join("keys"))
+            .expect("create key file");
+        file.write_all(material.to_file_text().as_bytes())
+            .expect("write key file");
+    }
+    let keys = Keys::new(&material);
+    check_layout(data_dir, shards).expect("check_layout");
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let started = Instant::now();
+    let mut totals = Vec::new();
+    for shard in 0..shards {
+        // This shard's share of UAIDs and of pending messages.
+        let my_uaids = uaids / shards + usize::from(shard < uaids % shards);
+        let my_pending = pending / shards + usize::from(shard < pending % shards);
+        let mut shard_rng =
+            rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(1000).wrapping_add(shard as u64));
+        let keys = keys.clone();
+        let dir = data_dir.to_path_buf();
+        let shard_started = Instant::now();
+        let (records, bytes) = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let (log, recovered) =
+                    open_shard(&dir, shard, LogOptions::with_fsync(FsyncMode::Batch))
+                        .await
+                        .expect("open_shard");
+                assert_eq!(recovered.records.len(), 0, "shard {shard} is not empty");
+                let mut appended = 0u64;
+                let mut seqs = vec![0u64; my_uaids];
+                let mut uaid_list = Vec::with_capacity(my_uaids);
+                let mut channels: Vec<Vec<ChannelId>> = Vec::with_capacity(my_uaids);
+                let mut append = |record: &Record| {
+                    log.append(record).expect("append");
+                    appended += 1;
+                    appended
+                };
+                let mut since_flush = 0;
+                for _ in 0..my_uaids {
+                    let uaid = keys.mint_uaid(&mut shard_rng, shard, shards);
+                    assert_eq!(uaid.shard(shards), shard);
+                    append(&Record::UaidCreated {
+                        uaid,
+                        at_ms: now_ms,
+                    });
+                    let mut mine = Vec::with_capacity(channels_per_uaid);
+                    for _ in 0..channels_per_uaid {
+                        let mut id = [0u8; 16];
+                        rand::RngCore::fill_bytes(&mut shard_rng, &mut id);
+                        id[6] = (id[6] & 0x0f) | 0x40; // UUID v4
+                        id[8] = (id[8] & 0x3f) | 0x80;
+                        let channel = ChannelId(id);
+                        append(&Record::ChannelRegistered(Registration {
+                            uaid,
+                            channel,
+                            key_hash: None,
+                        }));
+                        mine.push(channel);
+                    }
+                    uaid_list.push(uaid);
+                    channels.push(mine);
+                    since_flush += 1 + channels_per_uaid;
+                    if since_flush >= 20_000 {
+                        since_flush = 0;
+                        log.flush().await.expect("flush");
+                    }
+                }
+                for index in 0..my_pending {
+                    let owner = index % my_uaids.max(1);
+                    seqs[owner] += 1;
+                    let mut data = vec![0u8; body_bytes];
+                    rand::RngCore::fill_bytes(&mut shard_rng, &mut data);
+                    let channel =
+                        channels[owner][index / my_uaids.max(1) % channels_per_uaid.max(1)];
+                    append(&Record::MessageStored(StoredMessage {
+                        uaid: uaid_list[owner],
+                        channel,
+                        seq: seqs[owner],
+                        arrived_ms: now_ms,
+                        expires_ms: now_ms + 30 * 24 * 3600 * 1000,
+                        urgency: Urgency::Normal,
+                        topic: None,
+                        body: MessageBody::WebPush {
+                            data,
+                            encoding: Some("aes128gcm".into()),
+                            encryption: None,
+                            crypto_key: None,
+                        },
+                    }));
+                    since_flush += 1;
+                    if since_flush >= 20_000 {
+                        since_flush = 0;
+                        log.flush().await.expect("flush");
+                    }
+                }
+                log.flush().await.expect("final flush");
+                let stats = log.stats();
+                log.close();
+                (stats.records_synced, stats.bytes_written)
+            })
+            .expect("spawn executor")
+            .join()
+            .expect("executor thread");
+        totals.push(
+            json!({"shard": shard, "uaids": my_uaids, "pending": my_pending,
+                           "records": records, "bytes": bytes,
+                           "seconds": shard_started.elapsed().as_secs_f64()}),
+        );
+    }
+    println!(
+        "{}",
+        json!({"data_dir": data_dir, "shards": shards, "uaids": uaids,
+               "channels": uaids * channels_per_uaid, "pending": pending,
+               "seconds": started.elapsed().as_secs_f64(), "per_shard": totals})
+    );
+}
+
+// ---------------------------------------------------------------------------
+// restart: time to /health and replay rate
+// ---------------------------------------------------------------------------
+
+/// Per shard: (records, seconds from launch to its "WAL replayed" line).
+fn replay_lines(log: &str, launched: SystemTime) -> Vec<(usize, u64, f64, String)> {
+    log.lines()
+        .filter(|line| line.contains("WAL replayed"))
+        .filter_map(|line| {
+            let shard = field(line, "shard")?.parse().ok()?;
+            let records = field(line, "records")?.parse().ok()?;
+            let at = line_time(line)?;
+            let seconds = at.duration_since(launched).ok()?.as_secs_f64();
+            let summary = format!(
+                "user_agents={} pending={} bytes={}",
+                field(line, "user_agents").unwrap_or("?"),
+                field(line, "pending").unwrap_or("?"),
+                field(line, "bytes").unwrap_or("?")
+            );
+            Some((shard, records, seconds, summary))
+        })
+        .collect()
+}
+
+fn restart_bench(herald: &Path, data_dir: &Path, shards: usize, runs: usize) {
+    let mut ready = Vec::new();
+    let mut all_ready = Vec::new();
+    let mut rates = Vec::new();
+    for run in 0..runs {
+        let server = Herald::start(herald, data_dir, shards, "batch", None);
+        let ready_s = server.ready_after.as_secs_f64();
+        // /health is served by the first shard that finished its replay
+        // (SO_REUSEPORT): wait (bounded) for the "ready" line of all shards.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut log = server.log_text();
+        while !log.contains("herald_net::runtime: ready") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            log = server.log_text();
+        }
+        let all_ready_s = log
+            .lines()
+            .find(|line| line.contains("herald_net::runtime: ready"))
+            .and_then(line_time)
+            .and_then(|at| at.duration_since(server.launched).ok())
+            .map(|elapsed| elapsed.as_secs_f64());
+        let shards_seen = replay_lines(&log, server.launched);
+        let rss = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("VmRSS:"))
+                    .map(|value| value.trim().to_string())
+            });
+        server.stop();
+        let per_shard: Vec<Value> = shards_seen
+            .iter()
+            .map(|(shard, records, seconds, summary)| {
+                let rate = *records as f64 / seconds;
+                rates.push(rate);
+                json!({"shard": shard, "records": records, "replayed_at_s": seconds,
+                       "records_per_s": rate, "state": summary})
+            })
+            .collect();
+        assert_eq!(
+            per_shard.len(),
+            shards,
+            "a \"WAL replayed\" line per shard in:\n{log}"
+        );
+        ready.push(ready_s);
+        all_ready.push(all_ready_s.unwrap_or(f64::NAN));
+        println!(
+            "{}",
+            json!({"run": run, "launch_to_health_s": ready_s, "launch_to_all_shards_ready_s": all_ready_s,
+                   "rss": rss, "per_shard": per_shard})
+        );
+    }
+    println!(
+        "{}",
+        json!({"summary": "restart", "runs": runs, "median_launch_to_health_s": median(&mut ready.clone()),
+               "all_launch_to_health_s": ready,
+               "median_launch_to_all_shards_ready_s": median(&mut all_ready.clone()),
+               "all_launch_to_all_shards_ready_s": all_ready,
+               "median_records_per_s_per_shard": median(&mut rates)})
+    );
+}
+
+// ---------------------------------------------------------------------------
+// compaction: pauses under load
+// ---------------------------------------------------------------------------
+
+fn compaction_bench(
+    herald: &Path,
+    data_dir: &Path,
+    shards: usize,
+    compact_after_bytes: u64,
+    uas: usize,
+    senders: usize,
+    seconds: u64,
+) {
+    let config = data_dir.with_extension("compaction.toml");
+    std::fs::write(
+        &config,
+        format!("[limits]\nwal_compact_after_bytes = {compact_after_bytes}\n"),
+    )
+    .expect("write config");
+    let server = Herald::start(herald, data_dir, shards, "batch", Some(&config));
+    let load = run_load(server.ua, uas, senders, seconds);
+    // Let a compaction that started at the end of the load finish (bounded).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pause_max = server.metric_max("herald_wal_compaction_pause_us_max");
+    let mut compactions = server.metric_sum("herald_wal_compactions");
+    loop {
+        let log = server.log_text();
+        let done = log
+            .lines()
+            .filter(|line| line.contains("WAL compacted"))
+            .count() as f64;
+        if done >= compactions || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        pause_max = server.metric_max("herald_wal_compaction_pause_us_max");
+        compactions = server.metric_sum("herald_wal_compactions");
+    }
+    let log = server.log_text();
+    server.stop();
+    let mut pauses = Vec::new();
+    let mut lines = Vec::new();
+    for line in log.lines().filter(|line| line.contains("WAL compacted")) {
+        let shard = field(line, "shard").unwrap_or("?").to_string();
+        let records: u64 = field(line, "records")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let pause: f64 = field(line, "pause_us")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        pauses.push(pause);
+        lines.push(json!({"shard": shard, "snapshot_records": records, "pause_us": pause}));
+    }
+    let replay = replay_lines(&log, UNIX_EPOCH);
+    println!(
+        "{}",
+        json!({"compact_after_bytes": compact_after_bytes, "load": load,
+               "state_at_start": replay.iter().map(|(shard, records, _, summary)| json!({"shard": shard, "records": records, "state": summary})).collect::<Vec<_>>(),
+               "compactions": lines, "metric_pause_us_max": pause_max, "metric_compactions": compactions,
+               "max_pause_us": pauses.iter().cloned().fold(f64::NAN, f64::max),
+               "median_pause_us": median(&mut pauses)})
+    );
+}
