@@ -339,40 +339,58 @@ impl Shard {
     /// the same registrations and pending (unexpired) messages.
     pub fn snapshot(&self, now_ms: Millis) -> Vec<Record> {
         let mut records = Vec::new();
-        for (uaid, ua) in &self.uas {
-            records.push(Record::UaidCreated {
-                uaid: *uaid,
-                at_ms: now_ms,
-            });
-            for (channel, state) in &ua.channels {
-                records.push(Record::ChannelRegistered(Registration {
-                    uaid: *uaid,
-                    channel: *channel,
-                    key_hash: state.key_hash,
-                }));
-                if let Some(version) = state.version {
-                    records.push(Record::ChannelVersion {
-                        uaid: *uaid,
-                        channel: *channel,
-                        version,
-                    });
-                }
-            }
-            if ua.wakeup.is_some() {
-                records.push(Record::WakeupSet {
-                    uaid: *uaid,
-                    wakeup: ua.wakeup.clone(),
-                });
-            }
-            for pending in ua
-                .pending
-                .values()
-                .filter(|pending| !pending.message.is_expired(now_ms))
-            {
-                records.push(Record::MessageStored(pending.message.clone()));
-            }
+        for uaid in self.uas.keys() {
+            self.snapshot_user_agent(now_ms, *uaid, &mut records);
         }
         records
+    }
+
+    /// Every UAID this shard knows, to walk a snapshot one UA at a time.
+    pub fn uaids(&self) -> Vec<Uaid> {
+        self.uas.keys().copied().collect()
+    }
+
+    /// One UA's live state as records (nothing if it is unknown). A snapshot
+    /// may be built this way across many turns of the shard while records
+    /// keep being appended: every record is a blind write (set or delete of
+    /// one key) or a monotonic maximum, so replaying the log after the LSN the
+    /// snapshot covers, over state taken at any later moment, ends in the
+    /// same state (a fuzzy checkpoint).
+    pub fn snapshot_user_agent(&self, now_ms: Millis, uaid: Uaid, records: &mut Vec<Record>) {
+        let Some(ua) = self.uas.get(&uaid) else {
+            return;
+        };
+        records.push(Record::UaidCreated {
+            uaid,
+            at_ms: now_ms,
+        });
+        for (channel, state) in &ua.channels {
+            records.push(Record::ChannelRegistered(Registration {
+                uaid,
+                channel: *channel,
+                key_hash: state.key_hash,
+            }));
+            if let Some(version) = state.version {
+                records.push(Record::ChannelVersion {
+                    uaid,
+                    channel: *channel,
+                    version,
+                });
+            }
+        }
+        if ua.wakeup.is_some() {
+            records.push(Record::WakeupSet {
+                uaid,
+                wakeup: ua.wakeup.clone(),
+            });
+        }
+        for pending in ua
+            .pending
+            .values()
+            .filter(|pending| !pending.message.is_expired(now_ms))
+        {
+            records.push(Record::MessageStored(pending.message.clone()));
+        }
     }
 
     // ---- UA sockets ----------------------------------------------------
@@ -1117,8 +1135,19 @@ impl Shard {
             }
             self.next_lsn.checked_sub(1)
         } else {
-            self.make_room(now_ms, uaid, &message);
+            // The new message is logged before what it displaces: a crash
+            // between the records may keep both (delivered twice), never
+            // neither (an acknowledged message lost).
+            let displaced = self.displaced_by(now_ms, uaid, &message);
             let lsn = self.append(Record::MessageStored(message.clone()));
+            for (seq, channel, reason) in displaced {
+                self.append(Record::MessageRemoved {
+                    uaid,
+                    channel,
+                    seq,
+                    reason,
+                });
+            }
             if connected.is_none() {
                 if let Some(target) = self.uas.get(&uaid).and_then(|ua| ua.wakeup.clone()) {
                     self.actions.push_back(Action::Wakeup {
@@ -1165,55 +1194,55 @@ impl Shard {
         )
     }
 
-    /// Removes what the new message replaces (older SimplePush version on the
-    /// channel, same Topic) and, at the pending limit, the oldest message of
-    /// the lowest urgency present.
-    fn make_room(&mut self, now_ms: Millis, uaid: Uaid, incoming: &StoredMessage) {
+    /// What storing `incoming` displaces: older SimplePush versions on its
+    /// channel and messages with its Topic (replaced), and at the pending limit
+    /// the oldest message of the lowest urgency present (dropped).
+    fn displaced_by(
+        &mut self,
+        now_ms: Millis,
+        uaid: Uaid,
+        incoming: &StoredMessage,
+    ) -> Vec<(u64, ChannelId, Removal)> {
         self.purge_expired(now_ms, uaid);
         let Some(ua) = self.uas.get(&uaid) else {
-            return;
+            return Vec::new();
         };
-        let replaced: Vec<(u64, ChannelId)> = ua
+        let replaces = |old: &StoredMessage| {
+            old.channel == incoming.channel
+                && match (&old.body, &incoming.body) {
+                    (MessageBody::Version(_), MessageBody::Version(_)) => true,
+                    _ => incoming.topic.is_some() && old.topic == incoming.topic,
+                }
+        };
+        let mut displaced: Vec<(u64, ChannelId, Removal)> = ua
             .pending
             .values()
-            .filter(|pending| {
-                let old = &pending.message;
-                old.channel == incoming.channel
-                    && match (&old.body, &incoming.body) {
-                        (MessageBody::Version(_), MessageBody::Version(_)) => true,
-                        _ => incoming.topic.is_some() && old.topic == incoming.topic,
-                    }
+            .filter(|pending| replaces(&pending.message))
+            .map(|pending| {
+                (
+                    pending.message.seq,
+                    pending.message.channel,
+                    Removal::Replaced,
+                )
             })
-            .map(|pending| (pending.message.seq, pending.message.channel))
             .collect();
-        for (seq, channel) in replaced {
-            self.append(Record::MessageRemoved {
-                uaid,
-                channel,
-                seq,
-                reason: Removal::Replaced,
-            });
+        let remaining = ua.pending.len() - displaced.len();
+        if remaining >= self.config.limits.pending_per_uaid_max {
+            let victim = ua
+                .pending
+                .values()
+                .filter(|pending| !replaces(&pending.message))
+                .min_by_key(|pending| (pending.message.urgency, pending.message.seq));
+            if let Some(pending) = victim {
+                self.stats.pending_dropped += 1;
+                displaced.push((
+                    pending.message.seq,
+                    pending.message.channel,
+                    Removal::Dropped,
+                ));
+            }
         }
-        let Some(ua) = self.uas.get(&uaid) else {
-            return;
-        };
-        if ua.pending.len() < self.config.limits.pending_per_uaid_max {
-            return;
-        }
-        let victim = ua
-            .pending
-            .values()
-            .min_by_key(|pending| (pending.message.urgency, pending.message.seq))
-            .map(|pending| (pending.message.seq, pending.message.channel));
-        if let Some((seq, channel)) = victim {
-            self.stats.pending_dropped += 1;
-            self.append(Record::MessageRemoved {
-                uaid,
-                channel,
-                seq,
-                reason: Removal::Dropped,
-            });
-        }
+        displaced
     }
 
     fn on_delete(&mut self, now_ms: Millis, claims: MessageClaims) -> (Option<Lsn>, HttpResponse) {
