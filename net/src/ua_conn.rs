@@ -26,8 +26,10 @@ use crate::shard::{ConnHandle, Ctx, Outgoing, ShardMsg};
 use crate::websocket::{self, Decoder, FrameError, HandshakeError, Incoming};
 
 /// Bytes read per `read` call, in a buffer that exists only while data is
-/// ready: an idle socket waits on a one-byte peek (see ARCHITECTURE.md).
+/// ready (see ARCHITECTURE.md).
 const READ_CHUNK_BYTES: usize = 2048;
+/// The read an idle socket waits in: big enough for a typical UA message.
+const FIRST_READ_BYTES: usize = 128;
 /// After Herald's close frame, how long the UA gets to close its side.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -125,10 +127,17 @@ async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
     }
 }
 
-/// Waits until the socket is readable (or closed) without holding a buffer.
-async fn readable(stream: &TcpStream) {
-    let mut probe = [0u8; 1];
-    let _ = stream.peek(&mut probe).await;
+/// Takes whatever else the socket has ready right now, without waiting.
+/// (glommio reads are readiness-based: giving up a read that is not ready
+/// loses no bytes.)
+fn take_ready(stream: &mut TcpStream, buffer: &mut Vec<u8>) {
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    while let Some(Ok(read)) = future::block_on(future::poll_once(stream.read(&mut chunk))) {
+        buffer.extend_from_slice(&chunk[..read]);
+        if read < chunk.len() {
+            return;
+        }
+    }
 }
 
 type HandOffSlot = Rc<RefCell<Option<(usize, String)>>>;
@@ -142,7 +151,7 @@ struct Socket {
 }
 
 enum Event {
-    Readable,
+    Read(std::io::Result<usize>),
     Outgoing(Option<Outgoing>),
 }
 
@@ -199,18 +208,25 @@ impl Socket {
                     buffer = Vec::new();
                 }
             }
+            // An idle socket waits here: a read into a small inline buffer
+            // (glommio polls for readiness without allocating), or a frame
+            // for it. A `peek` would allocate a 4 KiB-aligned buffer per socket.
+            let mut first = [0u8; FIRST_READ_BYTES];
             let event = future::or(async { Event::Outgoing(self.inbox.recv().await) }, async {
-                readable(&stream).await;
-                Event::Readable
+                Event::Read(stream.read(&mut first).await)
             })
             .await;
             match event {
-                Event::Readable => {
-                    if !Box::pin(read_more(&mut stream, &mut buffer)).await {
-                        if ctx.conns.borrow_mut().remove(&self.conn).is_some() {
-                            ctx.with_engine(|engine, now| engine.on_closed(now, self.conn));
-                        }
-                        return self.finish();
+                Event::Read(Ok(0)) | Event::Read(Err(_)) => {
+                    if ctx.conns.borrow_mut().remove(&self.conn).is_some() {
+                        ctx.with_engine(|engine, now| engine.on_closed(now, self.conn));
+                    }
+                    return self.finish();
+                }
+                Event::Read(Ok(read)) => {
+                    buffer.extend_from_slice(&first[..read]);
+                    if read == first.len() {
+                        take_ready(&mut stream, &mut buffer);
                     }
                     readable_now = true;
                 }
