@@ -69,8 +69,8 @@ fn now_us() -> u64 {
 
 type Socket = WebSocket<TcpStream>;
 
-/// Connects, says hello, registers one channel; returns the socket and endpoint.
-fn connect_ua(ua: SocketAddr, index: usize) -> (Socket, String) {
+/// Connects and says hello as a Web Push UA with a fresh UAID.
+fn hello_ua(ua: SocketAddr) -> Socket {
     let stream = TcpStream::connect(ua).expect("connect to the UA listener");
     let (mut socket, _) =
         tungstenite::client(format!("ws://{ua}/"), stream).expect("WebSocket upgrade");
@@ -80,6 +80,12 @@ fn connect_ua(ua: SocketAddr, index: usize) -> (Socket, String) {
     );
     let hello = recv(&mut socket);
     assert_eq!(hello["status"], 200, "hello refused: {hello}");
+    socket
+}
+
+/// A UA that said hello and registered one channel; returns it and the endpoint.
+fn connect_ua(ua: SocketAddr, index: usize) -> (Socket, String) {
+    let mut socket = hello_ua(ua);
     let channel = format!("{:08x}-0000-4000-8000-{:012x}", index, index);
     send(
         &mut socket,
@@ -282,19 +288,7 @@ fn idle(ua: SocketAddr, uas: usize, pid: u32) {
     let warm: Vec<_> = (0..100).map(|index| connect_ua(ua, index)).collect();
     let before = rss_kib(pid);
     let started = Instant::now();
-    let mut sockets = Vec::with_capacity(uas);
-    for index in 0..uas {
-        let stream = TcpStream::connect(ua).expect("connect to the UA listener");
-        let (mut socket, _) =
-            tungstenite::client(format!("ws://{ua}/"), stream).expect("WebSocket upgrade");
-        send(
-            &mut socket,
-            json!({"messageType": "hello", "use_webpush": true}),
-        );
-        let hello = recv(&mut socket);
-        assert_eq!(hello["status"], 200, "hello {index} refused");
-        sockets.push(socket);
-    }
+    let sockets: Vec<Socket> = (0..uas).map(|_| hello_ua(ua)).collect();
     let connect_s = started.elapsed().as_secs_f64();
     // Give the server a moment to settle its accounting (a bounded wait).
     std::thread::sleep(Duration::from_secs(1));
