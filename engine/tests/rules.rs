@@ -1670,3 +1670,35 @@ fn every_log_prefix_keeps_the_newest_acknowledged_version() {
         );
     }
 }
+
+/// After a WAL write or sync failure the shard acknowledges nothing it could
+/// not make durable: AS requests get 503, register and unregister 500, and
+/// acks are not logged.
+#[test]
+fn a_failed_store_refuses_every_write() {
+    let mut h = Harness::new();
+    let (conn, _uaid) = h.connect_new(true);
+    let endpoint = h.register(conn, &chan(1));
+    assert_eq!(h.post(&endpoint, 60).status, 201);
+    let frames = h.take_notifications(conn);
+    let logged = h.log[0].len();
+    h.shards[0].on_store_failed();
+
+    let refused = h.post(&endpoint, 60);
+    assert_eq!(refused.status, 503, "AS push after a store failure");
+    assert_eq!(
+        h.register_reply(conn, json!({"channelID": chan(2)}))["status"],
+        500
+    );
+    h.send_json(
+        conn,
+        json!({"messageType": "unregister", "channelID": chan(1)}),
+    );
+    assert_eq!(h.take_reply(conn, "unregister")["status"], 500);
+    h.ack(conn, &chan(1), frames[0]["version"].clone());
+    assert_eq!(
+        h.log[0].len(),
+        logged,
+        "nothing was appended after the failure"
+    );
+}
