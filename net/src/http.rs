@@ -143,4 +143,26 @@ mod tests {
             Some(FramingError::HeadersTooLarge)
         );
     }
+
+    /// Seeded smoke fuzz: random and mutated request heads never panic and
+    /// never claim more header bytes than the limit.
+    #[test]
+    fn random_heads_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x4774);
+        let valid =
+            b"POST /wpush/v1/abc HTTP/1.1\r\nHost: x\r\nTTL: 60\r\nContent-Length: 3\r\n\r\nabc"
+                .to_vec();
+        for _ in 0..20_000 {
+            let mut bytes = valid.clone();
+            for _ in 0..rng.gen_range(1..6) {
+                let at = rng.gen_range(0..bytes.len());
+                bytes[at] = rng.gen();
+            }
+            bytes.truncate(rng.gen_range(0..=bytes.len()));
+            if let Ok(head) = parse_head(&bytes, 64) {
+                assert!(head.head_bytes <= 64);
+            }
+        }
+    }
 }

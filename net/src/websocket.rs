@@ -291,4 +291,40 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-
             Some(HandshakeError::Incomplete)
         );
     }
+
+    /// Seeded smoke fuzz (CI has no libFuzzer): random and mutated frames
+    /// never panic, and the decoder never holds more than the limit.
+    #[test]
+    fn random_bytes_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_f4a3);
+        let valid = [
+            masked(1, false, b"{\"messageType\""),
+            masked(0, true, b":\"hello\"}"),
+            masked(9, true, b"p"),
+        ]
+        .concat();
+        for _ in 0..20_000 {
+            let mut bytes = if rng.gen_bool(0.5) {
+                let len = rng.gen_range(0..64);
+                (0..len).map(|_| rng.gen()).collect::<Vec<u8>>()
+            } else {
+                let mut bytes = valid.clone();
+                for _ in 0..rng.gen_range(1..4) {
+                    let at = rng.gen_range(0..bytes.len());
+                    bytes[at] = rng.gen();
+                }
+                bytes.truncate(rng.gen_range(0..=bytes.len()));
+                bytes
+            };
+            let mut decoder = Decoder::default();
+            for _ in 0..8 {
+                match decoder.next(&mut bytes, 64) {
+                    Ok(Some(_)) => assert!(decoder.fragments.len() <= 64),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        let _ = parse_upgrade(&[0xff; 300]);
+    }
 }
