@@ -41,13 +41,14 @@ pub struct PushArgs {
     #[arg(long, conflicts_with = "data")]
     pub version: Option<u64>,
     /// Text to encrypt for the subscription with aes128gcm (needs --p256dh and --auth).
-    #[arg(long, requires_all = ["p256dh", "auth"])]
+    // Values may start with `-` (base64url has it): never read them as flags.
+    #[arg(long, requires_all = ["p256dh", "auth"], allow_hyphen_values = true)]
     pub data: Option<String>,
     /// The subscription's P-256 public key (base64url, `keys.p256dh` of a PushSubscription).
-    #[arg(long, requires = "data")]
+    #[arg(long, requires = "data", allow_hyphen_values = true)]
     pub p256dh: Option<String>,
     /// The subscription's auth secret (base64url, `keys.auth` of a PushSubscription).
-    #[arg(long, requires = "data")]
+    #[arg(long, requires = "data", allow_hyphen_values = true)]
     pub auth: Option<String>,
     /// VAPID private key file to sign the request: PEM (SEC1 `EC PRIVATE KEY`
     /// or PKCS#8 `PRIVATE KEY`) or the raw 32-byte key in base64url.
@@ -59,7 +60,7 @@ pub struct PushArgs {
     /// Time to live in seconds.
     #[arg(long, default_value_t = 60)]
     pub ttl: u64,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub topic: Option<String>,
     /// very-low | low | normal | high
     #[arg(long)]
