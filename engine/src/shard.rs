@@ -1148,7 +1148,9 @@ impl Shard {
                     reason,
                 });
             }
-            if connected.is_none() {
+            // RFC 8030 §5.3: very-low and low urgency wait for the UA's next
+            // natural connection instead of waking a sleeping phone.
+            if connected.is_none() && message.urgency >= Urgency::Normal {
                 if let Some(target) = self.uas.get(&uaid).and_then(|ua| ua.wakeup.clone()) {
                     self.actions.push_back(Action::Wakeup {
                         uaid,

@@ -1702,3 +1702,47 @@ fn a_failed_store_refuses_every_write() {
         "nothing was appended after the failure"
     );
 }
+
+/// Issue 4 / RFC 8030 §5.3: a very-low or low urgency message waits for the
+/// sleeping UA's next natural connection; normal and high wake it.
+#[test]
+fn low_urgency_does_not_wake_a_sleeping_ua() {
+    let mut h = Harness::with_wakeup();
+    let conn = h.open();
+    let uaid = h.hello(conn, wakeup_hello(None, "07"))["uaid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let endpoint = h.register(conn, &chan(1));
+    h.advance(10_000);
+    assert_eq!(h.closed(conn), Some(close::SLEEP));
+    for urgency in ["very-low", "low"] {
+        let response = h.request(
+            "POST",
+            &endpoint,
+            &[("TTL", "600"), ("Urgency", urgency)],
+            b"",
+        );
+        assert_eq!(response.status, 201);
+    }
+    assert!(
+        h.wakeups.is_empty(),
+        "low urgency woke the UA: {:?}",
+        h.wakeups.len()
+    );
+    let response = h.request(
+        "POST",
+        &endpoint,
+        &[("TTL", "600"), ("Urgency", "normal")],
+        b"",
+    );
+    assert_eq!(response.status, 201);
+    assert_eq!(h.wakeups.len(), 1, "normal urgency wakes the UA");
+    let conn = h.open();
+    h.hello(conn, wakeup_hello(Some(&uaid), "07"));
+    assert_eq!(
+        h.take_notifications(conn).len(),
+        3,
+        "all three arrive on reconnect"
+    );
+}

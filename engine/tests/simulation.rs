@@ -39,7 +39,8 @@
 //!    UAID and lands the socket on the UAID's shard.
 //! 6. Sockets close only as the spec says (1000 when a newer socket takes the
 //!    UAID, 4774 for an idle wakeup UA with nothing in flight), nothing is sent
-//!    after a close, and an asleep wakeup UA gets a wakeup for each message.
+//!    after a close, and an asleep wakeup UA gets a wakeup for each message of normal or high
+//!    urgency (very-low and low wait for its next connection).
 //! 7. A message is re-sent on a live socket about once per retry interval.
 //!
 //! At the end every shard is rebuilt from its log and every UA reconnects: it
@@ -1206,17 +1207,20 @@ impl Sim {
                 model.gone_ids.push((id, why));
             }
         }
+        let urgency = message.urgency;
         model.pending.push(message);
-        self.after_push(ua, Some(()));
+        self.after_push(ua, Some(urgency));
     }
 
-    /// A push was accepted: an asleep wakeup UA gets exactly one wakeup.
-    fn after_push(&mut self, ua: usize, stored: Option<()>) {
+    /// A push was stored (with this urgency) or not: an asleep wakeup UA gets
+    /// exactly one wakeup for a stored message of normal or high urgency;
+    /// very-low and low ones wait for its next connection.
+    fn after_push(&mut self, ua: usize, stored: Option<Urgency>) {
         let calls: Vec<WakeupCall> = self.h.wakeups[self.wakeup_cursor..].to_vec();
         self.wakeup_cursor = self.h.wakeups.len();
         let model = &self.uas[ua];
         let asleep = model.mobile && model.conn.is_none();
-        if stored.is_some() && asleep {
+        if stored.is_some_and(|urgency| urgency >= Urgency::Normal) && asleep {
             ensure!(
                 self,
                 calls.len() == 1 && calls[0].uaid == model.uaid_bytes,
