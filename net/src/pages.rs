@@ -72,7 +72,7 @@ pub fn about(ctx: &Rc<Ctx>) -> HttpResponse {
             format!("{:.2}", total.notifications_out as f64 / uptime_s as f64),
         ),
         ("WAL size", format!("{} bytes", total.wal_bytes)),
-        ("Fsync mode", format!("{:?}", config.fsync).to_lowercase()),
+        ("Fsync mode", config.fsync.as_str().to_owned()),
     ];
     let mut body = String::from(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Herald</title>\

@@ -95,10 +95,10 @@ pub fn serve(config: ServerConfig) -> Result<(), String> {
         config.as_listen, config.endpoint_url
     );
     println!(
-        "herald: data dir {} ({} shards, fsync {:?})",
+        "herald: data dir {} ({} shards, fsync {})",
         config.data_dir.display(),
         shards,
-        config.fsync
+        config.fsync.as_str()
     );
     tracing::info!(shards, "ready");
     let signal = wait_for_signal(&signals);
