@@ -1606,12 +1606,7 @@ mod selftest {
                 reason: "bye".into(),
             }))
             .unwrap();
-            loop {
-                match ws.read() {
-                    Ok(_) => continue,
-                    Err(_) => break,
-                }
-            }
+            while ws.read().is_ok() {}
         });
         let mut c = WsClient::connect(&addr);
         assert_eq!(c.subprotocol, None);

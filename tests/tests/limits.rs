@@ -203,7 +203,7 @@ fn oversized_numbers_are_handled_cleanly() {
     let cases = [
         format!("{{\"messageType\":\"ack\",\"updates\":[{{\"channelID\":\"{c}\",\"version\":1e400,\"code\":100}}]}}"),
         format!("{{\"messageType\":\"ack\",\"updates\":[{{\"channelID\":\"{c}\",\"version\":123456789012345678901234567890}}]}}"),
-        format!("{{\"messageType\":\"nack\",\"version\":\"x\",\"code\":99999999999999999999999}}"),
+        "{\"messageType\":\"nack\",\"version\":\"x\",\"code\":99999999999999999999999}".to_string(),
     ];
     for m in cases {
         let mut ua = server.ua_webpush();

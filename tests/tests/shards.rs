@@ -163,7 +163,7 @@ fn channel_ids_sync_across_shards() {
         let (_b, eb) = ua.register_new();
         ua.close();
         let mut ua = server.ua();
-        let r = ua.hello(Some(&uaid), Some(&[a.clone()]), true);
+        let r = ua.hello(Some(&uaid), Some(std::slice::from_ref(&a)), true);
         assert_eq!(r["uaid"], uaid.as_str());
         push_aes128gcm(&eb, b"x", 60).assert_json_error(410);
         push_aes128gcm(&ea, b"kept", 60).assert_status(201, "POST to kept channel");

@@ -142,7 +142,7 @@ fn channel_ids_sync_unregisters_channels_the_ua_dropped() {
     ua.close();
 
     let mut ua = server.ua();
-    let r = ua.hello(Some(&uaid), Some(&[a.clone()]), true);
+    let r = ua.hello(Some(&uaid), Some(std::slice::from_ref(&a)), true);
     assert_eq!(r["uaid"], uaid.as_str());
     push_aes128gcm(&eb, b"x", 60).assert_json_error(410);
     assert_eq!(push_aes128gcm(&ea, b"kept", 60).status, 201);

@@ -122,7 +122,7 @@ fn simplepush_version_delivered_as_updates() {
     let r = put_version(&e, 5);
     r.assert_status(200, "PUT version=5");
     let n = ua.recv_notification(DEADLINE);
-    let ups = sp_updates(&[n.clone()]);
+    let ups = sp_updates(std::slice::from_ref(&n));
     assert_eq!(
         ups,
         vec![(c.clone(), Value::from(5u64))],
@@ -244,7 +244,7 @@ fn webpush_message_to_simplepush_socket_becomes_update_with_arrival_time() {
     push_aes128gcm(&e, b"ciphertext", 60).assert_status(201, "POST");
     let after = now_ms();
     let n = ua.recv_notification(DEADLINE);
-    let ups = sp_updates(&[n.clone()]);
+    let ups = sp_updates(std::slice::from_ref(&n));
     assert_eq!(ups.len(), 1, "{n}");
     assert_eq!(ups[0].0, c);
     let v = ups[0]

@@ -11,28 +11,28 @@
 //!   `/metrics`: the average batch per fdatasync is
 //!   `herald_wal_records_synced / herald_wal_fsyncs` (all records: pushes,
 //!   acks' removals, registrations). Prints one JSON line per run and medians.
-//!     herald-durability fsync --runs 3 --uas 200 --senders 64 --seconds 10
+//!   `herald-durability fsync --runs 3 --uas 200 --senders 64 --seconds 10`
 //! - `gen`: writes a data dir directly with the store API (no server): the
 //!   key file (`KeyMaterial::generate(..).to_file_text()` into `<dir>/keys`),
 //!   `check_layout`, then per shard under a glommio `LocalExecutor`
 //!   `open_shard` + `append` of `UaidCreated`, `ChannelRegistered` and
 //!   `MessageStored` (Web Push, 30-day TTL) records, UAIDs minted with
 //!   `Keys::mint_uaid(rng, shard, shards)` so each lands in its own shard.
-//!     herald-durability gen --data-dir /tmp/herald-1m --uaids 100000 \
-//!         --channels-per-uaid 10 --pending 100000
+//!   `herald-durability gen --data-dir /tmp/herald-1m --uaids 100000 \
+//!   --channels-per-uaid 10 --pending 100000`
 //! - `restart`: times `herald serve` on such a data dir from launch until
 //!   `/health` answers 200, and reads the "WAL replayed" log lines (records
 //!   per shard, with their timestamps): replay rate per shard =
 //!   records / (time of its "WAL replayed" line − launch). Page cache warm
 //!   (the data dir was just written or read).
-//!     herald-durability restart --data-dir /tmp/herald-1m --runs 3
+//!   `herald-durability restart --data-dir /tmp/herald-1m --runs 3`
 //! - `compaction`: runs the server on a data dir (e.g. one from `gen`: a big
 //!   live state) with a small `[limits] wal_compact_after_bytes`, under
 //!   `herald-load throughput` load, then reads `herald_wal_compaction_pause_us_max`
 //!   from /metrics and every "WAL compacted" log line (pause_us, records in
 //!   the snapshot). Prints max and median pause and the state size.
-//!     herald-durability compaction --data-dir /tmp/herald-1m \
-//!         --compact-after-bytes 2097152 --seconds 20
+//!   `herald-durability compaction --data-dir /tmp/herald-1m \
+//!   --compact-after-bytes 2097152 --seconds 20`
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -439,7 +439,9 @@ fn fsync_bench(
     shards: usize,
 ) {
     let modes: Vec<&str> = modes.split(',').collect();
-    let mut per_mode: Vec<(String, Vec<f64>, Vec<f64>, Vec<f64>)> = Vec::new();
+    // Per mode: its name and, per run, three measured series.
+    type Series = (String, Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut per_mode: Vec<Series> = Vec::new();
     for mode in &modes {
         per_mode.push((mode.to_string(), vec![], vec![], vec![]));
     }
