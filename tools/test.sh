@@ -11,6 +11,19 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# Style first: it is the cheapest failure to read. (Both come with rustup's
+# default profile; a toolchain without them skips the check and says so.)
+if cargo fmt --version >/dev/null 2>&1; then
+    cargo fmt --all -- --check
+else
+    echo "tools/test.sh: rustfmt not installed, format check skipped" >&2
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+    cargo clippy --release --locked --workspace --all-targets -- -D warnings
+else
+    echo "tools/test.sh: clippy not installed, lint check skipped" >&2
+fi
+
 cargo build --release --locked -p herald
 cargo build --release --locked --workspace --bins
 cargo test --release --locked --workspace --no-fail-fast -- --test-threads="${HERALD_TEST_THREADS:-4}"
