@@ -1110,7 +1110,16 @@ impl Shard {
             }
         }
         let connected = ua.conn;
-        let seq = ua.next_seq.max(now_ms.saturating_mul(SEQ_PER_MS));
+        let web_push = notification.web_push;
+        let ttl_s = notification.ttl_s.unwrap_or(0);
+        // RFC 8030 §5.2: TTL=0 is delivered now or never; it is not stored.
+        let stored = !(web_push && ttl_s == 0);
+        // Stored messages get even sequence numbers, unstored ones odd: an
+        // unstored message leaves no record, so after a restart its number
+        // could otherwise be given to a stored message, and its id (which
+        // the AS may DELETE) would name that one.
+        let earliest = ua.next_seq.max(now_ms.saturating_mul(SEQ_PER_MS));
+        let seq = earliest + u64::from((earliest % 2 == 0) != stored);
         let message = StoredMessage {
             uaid,
             channel,
@@ -1123,10 +1132,7 @@ impl Shard {
             topic: notification.topic,
             body,
         };
-        let web_push = notification.web_push;
-        let ttl_s = notification.ttl_s.unwrap_or(0);
-        let after = if web_push && ttl_s == 0 {
-            // RFC 8030 §5.2: TTL=0 is delivered now or never; it is not stored.
+        let after = if !stored {
             if let Some(ua) = self.uas.get_mut(&uaid) {
                 ua.next_seq = seq + 1;
             }

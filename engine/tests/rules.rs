@@ -918,7 +918,6 @@ fn the_pending_limit_holds_after_replay() {
 }
 
 #[test]
-#[ignore = "bug: a TTL=0 message's id is given again to the next message after a restart within the same ms"]
 fn message_ids_are_not_reused_across_a_restart() {
     let mut h = Harness::new();
     let (uaid, endpoints) = offline_ua(&mut h, true, &[&chan(1)]);
