@@ -1745,3 +1745,32 @@ fn low_urgency_does_not_wake_a_sleeping_ua() {
         "all three arrive on reconnect"
     );
 }
+
+/// Several unacked messages whose numeric versions collide (same channel,
+/// same millisecond) are still re-sent once per retry interval, not more.
+#[test]
+fn colliding_versions_are_resent_once_per_interval() {
+    let mut h = Harness::new();
+    let (conn, _) = h.connect_new(false);
+    let endpoint = h.register(conn, &chan(1));
+    h.request("PUT", &endpoint, &[], b"body=one");
+    h.request("PUT", &endpoint, &[], b"body=two");
+    h.post(&endpoint, 600);
+    let retry_ms = h.limits.retry_interval_ms;
+    let started = h.now;
+    let mut frames = h.take(conn).len();
+    for _ in 0..40 {
+        h.advance(retry_ms / 4);
+        frames += h.take(conn).len();
+    }
+    let retries = (h.now - started) / retry_ms;
+    // Live: one frame per push. Then each retry re-sends them as one
+    // `notification` frame (the Web Push message as an update) and one
+    // `desktop-notification` frame carrying both bodies.
+    assert_eq!(
+        frames as u64,
+        3 + 2 * retries,
+        "frames over {} ms",
+        h.now - started
+    );
+}
