@@ -43,6 +43,8 @@ pub struct Limits {
     /// The WAL is compacted (snapshot + older segments dropped) after this
     /// many bytes have been appended since the last compaction.
     pub wal_compact_after_bytes: u64,
+    /// `GET /token` requests (extended protocol) one address may make a minute.
+    pub tokens_per_ip_per_minute_max: u32,
     /// Broadcast subscriptions one socket may hold.
     pub broadcasts_per_ua_max: usize,
     /// Frames queued for one UA socket, beyond `pending_per_uaid_max` (which a
@@ -87,6 +89,7 @@ impl Default for Limits {
             wakeup_idle_ms: 10_000,
             wal_compact_after_bytes: 64 * 1024 * 1024,
             broadcasts_per_ua_max: 64,
+            tokens_per_ip_per_minute_max: 60,
             ua_outbox_frames_max: 256,
             wakeup_ring_capacity: 8192,
             wakeup_pending_max: 262_144,

@@ -63,6 +63,13 @@ pub enum MessageBody {
         encryption: Option<String>,
         crypto_key: Option<String>,
     },
+    /// Seed 003's extended notification (SPEC §3.6), signature already checked.
+    Extended {
+        id: String,
+        message: String,
+        timestamp_ms: Millis,
+        priority: u8,
+    },
 }
 
 /// A notification held for a UA until it is acked or expires.

@@ -35,6 +35,14 @@ pub enum Record {
         channel: ChannelId,
         version: u64,
     },
+    /// An extended UA registered a web app (SPEC §3.6); `channel` and
+    /// `url_token` derive from (watoken, key) and are the same on every UA.
+    WebAppRegistered {
+        uaid: Uaid,
+        channel: ChannelId,
+        url_token: String,
+        public_key_der: Vec<u8>,
+    },
 }
 
 impl Record {
@@ -44,7 +52,8 @@ impl Record {
             | Record::ChannelUnregistered { uaid, .. }
             | Record::MessageRemoved { uaid, .. }
             | Record::WakeupSet { uaid, .. }
-            | Record::ChannelVersion { uaid, .. } => *uaid,
+            | Record::ChannelVersion { uaid, .. }
+            | Record::WebAppRegistered { uaid, .. } => *uaid,
             Record::ChannelRegistered(registration) => registration.uaid,
             Record::MessageStored(message) => message.uaid,
         }

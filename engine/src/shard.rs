@@ -12,6 +12,7 @@ use ahash::AHashMap;
 use rand::rngs::StdRng;
 use serde_json::{json, Value};
 
+use crate::extended::{self, ExtendedMessage};
 use crate::identity::{Keys, MessageClaims};
 use crate::limits::Limits;
 use crate::message::{MessageBody, Registration, Removal, StoredMessage, Urgency, WakeupInfo};
@@ -117,6 +118,13 @@ struct Pending {
     sent: bool,
 }
 
+/// A web app of the extended protocol: its key and the UAs that registered it.
+struct WebApp {
+    url_token: String,
+    public_key_der: Vec<u8>,
+    uaids: ahash::AHashSet<Uaid>,
+}
+
 struct UserAgent {
     channels: AHashMap<ChannelId, Channel>,
     pending: BTreeMap<u64, Pending>,
@@ -148,6 +156,8 @@ struct Conn {
     broadcasts: Vec<String>,
     /// A retry timer is pending for this socket.
     retry_scheduled: bool,
+    /// The socket speaks the extended protocol (SPEC §3.6).
+    extended: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -179,6 +189,8 @@ pub struct Shard {
     /// Broadcast id → current version, the same on every shard.
     broadcasts: BTreeMap<String, String>,
     broadcast_subscribers: AHashMap<String, ahash::AHashSet<ConnId>>,
+    /// Extended-protocol web apps this shard's UAs registered (SPEC §3.6).
+    web_apps: AHashMap<ChannelId, WebApp>,
     actions: VecDeque<Action>,
     stats: Stats,
 }
@@ -198,6 +210,7 @@ impl Shard {
             store_failed: false,
             broadcasts: BTreeMap::new(),
             broadcast_subscribers: AHashMap::new(),
+            web_apps: AHashMap::new(),
             actions: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -317,6 +330,24 @@ impl Shard {
                     state.version = state.version.max(Some(*version));
                 }
             }
+            Record::WebAppRegistered {
+                uaid,
+                channel,
+                url_token,
+                public_key_der,
+            } => {
+                let ua = self.uas.entry(*uaid).or_insert_with(UserAgent::new);
+                ua.channels.entry(*channel).or_insert(Channel {
+                    key_hash: Some(crate::vapid::key_hash(public_key_der)),
+                    version: None,
+                });
+                let app = self.web_apps.entry(*channel).or_insert_with(|| WebApp {
+                    url_token: url_token.clone(),
+                    public_key_der: public_key_der.clone(),
+                    uaids: ahash::AHashSet::new(),
+                });
+                app.uaids.insert(*uaid);
+            }
             Record::WakeupSet { uaid, wakeup } => {
                 let ua = self.uas.entry(*uaid).or_insert_with(UserAgent::new);
                 ua.wakeup = wakeup.clone();
@@ -365,11 +396,23 @@ impl Shard {
             at_ms: now_ms,
         });
         for (channel, state) in &ua.channels {
-            records.push(Record::ChannelRegistered(Registration {
-                uaid,
-                channel: *channel,
-                key_hash: state.key_hash,
-            }));
+            let app = self
+                .web_apps
+                .get(channel)
+                .filter(|app| app.uaids.contains(&uaid));
+            records.push(match app {
+                Some(app) => Record::WebAppRegistered {
+                    uaid,
+                    channel: *channel,
+                    url_token: app.url_token.clone(),
+                    public_key_der: app.public_key_der.clone(),
+                },
+                None => Record::ChannelRegistered(Registration {
+                    uaid,
+                    channel: *channel,
+                    key_hash: state.key_hash,
+                }),
+            });
             if let Some(version) = state.version {
                 records.push(Record::ChannelVersion {
                     uaid,
@@ -407,6 +450,7 @@ impl Shard {
                 pings_in_window: 0,
                 broadcasts: Vec::new(),
                 retry_scheduled: false,
+                extended: false,
             },
         );
         self.timers.insert((
@@ -419,6 +463,12 @@ impl Shard {
     pub fn on_adopted(&mut self, now_ms: Millis, conn: ConnId, hello: &str) {
         self.on_open(now_ms, conn);
         self.on_text(now_ms, conn, hello);
+    }
+
+    /// An extended-protocol socket handed over with its registerUA message.
+    pub fn on_adopted_extended(&mut self, now_ms: Millis, conn: ConnId, register_ua: &str) {
+        self.on_open_extended(now_ms, conn);
+        self.on_text(now_ms, conn, register_ua);
     }
 
     pub fn on_closed(&mut self, _now_ms: Millis, conn: ConnId) {
@@ -452,6 +502,9 @@ impl Shard {
         };
         state.last_activity_ms = now_ms;
         let identified = state.uaid;
+        if state.extended {
+            return self.on_extended_text(now_ms, conn, identified, text);
+        }
         let message = match ua::parse(text) {
             Ok(message) => message,
             Err(error) => {
@@ -830,9 +883,24 @@ impl Shard {
     /// Frames for `messages` in the form the socket speaks (SPEC §3.3).
     fn send_messages(&mut self, conn: ConnId, messages: &[StoredMessage]) {
         let web_push = self.conns.get(&conn).is_some_and(|state| state.web_push);
+        let extended = self.conns.get(&conn).is_some_and(|state| state.extended);
         self.stats.notifications_out += messages.len() as u64;
+        // Extended notifications exist only in the extended form, and only
+        // they do: anything else cannot be shown on the other kind of socket.
+        let (shown, hidden): (Vec<&StoredMessage>, Vec<&StoredMessage>) = messages
+            .iter()
+            .partition(|message| matches!(message.body, MessageBody::Extended { .. }) == extended);
+        self.stats.cross_mode_dropped += hidden.len() as u64;
+        let messages: Vec<StoredMessage> = shown.into_iter().cloned().collect();
+        if extended {
+            for message in &messages {
+                let text = self.extended_object(message).to_string();
+                self.send(conn, None, text);
+            }
+            return;
+        }
         if web_push {
-            for message in messages {
+            for message in &messages {
                 let text = self.web_push_frame(message);
                 self.send(conn, None, text);
             }
@@ -840,7 +908,7 @@ impl Shard {
         }
         let mut updates = Vec::new();
         let mut desktop = Vec::new();
-        for message in messages {
+        for message in &messages {
             let channel_id = message.channel.to_text();
             match &message.body {
                 MessageBody::Desktop { body, ttl_s } => desktop.push(json!({
@@ -862,6 +930,8 @@ impl Shard {
                         json!({"channelID": channel_id, "version": numeric_version(message)}),
                     );
                 }
+                // Filtered out above: only extended sockets show these.
+                MessageBody::Extended { .. } => {}
             }
         }
         if !updates.is_empty() {
@@ -919,8 +989,318 @@ impl Shard {
                 self.stats.cross_mode_dropped += 1;
                 frame["version"] = Value::String(numeric_version(message).to_string());
             }
+            // Filtered out by send_messages: only extended sockets show these.
+            MessageBody::Extended { .. } => {}
         }
         frame.to_string()
+    }
+
+    /// An extended notification as the UA sees it (SPEC §3.6).
+    fn extended_object(&self, message: &StoredMessage) -> Value {
+        let MessageBody::Extended {
+            id,
+            message: payload,
+            timestamp_ms,
+            priority,
+        } = &message.body
+        else {
+            return Value::Null;
+        };
+        let url_token = self
+            .web_apps
+            .get(&message.channel)
+            .map_or("", |app| app.url_token.as_str());
+        extended::notification_object(
+            id,
+            payload,
+            *timestamp_ms,
+            *priority,
+            &self
+                .keys
+                .message_id(&message.uaid, &message.channel, message.seq),
+            &self.app_url(url_token),
+        )
+    }
+
+    fn app_url(&self, url_token: &str) -> String {
+        format!(
+            "{}/notify/{url_token}",
+            self.config.endpoint_url.trim_end_matches('/')
+        )
+    }
+
+    // ---- extended protocol (SPEC §3.6) ------------------------------------
+
+    /// A socket that negotiated `push-extended-notification`.
+    pub fn on_open_extended(&mut self, now_ms: Millis, conn: ConnId) {
+        self.on_open(now_ms, conn);
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.extended = true;
+        }
+    }
+
+    fn on_extended_text(&mut self, now_ms: Millis, conn: ConnId, bound: Option<Uaid>, text: &str) {
+        let message = match extended::parse(text) {
+            Ok(message) => message,
+            Err(error) => {
+                self.stats.protocol_errors += 1;
+                return self.send(conn, None, error.reply());
+            }
+        };
+        let not_registered = |message_type: &str| {
+            extended::error_reply(401, "registerUA first on this socket", Some(message_type))
+        };
+        match (message, bound) {
+            (ExtendedMessage::RegisterUa { uatoken, wakeup }, _) => {
+                self.on_register_ua(now_ms, conn, bound, &uatoken, wakeup, text)
+            }
+            (
+                ExtendedMessage::RegisterWa {
+                    uatoken,
+                    watoken,
+                    public_key_der,
+                },
+                Some(uaid),
+            ) => {
+                if self.keys.check_uaid(&uatoken) != Some(uaid) {
+                    let reply =
+                        extended::error_reply(401, extended::BAD_UA_TOKEN, Some("registerWA"));
+                    return self.send(conn, None, reply);
+                }
+                self.on_register_wa(conn, uaid, &watoken, public_key_der)
+            }
+            (ExtendedMessage::GetAllMessages, Some(uaid)) => {
+                self.purge_expired(now_ms, uaid);
+                let messages: Vec<StoredMessage> = self
+                    .uas
+                    .get(&uaid)
+                    .map(|ua| {
+                        ua.pending
+                            .values()
+                            .map(|pending| pending.message.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let objects = messages
+                    .iter()
+                    .filter(|message| matches!(message.body, MessageBody::Extended { .. }))
+                    .map(|message| self.extended_object(message))
+                    .collect();
+                self.send(conn, None, extended::all_messages(objects));
+            }
+            (ExtendedMessage::Ack { message_id }, Some(uaid)) => {
+                if let Some(claims) = self.keys.open_message_id(&message_id) {
+                    let present = self
+                        .uas
+                        .get(&uaid)
+                        .is_some_and(|ua| ua.pending.contains_key(&claims.seq));
+                    if claims.uaid == uaid && present && !self.store_failed {
+                        self.stats.acks += 1;
+                        self.append(Record::MessageRemoved {
+                            uaid,
+                            channel: claims.channel,
+                            seq: claims.seq,
+                            reason: Removal::Acked,
+                        });
+                    }
+                }
+            }
+            (ExtendedMessage::RegisterWa { .. }, None) => {
+                self.send(conn, None, not_registered("registerWA"))
+            }
+            (ExtendedMessage::GetAllMessages, None) => {
+                self.send(conn, None, not_registered("getAllMessages"))
+            }
+            (ExtendedMessage::Ack { .. }, None) => self.send(conn, None, not_registered("ack")),
+        }
+    }
+
+    /// registerUA binds the socket to the UA its token names, like a hello:
+    /// on the owning shard, the newer socket wins, pending messages follow.
+    fn on_register_ua(
+        &mut self,
+        now_ms: Millis,
+        conn: ConnId,
+        bound: Option<Uaid>,
+        uatoken: &str,
+        wakeup: Option<WakeupInfo>,
+        text: &str,
+    ) {
+        let Some(uaid) = self.keys.check_uaid(uatoken) else {
+            let reply = extended::error_reply(401, extended::BAD_UA_TOKEN, Some("registerUA"));
+            return self.send(conn, None, reply);
+        };
+        if bound.is_some_and(|bound| bound != uaid) {
+            let reply = extended::error_reply(
+                409,
+                "this socket is registered for another UA",
+                Some("registerUA"),
+            );
+            return self.send(conn, None, reply);
+        }
+        let owner = uaid.shard(self.config.shards);
+        if owner != self.config.index {
+            self.stats.hand_offs += 1;
+            self.conns.remove(&conn);
+            self.actions.push_back(Action::HandOff {
+                conn,
+                shard: owner,
+                hello: text.to_owned(),
+            });
+            return;
+        }
+        if !self.uas.contains_key(&uaid) {
+            self.append(Record::UaidCreated {
+                uaid,
+                at_ms: now_ms,
+            });
+        }
+        self.set_wakeup(uaid, wakeup);
+        let previous = self.uas.get_mut(&uaid).and_then(|ua| ua.conn.replace(conn));
+        if let Some(previous) = previous.filter(|previous| *previous != conn) {
+            self.close(previous, close::NORMAL, "another socket took over this UA");
+            if let Some(ua) = self.uas.get_mut(&uaid) {
+                ua.conn = Some(conn);
+            }
+        }
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.uaid = Some(uaid);
+        }
+        self.send(conn, None, extended::registered("registerUA"));
+        if self.uas.get(&uaid).is_some_and(|ua| ua.wakeup.is_some()) {
+            self.actions.push_back(Action::Awake { uaid });
+            let sleep_at = now_ms + self.config.limits.wakeup_idle_ms;
+            self.timers.insert((sleep_at, Timer::SleepIdle(conn)));
+        }
+        self.deliver_pending(now_ms, conn, uaid);
+    }
+
+    fn on_register_wa(&mut self, conn: ConnId, uaid: Uaid, watoken: &str, public_key_der: Vec<u8>) {
+        let (channel, url_token) = extended::app_token(watoken, &public_key_der);
+        let url = self.app_url(&url_token);
+        let registered = self
+            .web_apps
+            .get(&channel)
+            .is_some_and(|app| app.uaids.contains(&uaid));
+        let after = if registered {
+            self.next_lsn.checked_sub(1)
+        } else if self.store_failed {
+            let reply = extended::error_reply(503, "Try again later", Some("registerWA"));
+            return self.send(conn, None, reply);
+        } else if self
+            .uas
+            .get(&uaid)
+            .is_some_and(|ua| ua.channels.len() >= self.config.limits.channels_per_uaid_max)
+        {
+            let reply =
+                extended::error_reply(429, "too many web apps on this UA", Some("registerWA"));
+            return self.send(conn, None, reply);
+        } else {
+            self.stats.registers += 1;
+            Some(self.append(Record::WebAppRegistered {
+                uaid,
+                channel,
+                url_token,
+                public_key_der,
+            }))
+        };
+        self.send(conn, after, extended::registered_app(&url));
+    }
+
+    /// An AS posted to an app url. Every shard hears it; each stores it for
+    /// its own UAs that registered the app. The answer: 404 when this shard
+    /// has none of them, 401 for a bad signature, else 200 once durable.
+    pub fn on_app_notify(
+        &mut self,
+        now_ms: Millis,
+        request: RequestId,
+        channel: ChannelId,
+        notification: extended::AppNotification,
+    ) {
+        let (after, response) = self.app_notify(now_ms, channel, notification);
+        self.actions.push_back(Action::Reply {
+            request,
+            after,
+            response,
+        });
+    }
+
+    fn app_notify(
+        &mut self,
+        now_ms: Millis,
+        channel: ChannelId,
+        notification: extended::AppNotification,
+    ) -> (Option<Lsn>, HttpResponse) {
+        let Some(app) = self.web_apps.get(&channel) else {
+            return (None, extended::as_error(404, "No valid AppToken"));
+        };
+        if !extended::signature_is_valid(
+            &app.public_key_der,
+            &notification.message,
+            &notification.signature,
+        ) {
+            return (
+                None,
+                extended::as_error(401, "Bad signature, dropping notification"),
+            );
+        }
+        if self.store_failed {
+            return (None, extended::as_error(503, "Try again later"));
+        }
+        let uaids: Vec<Uaid> = app.uaids.iter().copied().collect();
+        let mut after = None;
+        for uaid in uaids {
+            let Some(ua) = self.uas.get(&uaid) else {
+                continue;
+            };
+            self.stats.notifications_in += 1;
+            let seq = ua.next_seq.max(now_ms.saturating_mul(SEQ_PER_MS));
+            let seq = seq + seq % 2; // stored messages have even numbers
+            let connected = ua.conn;
+            let message = StoredMessage {
+                uaid,
+                channel,
+                seq,
+                arrived_ms: now_ms,
+                expires_ms: now_ms.saturating_add(notification.ttl_s.saturating_mul(1000)),
+                urgency: Urgency::Normal,
+                topic: None,
+                body: MessageBody::Extended {
+                    id: notification.id.clone(),
+                    message: notification.message.clone(),
+                    timestamp_ms: notification.timestamp_ms,
+                    priority: notification.priority,
+                },
+            };
+            let displaced = self.displaced_by(now_ms, uaid, &message);
+            after = Some(self.append(Record::MessageStored(message.clone())));
+            for (seq, channel, reason) in displaced {
+                self.append(Record::MessageRemoved {
+                    uaid,
+                    channel,
+                    seq,
+                    reason,
+                });
+            }
+            if let Some(conn) = connected {
+                if let Some(pending) = self
+                    .uas
+                    .get_mut(&uaid)
+                    .and_then(|ua| ua.pending.get_mut(&seq))
+                {
+                    pending.sent = true;
+                }
+                self.send_messages(conn, std::slice::from_ref(&message));
+                self.schedule_retry(now_ms, conn);
+            } else if let Some(target) = self.uas.get(&uaid).and_then(|ua| ua.wakeup.clone()) {
+                self.actions.push_back(Action::Wakeup {
+                    uaid,
+                    target,
+                    urgency: Urgency::Normal,
+                });
+            }
+        }
+        (after, extended::accepted())
     }
 
     // ---- timers --------------------------------------------------------

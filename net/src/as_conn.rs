@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use herald_engine::extended;
 use herald_engine::push::{self, errno, DecodeContext, HttpRequest, HttpResponse};
 
 use crate::http::{self, FramingError, Head};
@@ -54,11 +55,13 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
             }
         };
         if head.body_bytes > body_bytes_max {
-            return finish(
-                &mut stream,
-                &HttpResponse::error(413, errno::PAYLOAD_TOO_LARGE, "body too large"),
-            )
-            .await;
+            // Each protocol answers in its own error format.
+            let response = if head.path.starts_with("/notify/") {
+                extended::as_error(413, "Body too big")
+            } else {
+                HttpResponse::error(413, errno::PAYLOAD_TOO_LARGE, "body too large")
+            };
+            return finish(&mut stream, &response).await;
         }
         let request_bytes = head.head_bytes + head.body_bytes;
         if buffer.len() < request_bytes && expects_continue(&head) {
@@ -119,6 +122,9 @@ async fn route(ctx: &Rc<Ctx>, head: &Head, body: &[u8]) -> HttpResponse {
         ("GET", "/health") => return pages::health(ctx),
         ("GET", "/metrics") => return pages::metrics(ctx),
         ("GET", "/about") | ("GET", "/") => return pages::about(ctx),
+        ("POST", _) if path.starts_with("/notify/") => {
+            return app_notify(ctx, &path["/notify/".len()..], body).await;
+        }
         ("PUT", _) if path.starts_with("/v1/broadcasts/") => {
             let id = &path["/v1/broadcasts/".len()..];
             let authorization = head
@@ -153,6 +159,66 @@ async fn route(ctx: &Rc<Ctx>, head: &Head, body: &[u8]) -> HttpResponse {
         Ok(push) => dispatch(ctx, push).await,
         Err(response) => response,
     }
+}
+
+/// SPEC §3.6: an AS posts a signed notification to an app url. The UAs that
+/// registered the app may live on any shard, so every shard gets it and
+/// answers; the AS gets 200 if any shard stored it (all durably), else the
+/// most telling refusal (a bad signature before "no such app").
+async fn app_notify(ctx: &Rc<Ctx>, url_token: &str, body: &[u8]) -> HttpResponse {
+    let config = &ctx.shared.config;
+    let notification = match extended::decode_notification(body, config.limits.ttl_max_s) {
+        Ok(notification) => notification,
+        Err(response) => return response,
+    };
+    let Some(channel) = extended::channel_of(url_token) else {
+        return extended::as_error(404, "No valid AppToken");
+    };
+    let mut answers = Vec::with_capacity(config.shards);
+    for shard in 0..config.shards {
+        let (answer, answered) = Ctx::answer_slot();
+        let request = ctx.register_request(Origin::Local(answer));
+        if shard == ctx.index {
+            let notification = notification.clone();
+            ctx.with_engine(|engine, now| {
+                engine.on_app_notify(now, request, channel, notification)
+            });
+        } else {
+            let message = ShardMsg::AppNotify {
+                origin: ctx.index,
+                request,
+                channel,
+                notification: notification.clone(),
+            };
+            if ctx.senders.try_send_to(shard, message).is_err() {
+                ctx.forget_request(request);
+                ctx.shared.metrics.error(ctx.index, "ring_full", 1);
+                return extended::as_error(503, "Try again later");
+            }
+            ctx.remote_in_flight.set(ctx.remote_in_flight.get() + 1);
+        }
+        answers.push(answered);
+    }
+    let mut best: Option<HttpResponse> = None;
+    for answered in answers {
+        let response = answered
+            .recv()
+            .await
+            .unwrap_or_else(|| extended::as_error(503, "Try again later"));
+        let rank = |response: &HttpResponse| match response.status {
+            200 => 3,
+            401 => 2,
+            404 => 0,
+            _ => 1,
+        };
+        if best
+            .as_ref()
+            .is_none_or(|best| rank(&response) > rank(best))
+        {
+            best = Some(response);
+        }
+    }
+    best.unwrap_or_else(|| extended::as_error(404, "No valid AppToken"))
 }
 
 /// Sends a decoded push to its owning shard and waits for the durable answer.

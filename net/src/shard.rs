@@ -27,7 +27,6 @@ use herald_engine::{ConnId, Lsn, Millis, RequestId};
 use herald_store::{DiskLog, LogOptions};
 
 use crate::metrics::ShardSnapshot;
-use crate::per_ip::IpSlot;
 use crate::runtime::Shared;
 use crate::wakeup::WakeupClient;
 use crate::{as_conn, ua_conn, WakeupRoute};
@@ -35,18 +34,20 @@ use crate::{as_conn, ua_conn, WakeupRoute};
 /// What crosses the rings between shards.
 pub enum ShardMsg {
     /// A UA socket whose hello named a UAID of the receiving shard.
-    HandOff {
-        fd: RawFd,
-        buffered: Vec<u8>,
-        hello: String,
-        /// The socket's place under `connections_per_ip_max`, if counted.
-        ip_slot: Option<IpSlot>,
-    },
+    HandOff { fd: RawFd, socket: ua_conn::Adopted },
     /// An AS request for a UAID the receiver owns.
     Push {
         origin: usize,
         request: RequestId,
         push: PushRequest,
+    },
+    /// An AS posted to an extended-protocol app url (SPEC §3.6): every shard
+    /// stores it for its own UAs of that app.
+    AppNotify {
+        origin: usize,
+        request: RequestId,
+        channel: herald_engine::ChannelId,
+        notification: herald_engine::extended::AppNotification,
     },
     /// An operator changed a broadcast on another shard.
     Broadcast { id: String, version: String },
@@ -116,6 +117,8 @@ pub struct Ctx {
     next_id: Cell<u64>,
     pub senders: Senders<ShardMsg>,
     pub journal: DiskLog,
+    /// `GET /token` requests per source address in the current minute.
+    token_requests: RefCell<AHashMap<std::net::IpAddr, (Millis, u32)>>,
     pub wakeups: WakeupClient,
 }
 
@@ -205,6 +208,25 @@ impl Ctx {
         }
     }
 
+    /// Whether `ip` may have another UA token this minute. The table is
+    /// bounded: when it is full, a new minute starts for everyone.
+    pub fn token_allowed(&self, ip: std::net::IpAddr) -> bool {
+        const WINDOW_MS: Millis = 60_000;
+        const ADDRESSES_TRACKED_MAX: usize = 100_000;
+        let now = now_ms();
+        let mut requests = self.token_requests.borrow_mut();
+        if requests.len() >= ADDRESSES_TRACKED_MAX {
+            requests.clear();
+        }
+        let (window_start, count) = requests.entry(ip).or_insert((now, 0));
+        if now.saturating_sub(*window_start) >= WINDOW_MS {
+            *window_start = now;
+            *count = 0;
+        }
+        *count += 1;
+        *count <= self.shared.config.limits.tokens_per_ip_per_minute_max
+    }
+
     pub fn register_request(&self, origin: Origin) -> RequestId {
         let request = self.next_id();
         self.requests.borrow_mut().insert(request, origin);
@@ -263,21 +285,11 @@ impl Ctx {
 
     fn on_ring(self: &Rc<Ctx>, message: ShardMsg) {
         match message {
-            ShardMsg::HandOff {
-                fd,
-                buffered,
-                hello,
-                ip_slot,
-            } => {
+            ShardMsg::HandOff { fd, socket } => {
                 // SAFETY: the sending shard dup'ed this fd for us and closed its own copies.
                 let stream =
                     unsafe { <glommio::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                let adopted = ua_conn::Adopted {
-                    buffered,
-                    hello,
-                    ip_slot,
-                };
-                spawn_local(ua_conn::serve_adopted(self.clone(), stream, adopted)).detach();
+                spawn_local(ua_conn::serve_adopted(self.clone(), stream, socket)).detach();
             }
             ShardMsg::Push {
                 origin,
@@ -289,6 +301,20 @@ impl Ctx {
                     request,
                 });
                 self.with_engine(|engine, now| engine.on_push(now, local, push));
+            }
+            ShardMsg::AppNotify {
+                origin,
+                request,
+                channel,
+                notification,
+            } => {
+                let local = self.register_request(Origin::Remote {
+                    shard: origin,
+                    request,
+                });
+                self.with_engine(|engine, now| {
+                    engine.on_app_notify(now, local, channel, notification)
+                });
             }
             ShardMsg::Broadcast { id, version } => {
                 self.with_engine(|engine, _| engine.on_broadcast(&id, &version));
@@ -411,6 +437,7 @@ pub async fn run(
         next_id: Cell::new(1),
         senders,
         journal,
+        token_requests: RefCell::new(AHashMap::new()),
         wakeups: shared.wakeups.clone(),
     });
     let mut receivers = receivers;

@@ -8,7 +8,7 @@
 //! after it.
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -45,17 +45,21 @@ pub fn open_sockets() -> usize {
 /// A freshly accepted socket: WebSocket upgrade, then the protocol. The
 /// upgrade is boxed so its state is freed before the long idle life begins.
 pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream, ip_slot: Option<IpSlot>) {
-    let Some(buffer) = Box::pin(upgrade(&ctx, &mut stream)).await else {
+    let Some((buffer, extended)) = Box::pin(upgrade(&ctx, &mut stream)).await else {
         return;
     };
-    let socket = Socket::register(&ctx, &stream, ip_slot);
-    ctx.with_engine(|engine, now| engine.on_open(now, socket.conn));
+    let socket = Socket::register(&ctx, &stream, ip_slot, extended);
+    if extended {
+        ctx.with_engine(|engine, now| engine.on_open_extended(now, socket.conn));
+    } else {
+        ctx.with_engine(|engine, now| engine.on_open(now, socket.conn));
+    }
     socket.run(ctx, stream, buffer).await;
 }
 
 /// Reads the upgrade request and answers 101; returns the bytes read past
 /// the request (a UA may send its hello right behind it).
-async fn upgrade(ctx: &Rc<Ctx>, stream: &mut TcpStream) -> Option<Vec<u8>> {
+async fn upgrade(ctx: &Rc<Ctx>, stream: &mut TcpStream) -> Option<(Vec<u8>, bool)> {
     let limits = &ctx.shared.config.limits;
     let deadline = Instant::now() + Duration::from_millis(limits.handshake_timeout_ms);
     let mut buffer = Vec::new();
@@ -72,6 +76,10 @@ async fn upgrade(ctx: &Rc<Ctx>, stream: &mut TcpStream) -> Option<Vec<u8>> {
             }
             Err(HandshakeError::Malformed) => {
                 refuse(stream, "400 Bad Request").await;
+                return None;
+            }
+            Err(HandshakeError::NotWebSocket) if websocket::is_token_request(&buffer) => {
+                answer_token_request(ctx, stream).await;
                 return None;
             }
             Err(HandshakeError::NotWebSocket) => {
@@ -91,7 +99,30 @@ async fn upgrade(ctx: &Rc<Ctx>, stream: &mut TcpStream) -> Option<Vec<u8>> {
     if stream.set_read_timeout(None).is_err() || stream.write_all(&response).await.is_err() {
         return None;
     }
-    Some(buffer)
+    Some((buffer, upgrade.extended()))
+}
+
+/// `GET /token` (SPEC §3.6): a fresh, self-authenticating UA token minted for
+/// this shard, at most `tokens_per_ip_per_minute_max` per source address.
+async fn answer_token_request(ctx: &Rc<Ctx>, stream: &mut TcpStream) {
+    let allowed = match stream.peer_addr() {
+        Ok(peer) => ctx.token_allowed(peer.ip()),
+        Err(_) => false,
+    };
+    let response = if allowed {
+        let token = ctx
+            .keys
+            .mint_uaid(&mut rand::thread_rng(), ctx.index, ctx.shared.config.shards)
+            .to_hex();
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{token}",
+            token.len()
+        )
+    } else {
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            .to_owned()
+    };
+    let _ = stream.write_all(response.as_bytes()).await;
 }
 
 /// What travels with a socket handed over by another shard.
@@ -100,12 +131,18 @@ pub struct Adopted {
     pub buffered: Vec<u8>,
     pub hello: String,
     pub ip_slot: Option<IpSlot>,
+    /// The socket speaks the extended protocol; `hello` is its registerUA.
+    pub extended: bool,
 }
 
 /// A socket another shard handed over, with the hello it had read.
 pub async fn serve_adopted(ctx: Rc<Ctx>, stream: TcpStream, adopted: Adopted) {
-    let socket = Socket::register(&ctx, &stream, adopted.ip_slot);
-    ctx.with_engine(|engine, now| engine.on_adopted(now, socket.conn, &adopted.hello));
+    let socket = Socket::register(&ctx, &stream, adopted.ip_slot, adopted.extended);
+    if adopted.extended {
+        ctx.with_engine(|engine, now| engine.on_adopted_extended(now, socket.conn, &adopted.hello));
+    } else {
+        ctx.with_engine(|engine, now| engine.on_adopted(now, socket.conn, &adopted.hello));
+    }
     socket.run(ctx, stream, adopted.buffered).await;
 }
 
@@ -146,6 +183,8 @@ struct Socket {
     conn: ConnId,
     /// Held for the socket's life on this shard, passed on at hand-off.
     ip_slot: RefCell<Option<IpSlot>>,
+    /// Speaks the extended protocol (SPEC §3.6), passed on at hand-off.
+    extended: bool,
     inbox: LocalReceiver<Outgoing>,
     hand_off: HandOffSlot,
 }
@@ -158,7 +197,12 @@ enum Event {
 impl Socket {
     /// Registers the connection with the shard: from now on the engine can
     /// queue frames for it.
-    fn register(ctx: &Rc<Ctx>, stream: &TcpStream, ip_slot: Option<IpSlot>) -> Socket {
+    fn register(
+        ctx: &Rc<Ctx>,
+        stream: &TcpStream,
+        ip_slot: Option<IpSlot>,
+        extended: bool,
+    ) -> Socket {
         // A hello may legitimately queue every pending message at once; only
         // frames beyond that (and the slack) mean the UA is not reading.
         let limits = &ctx.shared.config.limits;
@@ -177,6 +221,7 @@ impl Socket {
         Socket {
             conn,
             ip_slot: RefCell::new(ip_slot),
+            extended,
             inbox,
             hand_off,
         }
@@ -195,9 +240,8 @@ impl Socket {
                 {
                     match outcome {
                         Ended::HandOff(shard, hello) => {
-                            let ip_slot = self.ip_slot.take();
-                            Box::pin(send_to_owner(&ctx, stream, shard, buffer, hello, ip_slot))
-                                .await;
+                            let leaving = self.leaving(buffer, hello);
+                            Box::pin(send_to_owner(&ctx, stream, shard, leaving)).await;
                             return self.finish();
                         }
                         Ended::Closing => break,
@@ -240,18 +284,9 @@ impl Socket {
                 Event::Outgoing(None) => {
                     let hand_off = self.hand_off.borrow_mut().take();
                     if let Some((shard, hello)) = hand_off {
-                        {
-                            Box::pin(send_to_owner(
-                                &ctx,
-                                stream,
-                                shard,
-                                buffer,
-                                hello,
-                                self.ip_slot.take(),
-                            ))
-                            .await;
-                            return self.finish();
-                        }
+                        let leaving = self.leaving(buffer, hello);
+                        Box::pin(send_to_owner(&ctx, stream, shard, leaving)).await;
+                        return self.finish();
                     }
                     break;
                 }
@@ -284,6 +319,16 @@ impl Socket {
             glommio::timer::sleep(CLOSE_GRACE),
         )
         .await;
+    }
+
+    /// What travels with the socket to the shard that owns its UA.
+    fn leaving(&self, buffered: Vec<u8>, hello: String) -> Adopted {
+        Adopted {
+            buffered,
+            hello,
+            ip_slot: self.ip_slot.take(),
+            extended: self.extended,
+        }
     }
 
     fn finish(&self) {
@@ -360,26 +405,14 @@ async fn write_item(ctx: &Rc<Ctx>, stream: &mut TcpStream, item: Outgoing) -> bo
 
 /// Moves the socket to the shard that owns its UAID (SPEC §8): dup the fd for
 /// the owner, then drop every local handle.
-async fn send_to_owner(
-    ctx: &Rc<Ctx>,
-    stream: TcpStream,
-    shard: usize,
-    buffered: Vec<u8>,
-    hello: String,
-    ip_slot: Option<IpSlot>,
-) {
+async fn send_to_owner(ctx: &Rc<Ctx>, stream: TcpStream, shard: usize, socket: Adopted) {
     // SAFETY: dup of the valid socket fd this task owns.
     let fd = unsafe { libc::dup(stream.as_raw_fd()) };
     drop(stream);
     if fd < 0 {
         return;
     }
-    let message = ShardMsg::HandOff {
-        fd,
-        buffered,
-        hello,
-        ip_slot,
-    };
+    let message = ShardMsg::HandOff { fd, socket };
     if let Err(GlommioError::Closed(ResourceType::Channel(ShardMsg::HandOff { fd, .. })))
     | Err(GlommioError::WouldBlock(ResourceType::Channel(ShardMsg::HandOff { fd, .. }))) =
         ctx.senders.send_to(shard, message).await
@@ -387,10 +420,4 @@ async fn send_to_owner(
         // SAFETY: the message came back to us; we still own the descriptor.
         unsafe { libc::close(fd) };
     }
-}
-
-#[allow(dead_code)]
-fn _assert_from_raw_fd_exists(fd: i32) -> TcpStream {
-    // SAFETY: only documents that the owner rebuilds streams with from_raw_fd.
-    unsafe { TcpStream::from_raw_fd(fd) }
 }

@@ -14,8 +14,26 @@ pub const SUBPROTOCOL_PUSH: &str = "push-notification";
 /// A parsed upgrade request.
 pub struct Upgrade {
     pub accept_key: String,
-    /// Echo `push-notification` when the UA offered it (Firefox does).
+    /// Echo `push-notification` when the UA offered it (Firefox does), or
+    /// `push-extended-notification` when the UA offered only that.
     pub subprotocol: Option<&'static str>,
+}
+
+impl Upgrade {
+    /// The socket speaks the extended protocol (SPEC §3.6).
+    pub fn extended(&self) -> bool {
+        self.subprotocol == Some(herald_engine::extended::SUBPROTOCOL)
+    }
+}
+
+/// `GET /token` on the UA listener (SPEC §3.6): a plain HTTP request for a
+/// fresh UA token, not a WebSocket upgrade.
+pub fn is_token_request(bytes: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    matches!(request.parse(bytes), Ok(httparse::Status::Complete(_)))
+        && request.method == Some("GET")
+        && request.path.map(|path| path.split('?').next()) == Some(Some("/token"))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -50,13 +68,18 @@ pub fn parse_upgrade(bytes: &[u8]) -> Result<(Upgrade, usize), HandshakeError> {
     if !upgrade_ok || header("sec-websocket-version") != Some("13") {
         return Err(HandshakeError::NotWebSocket);
     }
-    let subprotocol = header("sec-websocket-protocol")
-        .filter(|offered| {
-            offered
-                .split(',')
-                .any(|item| item.trim() == SUBPROTOCOL_PUSH)
-        })
-        .map(|_| SUBPROTOCOL_PUSH);
+    let offered = |name: &str| {
+        header("sec-websocket-protocol")
+            .is_some_and(|offered| offered.split(',').any(|item| item.trim() == name))
+    };
+    let extended = herald_engine::extended::SUBPROTOCOL;
+    let subprotocol = if offered(SUBPROTOCOL_PUSH) {
+        Some(SUBPROTOCOL_PUSH)
+    } else if offered(extended) {
+        Some(extended)
+    } else {
+        None
+    };
     let accept_key = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
     Ok((
         Upgrade {

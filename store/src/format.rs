@@ -286,6 +286,12 @@ pub enum DiskRecord {
         channel: [u8; 16],
         version: u64,
     },
+    WebAppRegistered {
+        uaid: [u8; 16],
+        channel: [u8; 16],
+        url_token: String,
+        public_key_der: Vec<u8>,
+    },
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
@@ -313,6 +319,12 @@ pub enum DiskBody {
         encoding: Option<String>,
         encryption: Option<String>,
         crypto_key: Option<String>,
+    },
+    Extended {
+        id: String,
+        message: String,
+        timestamp_ms: u64,
+        priority: u8,
     },
 }
 
@@ -372,6 +384,17 @@ impl From<&Record> for DiskRecord {
                         encryption: encryption.clone(),
                         crypto_key: crypto_key.clone(),
                     },
+                    MessageBody::Extended {
+                        id,
+                        message,
+                        timestamp_ms,
+                        priority,
+                    } => DiskBody::Extended {
+                        id: id.clone(),
+                        message: message.clone(),
+                        timestamp_ms: *timestamp_ms,
+                        priority: *priority,
+                    },
                 },
             }),
             Record::MessageRemoved {
@@ -406,6 +429,17 @@ impl From<&Record> for DiskRecord {
                 uaid: uaid.0,
                 channel: channel.0,
                 version: *version,
+            },
+            Record::WebAppRegistered {
+                uaid,
+                channel,
+                url_token,
+                public_key_der,
+            } => DiskRecord::WebAppRegistered {
+                uaid: uaid.0,
+                channel: channel.0,
+                url_token: url_token.clone(),
+                public_key_der: public_key_der.clone(),
             },
         }
     }
@@ -456,6 +490,17 @@ impl TryFrom<DiskRecord> for Record {
                         encryption,
                         crypto_key,
                     },
+                    DiskBody::Extended {
+                        id,
+                        message,
+                        timestamp_ms,
+                        priority,
+                    } => MessageBody::Extended {
+                        id,
+                        message,
+                        timestamp_ms,
+                        priority,
+                    },
                 },
             }),
             DiskRecord::MessageRemoved {
@@ -491,6 +536,17 @@ impl TryFrom<DiskRecord> for Record {
                 uaid: Uaid(uaid),
                 channel: ChannelId(channel),
                 version,
+            },
+            DiskRecord::WebAppRegistered {
+                uaid,
+                channel,
+                url_token,
+                public_key_der,
+            } => Record::WebAppRegistered {
+                uaid: Uaid(uaid),
+                channel: ChannelId(channel),
+                url_token,
+                public_key_der,
             },
         })
     }
@@ -576,6 +632,14 @@ pub fn describe_record(record: &Record) -> String {
                     data.len(),
                     encoding.as_deref().unwrap_or("-")
                 ),
+                MessageBody::Extended {
+                    message, priority, ..
+                } => {
+                    format!(
+                        "extended message_bytes={} priority={priority}",
+                        message.len()
+                    )
+                }
             };
             format!(
                 "MessageStored uaid={} channel={} seq={} urgency={} expires_ms={} topic={} {body}",
@@ -616,6 +680,17 @@ pub fn describe_record(record: &Record) -> String {
             "ChannelVersion uaid={} channel={} version={version}",
             uaid.to_hex(),
             channel(ch)
+        ),
+        Record::WebAppRegistered {
+            uaid,
+            channel: ch,
+            url_token,
+            public_key_der,
+        } => format!(
+            "WebAppRegistered uaid={} channel={} url_token={url_token} key_bytes={}",
+            uaid.to_hex(),
+            channel(ch),
+            public_key_der.len()
         ),
     }
 }

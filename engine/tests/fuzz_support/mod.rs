@@ -355,6 +355,9 @@ pub fn push_decode(data: &[u8]) -> u32 {
                 MessageBody::Desktop { body, .. } => {
                     assert!(body.len() <= limits.push_body_bytes_max)
                 }
+                MessageBody::Extended { .. } => {
+                    panic!("push::decode never makes extended notifications")
+                }
             }
             2 + u32::from(notification.web_push) + 2 * u32::from(key_hash.is_some())
         }

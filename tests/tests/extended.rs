@@ -1,0 +1,759 @@
+//! SPEC §3.6: the seed-003 "extended" protocol (subprotocol
+//! `push-extended-notification`).
+//!
+//! A UA gets a token with `GET /token` on the UA listener, opens a WebSocket
+//! with the extended subprotocol, announces itself with `registerUA`, and
+//! registers each web app with `registerWA` (a WA token and the app server's
+//! RSA public key), which returns the app's public `/notify/<token>` url. The
+//! AS then `POST`s JSON notifications signed with its RSA private key (PKCS#1
+//! v1.5 / SHA-256 over `message`) to that url, and every UA that registered
+//! the same (watoken, key) pair gets them, live or after reconnecting, until
+//! it acks them.
+//!
+//! Every server here runs 2 shards, so the tokens of one test (and the
+//! registrations they make) are spread over both. Keys are 1024-bit RSA keys
+//! generated from a seeded rng, one seed per key.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use base64::Engine as _;
+use herald_tests::serde_json::{json, Value};
+use herald_tests::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rsa::pkcs1v15::SigningKey;
+use rsa::pkcs8::EncodePublicKey;
+use rsa::signature::{SignatureEncoding, Signer};
+use rsa::{RsaPrivateKey, RsaPublicKey};
+use sha2::Sha256;
+
+const SUBPROTOCOL: &str = "push-extended-notification";
+/// Largest AS request body accepted (seed 003: 4096 * 3 bytes).
+const AS_BODY_MAX_BYTES: usize = 4096 * 3;
+const SHARDS: usize = 2;
+
+// ---------------------------------------------------------------------------
+// helpers: server, tokens, keys
+// ---------------------------------------------------------------------------
+
+fn start() -> Server {
+    Server::start(ServerOptions::new().shards(SHARDS))
+}
+
+fn b64_standard(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// `GET /token` on the UA listener: 200, `text/plain`, 32 lower-case hex.
+fn new_token(server: &Server) -> String {
+    let r = http(
+        "GET",
+        &format!("http://{}/token", server.ua_addr()),
+        &[],
+        None,
+    );
+    r.assert_status(200, "GET /token");
+    let content_type = r.header("content-type").unwrap_or("");
+    assert!(
+        content_type.starts_with("text/plain"),
+        "GET /token is text/plain, got Content-Type {content_type:?}"
+    );
+    let token = r.text();
+    assert!(
+        is_uaid(&token),
+        "GET /token body is 32 lower-case hex characters: {token:?}"
+    );
+    token
+}
+
+/// An application server's RSA key pair.
+struct AppKey {
+    signing: SigningKey<Sha256>,
+    /// Standard base64 of the DER SubjectPublicKeyInfo (`pbkbase64`).
+    pbkbase64: String,
+}
+
+impl AppKey {
+    /// A 1024-bit key from a seeded rng: the same seed gives the same key.
+    fn new(seed: u64) -> AppKey {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let private = RsaPrivateKey::new(&mut rng, 1024).expect("RSA key generation");
+        let der = RsaPublicKey::from(&private)
+            .to_public_key_der()
+            .expect("public key DER");
+        AppKey {
+            signing: SigningKey::<Sha256>::new(private),
+            pbkbase64: b64_standard(der.as_bytes()),
+        }
+    }
+
+    /// Standard base64 of the PKCS#1 v1.5 / SHA-256 signature over `message`.
+    fn sign(&self, message: &str) -> String {
+        b64_standard(&self.signing.sign(message.as_bytes()).to_bytes())
+    }
+}
+
+/// Every field of `expected` (an object) is in `actual` with the same value.
+fn assert_fields(actual: &Value, expected: &Value, what: &str) {
+    let fields = expected.as_object().expect("expected fields are an object");
+    for (k, v) in fields {
+        assert_eq!(&actual[k], v, "{what}: field {k:?} in {actual}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// helpers: the UA side
+// ---------------------------------------------------------------------------
+
+/// A UA speaking the extended protocol, with its token.
+struct ExtUa {
+    ws: WsClient,
+    token: String,
+}
+
+impl ExtUa {
+    /// Open a socket with the extended subprotocol (no message sent yet).
+    fn connect(server: &Server, token: &str) -> ExtUa {
+        let handshake = Handshake {
+            protocol: Some(SUBPROTOCOL.into()),
+            extra_headers: vec![],
+        };
+        let ws = WsClient::connect_with(&server.ua_addr(), &handshake)
+            .unwrap_or_else(|e| panic!("extended WebSocket handshake: {e}"));
+        ExtUa {
+            ws,
+            token: token.to_string(),
+        }
+    }
+
+    /// A fresh token, a socket, and `registerUA` done.
+    fn fresh(server: &Server) -> ExtUa {
+        ExtUa::resume(server, &new_token(server))
+    }
+
+    /// A new socket for a known token, `registerUA` done (REGISTERED asserted).
+    fn resume(server: &Server, token: &str) -> ExtUa {
+        let mut ua = ExtUa::connect(server, token);
+        ua.register_ua();
+        ua
+    }
+
+    fn send(&mut self, message: &Value) {
+        self.ws.send_json(message);
+    }
+
+    fn recv(&mut self) -> Value {
+        self.ws.recv_json_with_deadline(DEADLINE)
+    }
+
+    fn register_ua_reply(&mut self) -> Value {
+        let token = self.token.clone();
+        self.send(&json!({"messageType": "registerUA", "data": {"uatoken": token}}));
+        self.recv()
+    }
+
+    /// `registerUA`; the very next message must be the REGISTERED reply.
+    fn register_ua(&mut self) {
+        let r = self.register_ua_reply();
+        assert_fields(
+            &r,
+            &json!({"status": "REGISTERED", "statusCode": 200, "messageType": "registerUA"}),
+            "registerUA reply",
+        );
+    }
+
+    fn register_wa_reply(&mut self, watoken: &str, key: &AppKey) -> Value {
+        let token = self.token.clone();
+        self.send(&json!({"messageType": "registerWA", "data": {
+            "uatoken": token, "watoken": watoken, "pbkbase64": key.pbkbase64,
+        }}));
+        self.recv()
+    }
+
+    /// `registerWA`; asserts REGISTERED and returns the url.
+    fn register_wa(&mut self, server: &Server, watoken: &str, key: &AppKey) -> String {
+        let r = self.register_wa_reply(watoken, key);
+        assert_fields(
+            &r,
+            &json!({"status": "REGISTERED", "statusCode": 200, "messageType": "registerWA"}),
+            "registerWA reply",
+        );
+        let url = r["url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("registerWA reply has a string url: {r}"))
+            .to_string();
+        let prefix = format!("{}/notify/", server.as_url());
+        let app_token = url
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("registerWA url is <endpoint-url>/notify/<token>: {url:?}"));
+        assert!(
+            !app_token.is_empty() && !app_token.contains('/'),
+            "registerWA url ends in one non-empty token: {url:?}"
+        );
+        url
+    }
+
+    /// `getAllMessages` and its `messages` array. An `ack` reply, should the
+    /// server send one for an earlier ack, is skipped.
+    fn get_all_messages(&mut self) -> Vec<Value> {
+        let token = self.token.clone();
+        self.send(&json!({"messageType": "getAllMessages", "data": {"uatoken": token}}));
+        loop {
+            let r = self.recv();
+            if r["messageType"] == "ack" {
+                continue;
+            }
+            assert_eq!(
+                r["messageType"], "getAllMessages",
+                "getAllMessages reply: {r}"
+            );
+            return r["messages"]
+                .as_array()
+                .unwrap_or_else(|| panic!("getAllMessages reply has a messages array: {r}"))
+                .clone();
+        }
+    }
+
+    fn ack(&mut self, notification: &Value) {
+        let id = notification["messageId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("notification has a string messageId: {notification}"));
+        self.send(&json!({"messageType": "ack", "messageId": id}));
+    }
+
+    /// Read exactly `sent.len()` messages: the notifications for `sent` (any
+    /// order), each checked; returned in the order of `sent`.
+    fn expect_notifications(&mut self, sent: &[&Sent], url: &str) -> Vec<Value> {
+        let received: Vec<Value> = sent.iter().map(|_| self.recv()).collect();
+        match_notifications(&received, sent, url)
+    }
+
+    fn expect_silence(&mut self) {
+        self.ws.expect_silence(NEG_WINDOW);
+    }
+
+    fn close(self) {
+        self.ws.close();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// helpers: the AS side
+// ---------------------------------------------------------------------------
+
+/// What an AS sent, to check what the UA receives.
+struct Sent {
+    id: String,
+    message: String,
+    priority: u64,
+    /// The AS's `timestamp` (ms), taken just before the POST.
+    timestamp_ms: u64,
+}
+
+/// A correctly signed notification body.
+fn notification_body(key: &AppKey, id: &str, message: &str, ttl_s: u64, priority: u64) -> Value {
+    json!({
+        "messageType": "notification",
+        "id": id,
+        "message": message,
+        "signature": key.sign(message),
+        "ttl": ttl_s,
+        "timestamp": now_ms(),
+        "priority": priority,
+    })
+}
+
+fn post_bytes(url: &str, body: &[u8]) -> HttpResponse {
+    http(
+        "POST",
+        url,
+        &[("Content-Type", "application/json")],
+        Some(body),
+    )
+}
+
+fn post_json(url: &str, body: &Value) -> HttpResponse {
+    post_bytes(url, body.to_string().as_bytes())
+}
+
+/// POST a signed notification, assert 200 `{"status":"ACCEPTED"}`.
+fn notify_with(
+    url: &str,
+    key: &AppKey,
+    id: &str,
+    message: &str,
+    ttl_s: u64,
+    priority: u64,
+) -> Sent {
+    let body = notification_body(key, id, message, ttl_s, priority);
+    let r = post_json(url, &body);
+    r.assert_status(200, "POST signed notification");
+    assert_eq!(
+        r.json()["status"],
+        "ACCEPTED",
+        "POST notification reply: {}",
+        r.text()
+    );
+    Sent {
+        id: id.to_string(),
+        message: message.to_string(),
+        priority,
+        timestamp_ms: body["timestamp"].as_u64().unwrap(),
+    }
+}
+
+/// POST a signed notification (ttl one hour, priority 2).
+fn notify(url: &str, key: &AppKey, id: &str, message: &str) -> Sent {
+    notify_with(url, key, id, message, 3600, 2)
+}
+
+/// The reply is `status` with `{"status":"ERROR","reason":reason}`.
+fn assert_as_error(r: &HttpResponse, status: u16, reason: &str) {
+    r.assert_status(status, reason);
+    assert_fields(
+        &r.json(),
+        &json!({"status": "ERROR", "reason": reason}),
+        "AS error body",
+    );
+}
+
+/// One notification as the UA receives it, checked field by field against
+/// what the AS sent. The timestamp is the AS's or the server's (both are
+/// milliseconds since the epoch between the POST and now).
+fn assert_notification(n: &Value, sent: &Sent, url: &str) {
+    assert_fields(
+        n,
+        &json!({
+            "messageType": "notification",
+            "id": sent.id,
+            "message": sent.message,
+            "priority": sent.priority,
+            "url": url,
+        }),
+        "notification",
+    );
+    let message_id = n["messageId"].as_str().unwrap_or("");
+    assert!(!message_id.is_empty(), "notification has a messageId: {n}");
+    let timestamp = n["timestamp"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("notification timestamp is a number of ms: {n}"));
+    assert!(
+        timestamp >= sent.timestamp_ms && timestamp <= now_ms() + 1000,
+        "notification timestamp {timestamp} is ms since the epoch, not before the AS's {}: {n}",
+        sent.timestamp_ms
+    );
+}
+
+/// `received` is exactly the notifications for `sent` (any order); returns
+/// them in the order of `sent`.
+fn match_notifications(received: &[Value], sent: &[&Sent], url: &str) -> Vec<Value> {
+    assert_eq!(
+        received.len(),
+        sent.len(),
+        "expected notifications {:?}, got {received:?}",
+        sent.iter().map(|s| &s.id).collect::<Vec<_>>()
+    );
+    sent.iter()
+        .map(|s| {
+            let n = received
+                .iter()
+                .find(|n| n["id"] == s.id.as_str())
+                .unwrap_or_else(|| panic!("no notification with id {:?} in {received:?}", s.id));
+            assert_notification(n, s, url);
+            n.clone()
+        })
+        .collect()
+}
+
+/// A UA with an app registered: (ua, key, url).
+fn registered_app(server: &Server, key_seed: u64) -> (ExtUa, AppKey, String) {
+    let key = AppKey::new(key_seed);
+    let mut ua = ExtUa::fresh(server);
+    let url = ua.register_wa(server, "wa-token-app", &key);
+    (ua, key, url)
+}
+
+// ---------------------------------------------------------------------------
+// tokens and handshake
+// ---------------------------------------------------------------------------
+
+#[test]
+fn token_endpoint_issues_fresh_hex_tokens() {
+    let server = start();
+    let first = new_token(&server);
+    let second = new_token(&server);
+    assert_ne!(first, second, "two GET /token give two tokens");
+}
+
+#[test]
+fn extended_subprotocol_is_echoed() {
+    let server = start();
+    let ua = ExtUa::connect(&server, "");
+    assert_eq!(
+        ua.ws.subprotocol.as_deref(),
+        Some(SUBPROTOCOL),
+        "the server answers with the extended subprotocol"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// registerUA / registerWA
+// ---------------------------------------------------------------------------
+
+#[test]
+fn register_ua_accepts_an_issued_token() {
+    let server = start();
+    let token = new_token(&server);
+    let mut ua = ExtUa::connect(&server, &token);
+    let r = ua.register_ua_reply();
+    assert_fields(
+        &r,
+        &json!({"status": "REGISTERED", "statusCode": 200, "messageType": "registerUA"}),
+        "registerUA with an issued token",
+    );
+}
+
+#[test]
+fn register_ua_refuses_tokens_this_server_did_not_issue() {
+    let server = start();
+    let other_server = Server::start(ServerOptions::new().shards(1));
+    let refused = json!({
+        "status": "ERROR",
+        "statusCode": 401,
+        "reason": "Token is not valid for this server",
+        "messageType": "registerUA",
+    });
+    for (what, token) in [
+        ("32 random hex characters", random_hex(16)),
+        ("a token issued by another server", new_token(&other_server)),
+    ] {
+        let mut ua = ExtUa::connect(&server, &token);
+        let r = ua.register_ua_reply();
+        assert_fields(&r, &refused, &format!("registerUA with {what}"));
+    }
+}
+
+#[test]
+fn register_wa_returns_a_notify_url() {
+    let server = start();
+    let key = AppKey::new(1);
+    let mut ua = ExtUa::fresh(&server);
+    // register_wa checks the reply and the url's form.
+    ua.register_wa(&server, "wa-token-1", &key);
+}
+
+#[test]
+fn register_wa_url_depends_only_on_watoken_and_key() {
+    let server = start();
+    let key = AppKey::new(1);
+    let other_key = AppKey::new(2);
+    let mut first = ExtUa::fresh(&server);
+    let mut second = ExtUa::fresh(&server);
+
+    let url = first.register_wa(&server, "wa-token-1", &key);
+    assert_eq!(
+        second.register_wa(&server, "wa-token-1", &key),
+        url,
+        "the same (watoken, key) from another UA gives the same url"
+    );
+    assert_eq!(
+        first.register_wa(&server, "wa-token-1", &key),
+        url,
+        "registering the same pair again gives the same url"
+    );
+    let other_watoken = first.register_wa(&server, "wa-token-2", &key);
+    assert_ne!(other_watoken, url, "another watoken gives another url");
+    let other_key_url = first.register_wa(&server, "wa-token-1", &other_key);
+    assert_ne!(other_key_url, url, "another key gives another url");
+    assert_ne!(other_key_url, other_watoken);
+}
+
+#[test]
+fn register_wa_before_register_ua_is_refused() {
+    let server = start();
+    let key = AppKey::new(1);
+    let token = new_token(&server);
+    let mut ua = ExtUa::connect(&server, &token);
+    let r = ua.register_wa_reply("wa-token-1", &key);
+    assert_fields(
+        &r,
+        &json!({"status": "ERROR", "statusCode": 401, "messageType": "registerWA"}),
+        "registerWA before registerUA",
+    );
+}
+
+#[test]
+fn non_json_frame_is_an_error() {
+    let server = start();
+    let mut ua = ExtUa::fresh(&server);
+    ua.ws.send_text("this is { not JSON");
+    let r = ua.recv();
+    assert_fields(
+        &r,
+        &json!({
+            "status": "ERROR",
+            "statusCode": 400,
+            "reason": "Data received is not a valid JSON package",
+        }),
+        "non-JSON text frame",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// delivery
+// ---------------------------------------------------------------------------
+
+#[test]
+fn signed_notification_reaches_the_connected_ua() {
+    let server = start();
+    let (mut ua, key, url) = registered_app(&server, 1);
+    for priority in 1..=4 {
+        let id = format!("as-id-{priority}");
+        let sent = notify_with(&url, &key, &id, &format!("hello {priority}"), 60, priority);
+        ua.expect_notifications(&[&sent], &url);
+    }
+}
+
+#[test]
+fn pending_notification_is_sent_right_after_register_ua() {
+    let server = start();
+    let (ua, key, url) = registered_app(&server, 1);
+    let token = ua.token.clone();
+    ua.close();
+
+    let sent = notify(&url, &key, "as-id-offline", "sent while offline");
+    // resume() asserts that the first message is the REGISTERED reply.
+    let mut ua = ExtUa::resume(&server, &token);
+    ua.expect_notifications(&[&sent], &url);
+    ua.expect_silence();
+}
+
+#[test]
+fn multicast_reaches_every_ua_of_the_url() {
+    let server = start();
+    let key = AppKey::new(1);
+    // Four UAs: with two shards, their tokens almost surely span both.
+    let mut uas: Vec<ExtUa> = (0..4).map(|_| ExtUa::fresh(&server)).collect();
+    let urls: HashSet<String> = uas
+        .iter_mut()
+        .map(|ua| ua.register_wa(&server, "wa-token-shared", &key))
+        .collect();
+    assert_eq!(urls.len(), 1, "one url for one (watoken, key): {urls:?}");
+    let url = urls.into_iter().next().unwrap();
+
+    let sent = notify(&url, &key, "as-id-multicast", "to every device");
+    for ua in &mut uas {
+        ua.expect_notifications(&[&sent], &url);
+    }
+}
+
+#[test]
+fn get_all_messages_lists_pending_notifications() {
+    let server = start();
+    let (mut ua, key, url) = registered_app(&server, 1);
+    assert_eq!(
+        ua.get_all_messages(),
+        Vec::<Value>::new(),
+        "nothing pending yet"
+    );
+
+    let first = notify(&url, &key, "as-id-1", "first");
+    let second = notify(&url, &key, "as-id-2", "second");
+    let live = ua.expect_notifications(&[&first, &second], &url);
+
+    // Delivered but not acked: still pending, same messageIds.
+    let listed = match_notifications(&ua.get_all_messages(), &[&first, &second], &url);
+    for (l, n) in listed.iter().zip(&live) {
+        assert_eq!(l["messageId"], n["messageId"], "same message: {l} / {n}");
+    }
+}
+
+#[test]
+fn ack_frees_the_message_for_that_ua_only() {
+    let server = start();
+    let key = AppKey::new(1);
+    let mut acking = ExtUa::fresh(&server);
+    let mut other = ExtUa::fresh(&server);
+    let url = acking.register_wa(&server, "wa-token-shared", &key);
+    assert_eq!(other.register_wa(&server, "wa-token-shared", &key), url);
+
+    let first = notify(&url, &key, "as-id-1", "first");
+    let second = notify(&url, &key, "as-id-2", "second");
+    let received = acking.expect_notifications(&[&first, &second], &url);
+    other.expect_notifications(&[&first, &second], &url);
+
+    acking.ack(&received[0]);
+    // getAllMessages on the same socket is answered after the ack is handled.
+    match_notifications(&acking.get_all_messages(), &[&second], &url);
+    match_notifications(&other.get_all_messages(), &[&first, &second], &url);
+
+    // On reconnect, only the unacked message is re-sent.
+    let token = acking.token.clone();
+    acking.close();
+    let mut acking = ExtUa::resume(&server, &token);
+    acking.expect_notifications(&[&second], &url);
+    acking.expect_silence();
+}
+
+#[test]
+fn expired_notifications_are_not_delivered() {
+    let server = start();
+    let (ua, key, url) = registered_app(&server, 1);
+    let token = ua.token.clone();
+    ua.close();
+
+    let short = notify_with(&url, &key, "as-id-short", "expires", 1, 2);
+    let long = notify_with(&url, &key, "as-id-long", "stays", 3600, 2);
+    // Let the 1 s TTL run out, with margin for rounding to whole seconds:
+    // time passing is itself the event waited for here.
+    let expired_ms = short.timestamp_ms + 2500;
+    std::thread::sleep(Duration::from_millis(expired_ms.saturating_sub(now_ms())));
+
+    let mut ua = ExtUa::resume(&server, &token);
+    ua.expect_notifications(&[&long], &url);
+    ua.expect_silence();
+    match_notifications(&ua.get_all_messages(), &[&long], &url);
+}
+
+// ---------------------------------------------------------------------------
+// AS errors
+// ---------------------------------------------------------------------------
+
+#[test]
+fn as_body_that_is_not_json_is_400() {
+    let server = start();
+    let (_ua, _key, url) = registered_app(&server, 1);
+    let r = post_bytes(&url, b"messageType=notification&message=hi");
+    assert_as_error(&r, 400, "JSON not valid");
+}
+
+#[test]
+fn as_message_type_other_than_notification_is_400() {
+    let server = start();
+    let (_ua, key, url) = registered_app(&server, 1);
+    let mut body = notification_body(&key, "as-id", "hi", 60, 2);
+    body["messageType"] = json!("registerWA");
+    assert_as_error(&post_json(&url, &body), 400, "Not messageType=notification");
+}
+
+#[test]
+fn as_notification_without_signature_is_400() {
+    let server = start();
+    let (mut ua, key, url) = registered_app(&server, 1);
+    let mut body = notification_body(&key, "as-id", "hi", 60, 2);
+    body.as_object_mut().unwrap().remove("signature");
+    assert_as_error(
+        &post_json(&url, &body),
+        400,
+        "You must sign your message with your Private Key",
+    );
+    ua.expect_silence();
+}
+
+#[test]
+fn as_bad_signature_is_401_and_dropped() {
+    let server = start();
+    let (mut ua, key, url) = registered_app(&server, 1);
+    let other_key = AppKey::new(2);
+
+    let mut by_other_key = notification_body(&key, "as-id-1", "hi", 60, 2);
+    by_other_key["signature"] = json!(other_key.sign("hi"));
+    let mut over_other_message = notification_body(&key, "as-id-2", "hi", 60, 2);
+    over_other_message["signature"] = json!(key.sign("not hi"));
+
+    for body in [by_other_key, over_other_message] {
+        assert_as_error(
+            &post_json(&url, &body),
+            401,
+            "Bad signature, dropping notification",
+        );
+    }
+    ua.expect_silence();
+    assert_eq!(ua.get_all_messages(), Vec::<Value>::new(), "nothing stored");
+}
+
+#[test]
+fn as_body_too_big_is_413() {
+    let server = start();
+    let (_ua, key, url) = registered_app(&server, 1);
+    let message = "x".repeat(AS_BODY_MAX_BYTES);
+    let body = notification_body(&key, "as-id", &message, 60, 2).to_string();
+    assert!(body.len() > AS_BODY_MAX_BYTES);
+    assert_as_error(&post_bytes(&url, body.as_bytes()), 413, "Body too big");
+}
+
+#[test]
+fn as_unknown_app_token_is_404() {
+    let server = start();
+    let (_ua, key, url) = registered_app(&server, 1);
+    let body = notification_body(&key, "as-id", "hi", 60, 2);
+
+    let (prefix, app_token) = url.rsplit_once('/').unwrap();
+    // Another first character, kept in both the hex and base64url alphabets.
+    let replacement = if app_token.starts_with('0') { "1" } else { "0" };
+    let altered = format!("{prefix}/{replacement}{}", &app_token[1..]);
+    let random = format!("{}/notify/{}", server.as_url(), random_hex(16));
+    for unknown in [altered, random] {
+        assert_as_error(&post_json(&unknown, &body), 404, "No valid AppToken");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// durability
+// ---------------------------------------------------------------------------
+
+#[test]
+fn registrations_and_pending_messages_survive_restart() {
+    let mut server = start();
+    let (ua, key, url) = registered_app(&server, 1);
+    let token = ua.token.clone();
+    ua.close();
+    let before = notify(&url, &key, "as-id-before", "sent before the restart");
+
+    server.restart();
+
+    let after = notify(&url, &key, "as-id-after", "sent after the restart");
+    let mut ua = ExtUa::resume(&server, &token);
+    ua.expect_notifications(&[&before, &after], &url);
+    ua.expect_silence();
+    assert_eq!(
+        ua.register_wa(&server, "wa-token-app", &key),
+        url,
+        "the same (watoken, key) still gives the same url"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// self-check of the helpers (no server needed)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn app_key_helpers_make_verifiable_signatures() {
+    use rsa::pkcs1v15::VerifyingKey;
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::signature::Verifier;
+    use rsa::traits::PublicKeyParts;
+
+    let key = AppKey::new(1);
+    assert_eq!(
+        key.pbkbase64,
+        AppKey::new(1).pbkbase64,
+        "same seed, same key"
+    );
+    assert_ne!(key.pbkbase64, AppKey::new(2).pbkbase64);
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(&key.pbkbase64)
+        .expect("pbkbase64 is standard base64");
+    let public = RsaPublicKey::from_public_key_der(&der).expect("SubjectPublicKeyInfo DER");
+    assert_eq!(public.size(), 128, "a 1024-bit key");
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(key.sign("hello"))
+        .expect("signature is standard base64");
+    let signature = rsa::pkcs1v15::Signature::try_from(signature.as_slice()).unwrap();
+    let verifying = VerifyingKey::<Sha256>::new(public);
+    verifying
+        .verify(b"hello", &signature)
+        .expect("signature verifies");
+    assert!(verifying.verify(b"hellO", &signature).is_err());
+}
