@@ -15,6 +15,10 @@ use crate::shard::{now_ms, Ctx, Origin, ShardMsg};
 use crate::{broadcasts, pages};
 
 const READ_CHUNK_BYTES: usize = 4096;
+/// After an early answer (413), how much of the refused body is read and
+/// dropped, and for how long, before the connection is closed.
+const UNREAD_BODY_DISCARD_BYTES_MAX: usize = 1024 * 1024;
+const UNREAD_BODY_DISCARD_TIME: Duration = Duration::from_secs(2);
 /// A form-encoded SimplePush body may spell each payload byte as `%XX`.
 const FORM_ENCODING_EXPANSION: usize = 3;
 
@@ -61,7 +65,7 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
             } else {
                 HttpResponse::error(413, errno::PAYLOAD_TOO_LARGE, "body too large")
             };
-            return finish(&mut stream, &response).await;
+            return finish_unread(&mut stream, &response, head.body_bytes).await;
         }
         let request_bytes = head.head_bytes + head.body_bytes;
         if buffer.len() < request_bytes && expects_continue(&head) {
@@ -114,6 +118,23 @@ async fn finish(stream: &mut TcpStream, response: &HttpResponse) {
     let _ = stream
         .write_all(&http::write_response(response, false))
         .await;
+}
+
+/// Answers before reading a body the client is still sending, then reads and
+/// discards a bounded part of it: closing at once would reset the connection
+/// and the client would see a broken pipe instead of the answer.
+async fn finish_unread(stream: &mut TcpStream, response: &HttpResponse, body_bytes: usize) {
+    finish(stream, response).await;
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let mut left = body_bytes.min(UNREAD_BODY_DISCARD_BYTES_MAX);
+    let _ = stream.set_read_timeout(Some(UNREAD_BODY_DISCARD_TIME));
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    while left > 0 {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => left = left.saturating_sub(read),
+        }
+    }
 }
 
 async fn route(ctx: &Rc<Ctx>, head: &Head, body: &[u8]) -> HttpResponse {
