@@ -1,0 +1,215 @@
+//! Delivery: pending messages to a socket, in the form it speaks (SPEC §3.3).
+
+use super::*;
+
+impl Shard {
+    /// Forgets messages whose TTL ran out. No record is needed: replay keeps
+    /// them only until the next purge, and compaction leaves them out.
+    pub(super) fn purge_expired(&mut self, now_ms: Millis, uaid: Uaid) {
+        let Some(ua) = self.uas.get_mut(&uaid) else {
+            return;
+        };
+        let expired: Vec<u64> = ua
+            .pending
+            .iter()
+            .filter(|(_, pending)| pending.message.is_expired(now_ms))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in &expired {
+            ua.pending.remove(seq);
+        }
+        for seq in expired {
+            self.remember_outcome(uaid, seq, Removal::Expired);
+        }
+    }
+
+    /// Sends every pending message of `uaid` on `conn`: high urgency first,
+    /// then arrival order; expired ones are dropped on the way.
+    pub(super) fn deliver_pending(&mut self, now_ms: Millis, conn: ConnId, uaid: Uaid) {
+        self.purge_expired(now_ms, uaid);
+        let Some(ua) = self.uas.get_mut(&uaid) else {
+            return;
+        };
+        let mut order: Vec<(std::cmp::Reverse<Urgency>, u64)> = ua
+            .pending
+            .iter()
+            .map(|(seq, pending)| (std::cmp::Reverse(pending.message.urgency), *seq))
+            .collect();
+        order.sort();
+        let messages: Vec<StoredMessage> = order
+            .iter()
+            .filter_map(|(_, seq)| {
+                let pending = ua.pending.get_mut(seq)?;
+                pending.sent = true;
+                Some(pending.message.clone())
+            })
+            .collect();
+        if messages.is_empty() {
+            return;
+        }
+        self.send_messages(conn, &messages);
+        self.schedule_retry(now_ms, conn);
+    }
+
+    /// One retry chain per socket: a re-send covers every unacked message,
+    /// so more timers would only multiply the re-sends.
+    pub(super) fn schedule_retry(&mut self, now_ms: Millis, conn: ConnId) {
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !state.retry_scheduled {
+            state.retry_scheduled = true;
+            let retry_at = now_ms + self.config.limits.retry_interval_ms;
+            self.timers.insert((retry_at, Timer::Retry(conn)));
+        }
+    }
+
+    /// Frames for `messages` in the form the socket speaks (SPEC §3.3).
+    pub(super) fn send_messages(&mut self, conn: ConnId, messages: &[StoredMessage]) {
+        let web_push = self.conns.get(&conn).is_some_and(|state| state.web_push);
+        let extended = self.conns.get(&conn).is_some_and(|state| state.extended);
+        self.stats.notifications_out += messages.len() as u64;
+        // Extended notifications exist only in the extended form, and only
+        // they do: anything else cannot be shown on the other kind of socket.
+        let (shown, hidden): (Vec<&StoredMessage>, Vec<&StoredMessage>) = messages
+            .iter()
+            .partition(|message| matches!(message.body, MessageBody::Extended { .. }) == extended);
+        self.stats.cross_mode_dropped += hidden.len() as u64;
+        let messages: Vec<StoredMessage> = shown.into_iter().cloned().collect();
+        if extended {
+            for message in &messages {
+                let text = self.extended_object(message).to_string();
+                self.send(conn, None, text);
+            }
+            return;
+        }
+        if web_push {
+            for message in &messages {
+                let text = self.web_push_frame(message);
+                self.send(conn, None, text);
+            }
+            return;
+        }
+        let mut updates = Vec::new();
+        let mut desktop = Vec::new();
+        for message in &messages {
+            let channel_id = message.channel.to_text();
+            match &message.body {
+                MessageBody::Desktop { body, ttl_s } => desktop.push(json!({
+                    "channelID": channel_id,
+                    "version": numeric_version(message),
+                    "body": body,
+                    "ttl": ttl_s,
+                })),
+                MessageBody::WebPush { data, .. } => {
+                    if !data.is_empty() {
+                        self.stats.cross_mode_dropped += 1;
+                    }
+                    updates.push(
+                        json!({"channelID": channel_id, "version": numeric_version(message)}),
+                    );
+                }
+                MessageBody::Version(_) => {
+                    updates.push(
+                        json!({"channelID": channel_id, "version": numeric_version(message)}),
+                    );
+                }
+                // Filtered out above: only extended sockets show these.
+                MessageBody::Extended { .. } => {}
+            }
+        }
+        if !updates.is_empty() {
+            self.send(
+                conn,
+                None,
+                json!({"messageType": "notification", "updates": updates}).to_string(),
+            );
+        }
+        if !desktop.is_empty() {
+            self.send(
+                conn,
+                None,
+                json!({"messageType": "desktop-notification", "updates": desktop}).to_string(),
+            );
+        }
+    }
+
+    pub(super) fn web_push_frame(&mut self, message: &StoredMessage) -> String {
+        let channel_id = message.channel.to_text();
+        let mut frame = json!({"messageType": "notification", "channelID": channel_id});
+        match &message.body {
+            MessageBody::WebPush {
+                data,
+                encoding,
+                encryption,
+                crypto_key,
+            } => {
+                frame["version"] = Value::String(self.keys.message_id(
+                    &message.uaid,
+                    &message.channel,
+                    message.seq,
+                ));
+                if !data.is_empty() {
+                    use base64::Engine;
+                    frame["data"] = Value::String(
+                        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data),
+                    );
+                    let mut headers = json!({});
+                    if let Some(encoding) = encoding {
+                        headers["encoding"] = Value::String(encoding.clone());
+                    }
+                    if let Some(encryption) = encryption {
+                        headers["encryption"] = Value::String(encryption.clone());
+                    }
+                    if let Some(crypto_key) = crypto_key {
+                        headers["crypto_key"] = Value::String(crypto_key.clone());
+                    }
+                    frame["headers"] = headers;
+                }
+            }
+            MessageBody::Version(version) => frame["version"] = Value::String(version.to_string()),
+            MessageBody::Desktop { .. } => {
+                // A Web Push socket cannot show a desktop body: it gets the version only.
+                self.stats.cross_mode_dropped += 1;
+                frame["version"] = Value::String(numeric_version(message).to_string());
+            }
+            // Filtered out by send_messages: only extended sockets show these.
+            MessageBody::Extended { .. } => {}
+        }
+        frame.to_string()
+    }
+
+    /// An extended notification as the UA sees it (SPEC §3.6).
+    pub(super) fn extended_object(&self, message: &StoredMessage) -> Value {
+        let MessageBody::Extended {
+            id,
+            message: payload,
+            timestamp_ms,
+            priority,
+        } = &message.body
+        else {
+            return Value::Null;
+        };
+        let url_token = self
+            .web_apps
+            .get(&message.channel)
+            .map_or("", |app| app.url_token.as_str());
+        extended::notification_object(
+            id,
+            payload,
+            *timestamp_ms,
+            *priority,
+            &self
+                .keys
+                .message_id(&message.uaid, &message.channel, message.seq),
+            &self.app_url(url_token),
+        )
+    }
+
+    pub(super) fn app_url(&self, url_token: &str) -> String {
+        format!(
+            "{}/notify/{url_token}",
+            self.config.endpoint_url.trim_end_matches('/')
+        )
+    }
+}
