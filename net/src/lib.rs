@@ -5,6 +5,7 @@
 
 mod as_conn;
 mod broadcasts;
+mod compaction;
 pub mod http;
 pub mod metrics;
 mod pages;
