@@ -111,7 +111,7 @@ impl Metrics {
         );
         registry.register(
             "wal_bytes",
-            "Bytes in the shard's write-ahead log",
+            "Bytes of the shard's write-ahead log on disk (segments and snapshots)",
             metrics.wal_bytes.clone(),
         );
         registry.register(

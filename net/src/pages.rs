@@ -71,7 +71,7 @@ pub fn about(ctx: &Rc<Ctx>) -> HttpResponse {
             "Notifications out (average per second)",
             format!("{:.2}", total.notifications_out as f64 / uptime_s as f64),
         ),
-        ("WAL size", format!("{} bytes", total.wal_bytes)),
+        ("WAL size on disk", format!("{} bytes", total.wal_bytes)),
         ("Fsync mode", config.fsync.as_str().to_owned()),
     ];
     let mut body = String::from(
