@@ -116,15 +116,7 @@ impl Shard {
             );
             return self.send(conn, None, reply);
         }
-        let owner = uaid.shard(self.config.shards);
-        if owner != self.config.index {
-            self.stats.hand_offs += 1;
-            self.conns.remove(&conn);
-            self.actions.push_back(Action::HandOff {
-                conn,
-                shard: owner,
-                hello: text.to_owned(),
-            });
+        if self.hand_off_if_foreign(conn, uaid, text) {
             return;
         }
         if !self.uas.contains_key(&uaid) {
@@ -238,8 +230,7 @@ impl Shard {
                 continue;
             };
             self.stats.notifications_in += 1;
-            let seq = ua.next_seq.max(now_ms.saturating_mul(SEQ_PER_MS));
-            let seq = seq + seq % 2; // stored messages have even numbers
+            let seq = next_seq(ua, now_ms, true);
             let connected = ua.conn;
             let message = StoredMessage {
                 uaid,
@@ -256,33 +247,7 @@ impl Shard {
                     priority: notification.priority,
                 },
             };
-            let displaced = self.displaced_by(now_ms, uaid, &message);
-            after = Some(self.append(Record::MessageStored(message.clone())));
-            for (seq, channel, reason) in displaced {
-                self.append(Record::MessageRemoved {
-                    uaid,
-                    channel,
-                    seq,
-                    reason,
-                });
-            }
-            if let Some(conn) = connected {
-                if let Some(pending) = self
-                    .uas
-                    .get_mut(&uaid)
-                    .and_then(|ua| ua.pending.get_mut(&seq))
-                {
-                    pending.sent = true;
-                }
-                self.send_messages(conn, std::slice::from_ref(&message));
-                self.schedule_retry(now_ms, conn);
-            } else if let Some(target) = self.uas.get(&uaid).and_then(|ua| ua.wakeup.clone()) {
-                self.actions.push_back(Action::Wakeup {
-                    uaid,
-                    target,
-                    urgency: Urgency::Normal,
-                });
-            }
+            after = Some(self.store_and_deliver(now_ms, &message, connected));
         }
         (after, extended::accepted())
     }

@@ -3,6 +3,55 @@
 use super::*;
 
 impl Shard {
+    /// Logs a new message, then what it displaces (a crash between the
+    /// records may keep both, delivered twice, never neither: an acknowledged
+    /// message lost), and sends it to the UA's socket or asks for a wakeup.
+    /// Returns the LSN the AS's answer waits for.
+    pub(super) fn store_and_deliver(
+        &mut self,
+        now_ms: Millis,
+        message: &StoredMessage,
+        connected: Option<ConnId>,
+    ) -> Lsn {
+        let uaid = message.uaid;
+        let displaced = self.displaced_by(now_ms, uaid, message);
+        let lsn = self.append(Record::MessageStored(message.clone()));
+        for (seq, channel, reason) in displaced {
+            self.append(Record::MessageRemoved {
+                uaid,
+                channel,
+                seq,
+                reason,
+            });
+        }
+        match connected {
+            Some(conn) => {
+                if let Some(pending) = self
+                    .uas
+                    .get_mut(&uaid)
+                    .and_then(|ua| ua.pending.get_mut(&message.seq))
+                {
+                    pending.sent = true;
+                }
+                self.send_messages(conn, std::slice::from_ref(message));
+                self.schedule_retry(now_ms, conn);
+            }
+            // RFC 8030 §5.3: very-low and low urgency wait for the UA's next
+            // natural connection instead of waking a sleeping phone.
+            None if message.urgency >= Urgency::Normal => {
+                if let Some(target) = self.uas.get(&uaid).and_then(|ua| ua.wakeup.clone()) {
+                    self.actions.push_back(Action::Wakeup {
+                        uaid,
+                        target,
+                        urgency: message.urgency,
+                    });
+                }
+            }
+            None => {}
+        }
+        lsn
+    }
+
     /// Forgets messages whose TTL ran out. No record is needed: replay keeps
     /// them only until the next purge, and compaction leaves them out.
     pub(super) fn purge_expired(&mut self, now_ms: Millis, uaid: Uaid) {

@@ -449,6 +449,15 @@ impl Shard {
     }
 }
 
+/// The next sequence number for a message of `ua`. Stored messages get even
+/// numbers, unstored ones (TTL=0) odd: an unstored message leaves no record,
+/// so after a restart its number could otherwise be given to a stored message,
+/// and its id (which the AS may DELETE) would name that one.
+fn next_seq(ua: &UserAgent, now_ms: Millis, stored: bool) -> u64 {
+    let earliest = ua.next_seq.max(now_ms.saturating_mul(SEQ_PER_MS));
+    earliest + u64::from(earliest.is_multiple_of(2) != stored)
+}
+
 /// The number a SimplePush socket sees for a message: the AS's version, or the
 /// arrival time in ms for messages that have none (SPEC §3.3).
 fn numeric_version(message: &StoredMessage) -> u64 {

@@ -70,12 +70,7 @@ impl Shard {
         let ttl_s = notification.ttl_s.unwrap_or(0);
         // RFC 8030 §5.2: TTL=0 is delivered now or never; it is not stored.
         let stored = !(web_push && ttl_s == 0);
-        // Stored messages get even sequence numbers, unstored ones odd: an
-        // unstored message leaves no record, so after a restart its number
-        // could otherwise be given to a stored message, and its id (which
-        // the AS may DELETE) would name that one.
-        let earliest = ua.next_seq.max(now_ms.saturating_mul(SEQ_PER_MS));
-        let seq = earliest + u64::from((earliest % 2 == 0) != stored);
+        let seq = next_seq(ua, now_ms, stored);
         let message = StoredMessage {
             uaid,
             channel,
@@ -97,42 +92,7 @@ impl Shard {
             }
             self.next_lsn.checked_sub(1)
         } else {
-            // The new message is logged before what it displaces: a crash
-            // between the records may keep both (delivered twice), never
-            // neither (an acknowledged message lost).
-            let displaced = self.displaced_by(now_ms, uaid, &message);
-            let lsn = self.append(Record::MessageStored(message.clone()));
-            for (seq, channel, reason) in displaced {
-                self.append(Record::MessageRemoved {
-                    uaid,
-                    channel,
-                    seq,
-                    reason,
-                });
-            }
-            // RFC 8030 §5.3: very-low and low urgency wait for the UA's next
-            // natural connection instead of waking a sleeping phone.
-            if connected.is_none() && message.urgency >= Urgency::Normal {
-                if let Some(target) = self.uas.get(&uaid).and_then(|ua| ua.wakeup.clone()) {
-                    self.actions.push_back(Action::Wakeup {
-                        uaid,
-                        target,
-                        urgency: message.urgency,
-                    });
-                }
-            }
-            if let Some(conn) = connected {
-                if let Some(pending) = self
-                    .uas
-                    .get_mut(&uaid)
-                    .and_then(|ua| ua.pending.get_mut(&seq))
-                {
-                    pending.sent = true;
-                }
-                self.send_messages(conn, std::slice::from_ref(&message));
-                self.schedule_retry(now_ms, conn);
-            }
-            Some(lsn)
+            Some(self.store_and_deliver(now_ms, &message, connected))
         };
         if !web_push {
             return (after, HttpResponse::json(200, "{}".to_owned()));

@@ -120,23 +120,30 @@ impl Shard {
         self.actions.push_back(Action::Send { conn, after, text });
     }
 
+    /// SPEC §8: a socket whose UA another shard owns goes there, with the
+    /// message that named the UA; this shard forgets it. True if it went.
+    pub(super) fn hand_off_if_foreign(&mut self, conn: ConnId, uaid: Uaid, text: &str) -> bool {
+        let owner = uaid.shard(self.config.shards);
+        if owner == self.config.index {
+            return false;
+        }
+        self.stats.hand_offs += 1;
+        self.conns.remove(&conn);
+        self.actions.push_back(Action::HandOff {
+            conn,
+            shard: owner,
+            hello: text.to_owned(),
+        });
+        true
+    }
+
     pub(super) fn on_hello(&mut self, now_ms: Millis, conn: ConnId, hello: Hello, text: &str) {
         let claimed = hello
             .uaid
             .as_deref()
             .and_then(|uaid| self.keys.check_uaid(uaid));
-        if let Some(uaid) = claimed {
-            let owner = uaid.shard(self.config.shards);
-            if owner != self.config.index {
-                self.stats.hand_offs += 1;
-                self.conns.remove(&conn);
-                self.actions.push_back(Action::HandOff {
-                    conn,
-                    shard: owner,
-                    hello: text.to_owned(),
-                });
-                return;
-            }
+        if claimed.is_some_and(|uaid| self.hand_off_if_foreign(conn, uaid, text)) {
+            return;
         }
         let uaid = match claimed {
             Some(uaid) => uaid,
