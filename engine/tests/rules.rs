@@ -1774,3 +1774,33 @@ fn colliding_versions_are_resent_once_per_interval() {
         h.now - started
     );
 }
+
+/// On a Web Push socket a desktop notification shows a numeric version and a
+/// Web Push message its id: acking the number must not free the Web Push
+/// message that arrived earlier on the same channel.
+#[test]
+fn a_numeric_ack_on_a_webpush_socket_frees_only_numeric_messages() {
+    let mut h = Harness::new();
+    let (conn, _) = h.connect_new(true);
+    let endpoint = h.register(conn, &chan(1));
+    assert_eq!(h.post(&endpoint, 600).status, 201);
+    h.advance(5);
+    h.request("PUT", &endpoint, &[], b"body=hello");
+    let frames = h.take_notifications(conn);
+    assert_eq!(frames.len(), 2);
+    let numeric = frames
+        .iter()
+        .find(|frame| {
+            frame["version"]
+                .as_str()
+                .is_some_and(|v| v.parse::<u64>().is_ok())
+        })
+        .expect("the desktop notification shows a number")["version"]
+        .clone();
+    h.ack(conn, &chan(1), numeric);
+    assert_eq!(
+        h.shards[0].pending_messages(),
+        1,
+        "the Web Push message is still unacked"
+    );
+}

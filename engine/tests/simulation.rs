@@ -791,7 +791,12 @@ impl Sim {
                             Tok::Id(id) => {
                                 matches!(&m.kind, Kind::WebPush { id: mine, .. } if mine == id)
                             }
-                            Tok::Num(n) | Tok::Desktop(n, _) => m.numeric() <= *n,
+                            // A Web Push socket saw Web Push messages by id:
+                            // a number never frees those there.
+                            Tok::Num(n) | Tok::Desktop(n, _) => {
+                                m.numeric() <= *n
+                                    && !(web_push && matches!(m.kind, Kind::WebPush { .. }))
+                            }
                         }
                 })
                 .map(|(at, _)| at)

@@ -97,7 +97,7 @@ impl Shard {
             (Some(uaid), ClientMessage::Unregister { channel_id }) => {
                 self.on_unregister(conn, uaid, &channel_id)
             }
-            (Some(uaid), ClientMessage::Ack(updates)) => self.on_ack(uaid, &updates),
+            (Some(uaid), ClientMessage::Ack(updates)) => self.on_ack(conn, uaid, &updates),
             (Some(_), ClientMessage::Nack { .. }) => self.stats.nacks += 1,
             (Some(_), ClientMessage::Ping) => self.on_ping(now_ms, conn, false),
             (Some(_), ClientMessage::TextPing) => self.on_ping(now_ms, conn, true),
@@ -348,7 +348,8 @@ impl Shard {
         self.send(conn, after, ua::unregister_reply(&channel.to_text(), 200));
     }
 
-    pub(super) fn on_ack(&mut self, uaid: Uaid, updates: &[ua::AckUpdate]) {
+    pub(super) fn on_ack(&mut self, conn: ConnId, uaid: Uaid, updates: &[ua::AckUpdate]) {
+        let web_push_socket = self.conns.get(&conn).is_some_and(|state| state.web_push);
         for update in updates {
             let Some(channel) = ChannelId::parse(&update.channel_id) else {
                 continue;
@@ -360,11 +361,13 @@ impl Shard {
                     }
                     Some(_) => Vec::new(),
                     None => match text.parse::<u64>() {
-                        Ok(number) => self.acked_by_number(uaid, channel, number),
+                        Ok(number) => self.acked_by_number(uaid, channel, number, web_push_socket),
                         Err(_) => Vec::new(),
                     },
                 },
-                AckVersion::Number(number) => self.acked_by_number(uaid, channel, *number),
+                AckVersion::Number(number) => {
+                    self.acked_by_number(uaid, channel, *number, web_push_socket)
+                }
             };
             for seq in acked {
                 let present = self
@@ -386,15 +389,26 @@ impl Shard {
 
     /// A numeric ack frees every message on the channel whose numeric form
     /// (SimplePush version, or arrival time for other kinds) is at most `number`:
-    /// SimplePush only cares about the newest version.
-    pub(super) fn acked_by_number(&self, uaid: Uaid, channel: ChannelId, number: u64) -> Vec<u64> {
+    /// SimplePush only cares about the newest version. A Web Push socket saw
+    /// Web Push messages by their ids, not by a number, so a numeric ack
+    /// there never frees one of those.
+    pub(super) fn acked_by_number(
+        &self,
+        uaid: Uaid,
+        channel: ChannelId,
+        number: u64,
+        web_push_socket: bool,
+    ) -> Vec<u64> {
         let Some(ua) = self.uas.get(&uaid) else {
             return Vec::new();
         };
         ua.pending
             .iter()
             .filter(|(_, pending)| {
-                pending.message.channel == channel && numeric_version(&pending.message) <= number
+                let message = &pending.message;
+                let shown_as_number =
+                    !(web_push_socket && matches!(message.body, MessageBody::WebPush { .. }));
+                message.channel == channel && shown_as_number && numeric_version(message) <= number
             })
             .map(|(seq, _)| *seq)
             .collect()
