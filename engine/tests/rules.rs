@@ -10,7 +10,7 @@ use herald_engine::limits::Limits;
 use herald_engine::message::Urgency;
 use herald_engine::record::Record;
 use herald_engine::shard::{close, Shard};
-use herald_engine::ChannelId;
+use herald_engine::{ChannelId, ConnId};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::{json, Value};
@@ -1233,6 +1233,17 @@ fn wakeup_hello(uaid: Option<&str>, mnc: &str) -> Value {
     hello
 }
 
+/// A UA on the routed network 214-07 with one channel: (conn, uaid, endpoint).
+fn wakeup_ua(h: &mut Harness) -> (ConnId, String, String) {
+    let conn = h.open();
+    let uaid = h.hello(conn, wakeup_hello(None, "07"))["uaid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let endpoint = h.register(conn, &chan(1));
+    (conn, uaid, endpoint)
+}
+
 #[test]
 fn wakeup_registration_sleep_and_wakeup() {
     let mut h = Harness::with_wakeup(); // routes 214-07; wakeup_idle_ms = 10 s
@@ -1545,12 +1556,7 @@ fn replaying_a_snapshot_keeps_simplepush_versions() {
 #[test]
 fn record_uaids_and_wakeup_survive_replay() {
     let mut h = Harness::with_wakeup();
-    let conn = h.open();
-    let uaid = h.hello(conn, wakeup_hello(None, "07"))["uaid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let endpoint = h.register(conn, &chan(1));
+    let (conn, uaid, endpoint) = wakeup_ua(&mut h);
     h.disconnect(conn);
     assert!(h.log[0].iter().all(|r| r.uaid() == uaid_of(&uaid)));
     h.restart();
@@ -1707,12 +1713,7 @@ fn a_failed_store_refuses_every_write() {
 #[test]
 fn low_urgency_does_not_wake_a_sleeping_ua() {
     let mut h = Harness::with_wakeup();
-    let conn = h.open();
-    let uaid = h.hello(conn, wakeup_hello(None, "07"))["uaid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let endpoint = h.register(conn, &chan(1));
+    let (conn, uaid, endpoint) = wakeup_ua(&mut h);
     h.advance(10_000);
     assert_eq!(h.closed(conn), Some(close::SLEEP));
     for urgency in ["very-low", "low"] {

@@ -3,6 +3,11 @@
 //! `aes-gcm`), so that tests can read what `herald push --data` (or any
 //! sender) encrypted for a subscription.
 //!
+//! The key derivation deliberately repeats what `tools/src/webpush_crypto.rs`
+//! does on the sender's side instead of sharing its code: a shared mistake
+//! would then encrypt and decrypt consistently and pass. Both are checked
+//! against the RFC 8291 example, and Firefox decrypts what `herald push` sends.
+//!
 //! ```text
 //! body   = salt (16) | rs (4, big endian) | idlen (1) | keyid (idlen) | records
 //! keyid  = the sender's ephemeral P-256 public key (65 bytes, uncompressed)
