@@ -1,0 +1,216 @@
+//! The plots of bench/RESULTS.md, drawn from the JSON results: latency
+//! percentiles against offered load, and delivered notifications per second
+//! over each throughput run.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde_json::Value;
+
+fn read(out: &Path, scenario: &str) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(out.join(format!("{scenario}.json"))).ok()?).ok()
+}
+
+const COLOURS: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+
+pub fn draw(out: &Path) {
+    match read(out, "latency") {
+        Some(latency) => latency_plot(&latency, &out.join("latency_vs_load.svg")),
+        None => eprintln!("no latency results in {}: skipping its plot", out.display()),
+    }
+    let timelines: Vec<Value> = ["throughput", "floor"]
+        .iter()
+        .filter_map(|scenario| read(out, scenario))
+        .collect();
+    if timelines.is_empty() {
+        eprintln!(
+            "no throughput results in {}: skipping its plot",
+            out.display()
+        );
+    } else {
+        timeline_plot(&timelines, &out.join("throughput_timeline.svg"));
+    }
+}
+
+/// Median of each percentile per (mode, offered load).
+fn latency_plot(latency: &Value, path: &Path) {
+    let runs = latency["runs"].as_array().cloned().unwrap_or_default();
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let modes: Vec<String> = {
+        let mut modes: Vec<String> = runs
+            .iter()
+            .filter_map(|run| run["target"].as_str())
+            .map(|t| t.split(" @ ").next().unwrap_or(t).to_owned())
+            .collect();
+        modes.dedup();
+        modes.sort();
+        modes.dedup();
+        modes
+    };
+    for mode in &modes {
+        for (key, label) in [("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")] {
+            let mut points: Vec<(f64, f64)> = Vec::new();
+            let mut offered: Vec<f64> = runs
+                .iter()
+                .filter(|run| {
+                    run["target"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with(mode.as_str()))
+                })
+                .filter_map(|run| run["offered_per_s"].as_f64())
+                .collect();
+            offered.sort_by(f64::total_cmp);
+            offered.dedup();
+            for load in offered {
+                let values: Vec<f64> = runs
+                    .iter()
+                    .filter(|run| {
+                        run["target"]
+                            .as_str()
+                            .is_some_and(|t| t.starts_with(mode.as_str()))
+                            && run["offered_per_s"].as_f64() == Some(load)
+                    })
+                    .filter_map(|run| run["to_ua"][key].as_f64())
+                    .collect();
+                points.push((load, crate::stats::Spread::of(&values).median));
+            }
+            series.push((format!("{mode} {label}"), points));
+        }
+    }
+    let x_max = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.0))
+        .fold(1.0, f64::max)
+        * 1.05;
+    let y_max = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    let _ = root.fill(&WHITE);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "AS → UA latency against offered load (medians of runs)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .expect("chart");
+    let _ = chart
+        .configure_mesh()
+        .x_desc("offered notifications/s")
+        .y_desc("latency (ms)")
+        .draw();
+    for (index, (label, points)) in series.iter().enumerate() {
+        let colour = COLOURS[index % COLOURS.len()];
+        if let Ok(drawn) = chart.draw_series(LineSeries::new(
+            points.iter().copied(),
+            colour.stroke_width(2),
+        )) {
+            drawn
+                .label(label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+        }
+        let _ = chart.draw_series(
+            points
+                .iter()
+                .map(|point| Circle::new(*point, 3, colour.filled())),
+        );
+    }
+    let _ = chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw();
+    let _ = root.present();
+    println!("   -> {}", path.display());
+}
+
+/// Every run's delivered/s per 100 ms bucket, Herald's modes and the floor.
+fn timeline_plot(results: &[Value], path: &Path) {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for result in results {
+        for run in result["runs"].as_array().into_iter().flatten() {
+            let points: Vec<(f64, f64)> = run["delivered_per_s_timeline"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(bucket, rate)| {
+                    Some((
+                        bucket as f64 * crate::worker::TIMELINE_BUCKET_US as f64 / 1e6,
+                        rate.as_f64()?,
+                    ))
+                })
+                .collect();
+            series.push((
+                format!(
+                    "{} run {}",
+                    run["target"].as_str().unwrap_or("?"),
+                    run["run"]
+                ),
+                points,
+            ));
+        }
+    }
+    let x_max = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    let y_max = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    let _ = root.fill(&WHITE);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Delivered notifications per second over each run (100 ms buckets)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .expect("chart");
+    let _ = chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("delivered/s")
+        .draw();
+    let targets: Vec<String> = {
+        let mut targets: Vec<String> = series
+            .iter()
+            .map(|(label, _)| label.split(" run ").next().unwrap_or_default().to_owned())
+            .collect();
+        targets.dedup();
+        targets
+    };
+    for (label, points) in &series {
+        let target = label.split(" run ").next().unwrap_or_default();
+        let colour = COLOURS[targets.iter().position(|t| t == target).unwrap_or(0) % COLOURS.len()];
+        if let Ok(drawn) =
+            chart.draw_series(LineSeries::new(points.iter().copied(), colour.mix(0.7)))
+        {
+            if label.ends_with(" run 1") {
+                let name = target.to_owned();
+                drawn
+                    .label(name)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+            }
+        }
+    }
+    let _ = chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw();
+    let _ = root.present();
+    println!("   -> {}", path.display());
+}
