@@ -13,7 +13,7 @@ use serde_json::Value;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::{Frame, FrameHeader};
 
-const READ_CHUNK_BYTES: usize = 16 * 1024;
+const READ_CHUNK_BYTES: usize = 4096;
 /// A server answer or frame bigger than this is a protocol error here.
 const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 
@@ -45,20 +45,21 @@ pub fn connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStre
     Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
 }
 
-/// Reads once more into `buffer`; an error on EOF.
+/// Reads once more into `buffer`; an error on EOF. Reads into a stack chunk
+/// and copies: growing `buffer` by the chunk size would zero it every time.
 async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<()> {
     if buffer.len() > MESSAGE_BYTES_MAX {
         return Err(protocol_error(
             "server sent more than the generator buffers",
         ));
     }
-    let start = buffer.len();
-    buffer.resize(start + READ_CHUNK_BYTES, 0);
-    let read = stream.read(&mut buffer[start..]).await;
-    buffer.truncate(start + *read.as_ref().unwrap_or(&0));
-    match read? {
+    let mut chunk = [0u8; READ_CHUNK_BYTES];
+    match stream.read(&mut chunk).await? {
         0 => Err(io::ErrorKind::UnexpectedEof.into()),
-        _ => Ok(()),
+        read => {
+            buffer.extend_from_slice(&chunk[..read]);
+            Ok(())
+        }
     }
 }
 

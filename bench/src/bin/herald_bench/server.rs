@@ -77,7 +77,7 @@ impl Server {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(log_file());
         let child = command.spawn().unwrap_or_else(|error| {
             panic!("cannot start {:?}: {error} (build it: cargo build --release -p herald -p herald-bench)", command.get_program())
         });
@@ -140,6 +140,13 @@ impl Server {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// The server's log of the latest run (its startup lines would drown the
+/// summary); kept for a look after a failed run.
+fn log_file() -> Stdio {
+    let path = std::env::temp_dir().join("herald-bench-server.log");
+    std::fs::File::create(&path).map_or_else(|_| Stdio::null(), Stdio::from)
 }
 
 fn health_ok(address: SocketAddr) -> bool {

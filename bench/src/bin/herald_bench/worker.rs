@@ -502,6 +502,7 @@ async fn stored(spec: &Spec) -> Value {
     }));
     let go = wait_for_orchestrator();
     let started_us = go["start_us"].as_u64().unwrap_or_else(now_us);
+    sleep(Duration::from_micros(started_us.saturating_sub(now_us()))).await;
     let delivered = Rc::new(Cell::new(0u64));
     let last_delivery = Rc::new(Cell::new(0u64));
     let lanes = spec.concurrency.clamp(1, registered.len().max(1));
