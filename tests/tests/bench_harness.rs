@@ -1,0 +1,121 @@
+//! The benchmark harness runs every scenario end to end against the built
+//! binaries (small counts, one run each): what `bench/RESULTS.md` reports
+//! comes from a harness that really delivers, and this catches the day it
+//! stops doing so. Speed is not checked here (that is what the benchmarks
+//! themselves are for); counts are.
+//!
+//! One test, scenarios in turn: the harness uses fixed loopback ports.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench_bin() -> PathBuf {
+    let bin = herald_tests::herald_bin().with_file_name("herald-bench");
+    assert!(
+        bin.exists(),
+        "{} not found: cargo build --release --workspace --bins",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs one scenario with `args` and returns its JSON results.
+fn scenario(out: &Path, name: &str, args: &[&str]) -> Value {
+    let status = Command::new(bench_bin())
+        .arg(name)
+        .args(["--runs", "1", "--out"])
+        .arg(out)
+        .args(args)
+        .status()
+        .expect("run herald-bench");
+    assert!(status.success(), "herald-bench {name} failed: {status}");
+    let text = std::fs::read_to_string(out.join(format!("{name}.json"))).expect("results file");
+    serde_json::from_str(&text).expect("results are JSON")
+}
+
+fn only_run(results: &Value) -> &Value {
+    let runs = results["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "one run asked for: {results}");
+    &runs[0]
+}
+
+#[test]
+fn every_scenario_delivers_what_it_counts() {
+    let out = tempdir();
+    let load = [
+        "--fsync",
+        "batch",
+        "--uas",
+        "30",
+        "--pushers",
+        "6",
+        "--seconds",
+        "1",
+    ];
+
+    let throughput = scenario(&out, "throughput", &load);
+    let run = only_run(&throughput);
+    let accepted = run["accepted"].as_u64().unwrap();
+    assert!(accepted > 0, "nothing accepted: {run}");
+    assert_eq!(
+        run["delivered"], accepted,
+        "every accepted push arrives: {run}"
+    );
+    assert_eq!(run["refused"], 0, "{run}");
+    assert_eq!(run["uas"], 30, "{run}");
+    assert!(run["to_ua"]["p99_ms"].as_f64().unwrap() > 0.0, "{run}");
+
+    let floor = scenario(&out, "floor", &load[2..]);
+    let run = only_run(&floor);
+    assert!(run["accepted"].as_u64().unwrap() > 0, "{run}");
+    assert_eq!(run["delivered"], run["accepted"], "{run}");
+
+    let mut paced = load.to_vec();
+    paced.extend(["--percents", "50", "--peak", "400"]);
+    let latency = scenario(&out, "latency", &paced);
+    let run = only_run(&latency);
+    // 50 % of 400/s for one second: the pacing holds the rate down.
+    let accepted = run["accepted"].as_u64().unwrap();
+    assert!((100..=220).contains(&accepted), "paced at 200/s: {run}");
+    assert_eq!(run["delivered"], accepted, "{run}");
+
+    let stored = scenario(
+        &out,
+        "stored",
+        &[
+            "--fsync",
+            "batch",
+            "--uas",
+            "40",
+            "--messages",
+            "5",
+            "--pushers",
+            "4",
+        ],
+    );
+    let run = only_run(&stored);
+    assert_eq!(run["stored"], 200, "{run}");
+    assert_eq!(run["delivered"], 200, "every stored message drains: {run}");
+
+    let idle = scenario(&out, "idle", &["--fsync", "batch", "--uas", "200"]);
+    let run = only_run(&idle);
+    assert_eq!(run["uas"], 200, "{run}");
+    assert_eq!(
+        run["verified"], 200,
+        "every idle UA still gets a push: {run}"
+    );
+    assert!(
+        run["rss_bytes_per_idle_ua"].as_f64().unwrap() > 0.0,
+        "{run}"
+    );
+
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("herald-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
