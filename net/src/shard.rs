@@ -5,10 +5,12 @@
 //! the bounded mesh of [`ShardMsg`] rings.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
@@ -59,7 +61,7 @@ pub enum ShardMsg {
     },
 }
 
-/// What a UA connection's writer task is asked to do, in order.
+/// What a UA connection's task is asked to do, in order.
 pub enum Outgoing {
     /// A text frame, held until `after` is durable.
     Text {
@@ -72,31 +74,85 @@ pub enum Outgoing {
         code: u16,
         reason: &'static str,
     },
+    /// Move the socket to the shard that owns its UA, with the message that
+    /// named it; queued last, after whatever frames came before.
+    HandOff {
+        shard: usize,
+        hello: String,
+    },
+}
+
+/// The items queued for one UA socket, shared by the shard (which queues)
+/// and the socket's task (which carries them out). One small allocation per
+/// socket: unlike a glommio channel it keeps no queue capacity while empty,
+/// and the hand-off travels in the queue instead of a slot of its own.
+#[derive(Default)]
+pub struct Outbox {
+    items: RefCell<VecDeque<Outgoing>>,
+    /// The socket's task, waiting for an item.
+    waker: Cell<Option<Waker>>,
+}
+
+impl Outbox {
+    fn push(&self, item: Outgoing) {
+        self.items.borrow_mut().push_back(item);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.items.borrow().len()
+    }
+
+    /// The next item, if any. The queue's memory goes back as soon as it is
+    /// drained: idle sockets hold none.
+    pub fn pop(&self) -> Option<Outgoing> {
+        let mut items = self.items.borrow_mut();
+        let item = items.pop_front();
+        if items.is_empty() {
+            *items = VecDeque::new();
+        }
+        item
+    }
+
+    /// The next item, or `Pending` with the task's waker kept for [`Outbox::push`].
+    pub fn poll_pop(&self, cx: &Context<'_>) -> Poll<Outgoing> {
+        match self.pop() {
+            Some(item) => Poll::Ready(item),
+            None => {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        }
+    }
 }
 
 /// The shard's side of one UA socket.
 pub struct ConnHandle {
-    /// Unbounded as a channel, bounded by [`ConnHandle::queue`]: a bounded
-    /// glommio channel preallocates its whole capacity, which idle sockets
-    /// cannot afford.
-    pub outbox: LocalSender<Outgoing>,
-    pub outbox_frames_max: usize,
+    pub outbox: Rc<Outbox>,
     pub fd: RawFd,
-    /// Set when the engine decided to move this socket to another shard.
-    pub hand_off: Rc<RefCell<Option<(usize, String)>>>,
 }
 
 impl ConnHandle {
-    /// Queues a frame; false when the outbox is full (the UA is not reading).
-    pub fn queue(&self, item: Outgoing) -> bool {
-        self.outbox.len() < self.outbox_frames_max && self.outbox.try_send(item).is_ok()
+    /// Queues a frame; false when the outbox already holds `frames_max` (the
+    /// UA is not reading).
+    pub fn queue(&self, item: Outgoing, frames_max: usize) -> bool {
+        let room = self.outbox.len() < frames_max;
+        if room {
+            self.outbox.push(item);
+        }
+        room
     }
 
     /// Queues the close frame even past the bound: it is the last one.
-    pub fn queue_close(&self, code: u16, reason: &'static str) -> bool {
-        self.outbox
-            .try_send(Outgoing::Close { code, reason })
-            .is_ok()
+    pub fn queue_close(&self, code: u16, reason: &'static str) {
+        self.outbox.push(Outgoing::Close { code, reason });
+    }
+
+    /// Hands the socket to `shard`: the last item its task will see.
+    fn queue_hand_off(&self, shard: usize, hello: String) {
+        self.outbox.push(Outgoing::HandOff { shard, hello });
     }
 }
 
@@ -160,14 +216,12 @@ impl Ctx {
                 Action::WsPing { conn } => self.to_conn(conn, Outgoing::Ping),
                 Action::Close { conn, code, reason } => {
                     if let Some(handle) = self.conns.borrow_mut().remove(&conn) {
-                        if !handle.queue_close(code, reason) {
-                            shutdown_socket(handle.fd);
-                        }
+                        handle.queue_close(code, reason);
                     }
                 }
                 Action::HandOff { conn, shard, hello } => {
                     if let Some(handle) = self.conns.borrow_mut().remove(&conn) {
-                        *handle.hand_off.borrow_mut() = Some((shard, hello));
+                        handle.queue_hand_off(shard, hello);
                     }
                 }
                 Action::Append { lsn, record } => match self.journal.append(&record) {
@@ -197,8 +251,9 @@ impl Ctx {
     /// Queues a frame for a socket. A UA that does not read its frames fills
     /// its bounded outbox and is disconnected rather than buffered without end.
     fn to_conn(self: &Rc<Ctx>, conn: ConnId, item: Outgoing) {
+        let frames_max = self.outbox_frames_max();
         let stuck = match self.conns.borrow().get(&conn) {
-            Some(handle) => (!handle.queue(item)).then_some(handle.fd),
+            Some(handle) => (!handle.queue(item, frames_max)).then_some(handle.fd),
             None => None,
         };
         if let Some(fd) = stuck {
@@ -207,6 +262,14 @@ impl Ctx {
             shutdown_socket(fd);
             self.engine.borrow_mut().on_closed(now_ms(), conn);
         }
+    }
+
+    /// How many frames a UA socket's outbox may hold. A hello may
+    /// legitimately queue every pending message at once; only frames beyond
+    /// that (and the slack) mean the UA is not reading.
+    pub fn outbox_frames_max(&self) -> usize {
+        let limits = &self.shared.config.limits;
+        limits.pending_per_uaid_max + limits.ua_outbox_frames_max.max(1)
     }
 
     /// Whether `ip` may have another UA token this minute. The table is
@@ -290,7 +353,7 @@ impl Ctx {
                 // SAFETY: the sending shard dup'ed this fd for us and closed its own copies.
                 let stream =
                     unsafe { <glommio::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                spawn_local(ua_conn::serve_adopted(self.clone(), stream, socket)).detach();
+                ua_conn::adopt(self, stream, socket);
             }
             ShardMsg::Push {
                 origin,

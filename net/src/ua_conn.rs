@@ -1,5 +1,6 @@
-//! One UA WebSocket: upgrade, then one task that waits for whichever comes
-//! first — bytes from the UA, or a frame the engine queued for it.
+//! One UA WebSocket: the upgrade, then one task for the socket's life that
+//! waits for whichever comes first — bytes from the UA, or an item the engine
+//! queued for it (a frame, or the hand-off to another shard).
 //!
 //! One task and one descriptor per socket: glommio reads are readiness-based
 //! (`poll` then `recv`), so giving up a pending read to write loses no bytes,
@@ -7,29 +8,30 @@
 //! socket handed to another shard leaves with the hello and every byte read
 //! after it.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
+use std::future::Future;
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::channels::local_channel::{self, LocalReceiver};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use glommio::spawn_local;
 use glommio::{GlommioError, ResourceType};
 
 use herald_engine::shard::close;
 use herald_engine::ConnId;
 
 use crate::per_ip::IpSlot;
-use crate::shard::{ConnHandle, Ctx, Outgoing, ShardMsg};
+use crate::shard::{ConnHandle, Ctx, Outbox, Outgoing, ShardMsg};
 use crate::websocket::{self, Decoder, FrameError, HandshakeError, Incoming};
 
-/// Bytes read per `read` call, in a buffer that exists only while data is
-/// ready (see ARCHITECTURE.md).
+/// Bytes read per `recv`, into a chunk that exists only while data is ready
+/// (see ARCHITECTURE.md).
 const READ_CHUNK_BYTES: usize = 2048;
-/// The read an idle socket waits in: big enough for a typical UA message.
-const FIRST_READ_BYTES: usize = 128;
 /// After Herald's close frame, how long the UA gets to close its side.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -42,10 +44,11 @@ pub fn open_sockets() -> usize {
     OPEN_SOCKETS.with(Cell::get)
 }
 
-/// A freshly accepted socket: WebSocket upgrade, then the protocol. The
-/// upgrade is boxed so its state is freed before the long idle life begins.
+/// A freshly accepted socket: the WebSocket upgrade in this short-lived
+/// task, then the protocol in a task of its own ([`Socket::start`]), so that
+/// nothing of the upgrade stays with the socket.
 pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream, ip_slot: Option<IpSlot>) {
-    let Some((buffer, extended)) = Box::pin(upgrade(&ctx, &mut stream)).await else {
+    let Some((buffer, extended)) = upgrade(&ctx, &mut stream).await else {
         return;
     };
     let socket = Socket::register(&ctx, &stream, ip_slot, extended);
@@ -54,7 +57,7 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream, ip_slot: Option<IpSlot>)
     } else {
         ctx.with_engine(|engine, now| engine.on_open(now, socket.conn));
     }
-    socket.run(ctx, stream, buffer).await;
+    socket.start(ctx, stream, buffer);
 }
 
 /// Reads the upgrade request and answers 101; returns the bytes read past
@@ -135,15 +138,17 @@ pub struct Adopted {
     pub extended: bool,
 }
 
-/// A socket another shard handed over, with the hello it had read.
-pub async fn serve_adopted(ctx: Rc<Ctx>, stream: TcpStream, adopted: Adopted) {
-    let socket = Socket::register(&ctx, &stream, adopted.ip_slot, adopted.extended);
+/// A socket another shard handed over, with the hello it had read: the
+/// engine reads the hello now, then the socket's task takes over.
+pub fn adopt(ctx: &Rc<Ctx>, stream: TcpStream, adopted: Adopted) {
+    let socket = Socket::register(ctx, &stream, adopted.ip_slot, adopted.extended);
+    let hello = &adopted.hello;
     if adopted.extended {
-        ctx.with_engine(|engine, now| engine.on_adopted_extended(now, socket.conn, &adopted.hello));
+        ctx.with_engine(|engine, now| engine.on_adopted_extended(now, socket.conn, hello));
     } else {
-        ctx.with_engine(|engine, now| engine.on_adopted(now, socket.conn, &adopted.hello));
+        ctx.with_engine(|engine, now| engine.on_adopted(now, socket.conn, hello));
     }
-    socket.run(ctx, stream, adopted.buffered).await;
+    socket.start(ctx.clone(), stream, adopted.buffered);
 }
 
 async fn refuse(stream: &mut TcpStream, status: &str) {
@@ -164,34 +169,54 @@ async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
     }
 }
 
-/// Takes whatever else the socket has ready right now, without waiting.
-/// (glommio reads are readiness-based: giving up a read that is not ready
-/// loses no bytes.)
-fn take_ready(stream: &mut TcpStream, buffer: &mut Vec<u8>) {
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-    while let Some(Ok(read)) = future::block_on(future::poll_once(stream.read(&mut chunk))) {
-        buffer.extend_from_slice(&chunk[..read]);
-        if read < chunk.len() {
-            return;
+/// Appends to `buffer` whatever the socket has ready. The chunk lives on the
+/// stack of this call only: glommio reads are readiness-based (a
+/// non-blocking `recv`, else a poll that holds no buffer), so a socket that
+/// waits here keeps no read buffer.
+fn poll_read_ready(
+    cx: &mut Context<'_>,
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+) -> Poll<Event> {
+    let mut chunk = [0u8; READ_CHUNK_BYTES];
+    let had = buffer.len();
+    loop {
+        let got_bytes = buffer.len() > had;
+        match Pin::new(&mut *stream).poll_read(cx, &mut chunk) {
+            Poll::Ready(Ok(read)) if read > 0 => {
+                buffer.extend_from_slice(&chunk[..read]);
+                if read < chunk.len() {
+                    return Poll::Ready(Event::Readable);
+                }
+            }
+            // EOF or an error: the bytes before it are handled first.
+            Poll::Ready(_) if got_bytes => return Poll::Ready(Event::Readable),
+            Poll::Ready(_) => return Poll::Ready(Event::Closed),
+            Poll::Pending if got_bytes => return Poll::Ready(Event::Readable),
+            Poll::Pending => return Poll::Pending,
         }
     }
 }
 
-type HandOffSlot = Rc<RefCell<Option<(usize, String)>>>;
-
 struct Socket {
     conn: ConnId,
     /// Held for the socket's life on this shard, passed on at hand-off.
-    ip_slot: RefCell<Option<IpSlot>>,
+    /// Boxed: the cap is off by default, and the slot would otherwise take
+    /// room in every socket's task.
+    ip_slot: Option<Box<IpSlot>>,
     /// Speaks the extended protocol (SPEC §3.6), passed on at hand-off.
     extended: bool,
-    inbox: LocalReceiver<Outgoing>,
-    hand_off: HandOffSlot,
+    outbox: Rc<Outbox>,
 }
 
 enum Event {
-    Read(std::io::Result<usize>),
-    Outgoing(Option<Outgoing>),
+    /// New bytes from the UA are in the buffer.
+    Readable,
+    /// The UA closed its side, or the socket broke.
+    Closed,
+    Outgoing(Outgoing),
+    /// The engine forgot the socket and everything it queued is done.
+    Drained,
 }
 
 impl Socket {
@@ -203,112 +228,120 @@ impl Socket {
         ip_slot: Option<IpSlot>,
         extended: bool,
     ) -> Socket {
-        // A hello may legitimately queue every pending message at once; only
-        // frames beyond that (and the slack) mean the UA is not reading.
-        let limits = &ctx.shared.config.limits;
-        let outbox_frames_max = limits.pending_per_uaid_max + limits.ua_outbox_frames_max.max(1);
-        let (outbox, inbox) = local_channel::new_unbounded();
         let conn = ctx.next_id();
-        let hand_off: HandOffSlot = Rc::new(RefCell::new(None));
+        let outbox = Rc::new(Outbox::default());
         let handle = ConnHandle {
-            outbox,
-            outbox_frames_max,
+            outbox: outbox.clone(),
             fd: stream.as_raw_fd(),
-            hand_off: hand_off.clone(),
         };
         ctx.conns.borrow_mut().insert(conn, handle);
         OPEN_SOCKETS.with(|count| count.set(count.get() + 1));
         Socket {
             conn,
-            ip_slot: RefCell::new(ip_slot),
+            ip_slot: ip_slot.map(Box::new),
             extended,
-            inbox,
-            hand_off,
+            outbox,
         }
     }
 
-    async fn run(self, ctx: Rc<Ctx>, mut stream: TcpStream, mut buffer: Vec<u8>) {
-        let message_bytes_max = ctx.shared.config.limits.ws_message_bytes_max;
-        let mut decoder = Decoder::default();
-        // Bytes that arrived with the upgrade or the hand-off come first.
-        let mut readable_now = !buffer.is_empty();
-        loop {
-            if readable_now {
-                readable_now = false;
-                if let Some(outcome) =
-                    self.decode(&ctx, &mut decoder, &mut buffer, message_bytes_max)
-                {
-                    match outcome {
-                        Ended::HandOff(shard, hello) => {
-                            let leaving = self.leaving(buffer, hello);
-                            Box::pin(send_to_owner(&ctx, stream, shard, leaving)).await;
-                            return self.finish();
-                        }
-                        Ended::Closing => break,
+    /// Spawns the task that carries the socket's life on this shard: an idle
+    /// socket is mostly this task, so it holds only what [`Socket::run`]
+    /// needs (see ARCHITECTURE.md).
+    fn start(self, ctx: Rc<Ctx>, stream: TcpStream, buffer: Vec<u8>) {
+        spawn_local(self.run(ctx, stream, buffer)).detach();
+    }
+
+    /// The socket's life on this shard. An `async move` block rather than an
+    /// `async fn`, which would keep a second copy of every argument for the
+    /// task's whole life; the rare paths are boxed, so that the idle wait
+    /// holds only the locals declared here.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would store its arguments twice"
+    )]
+    fn run(
+        mut self,
+        ctx: Rc<Ctx>,
+        mut stream: TcpStream,
+        mut buffer: Vec<u8>,
+    ) -> impl Future<Output = ()> {
+        async move {
+            let mut decoder = Decoder::default();
+            // Bytes that arrived with the upgrade or the hand-off come first.
+            let mut readable_now = !buffer.is_empty();
+            // Once the engine forgot the socket, bytes from the UA no longer
+            // matter: what is left to do (a close frame, a hand-off) is queued.
+            let mut forgotten = false;
+            loop {
+                if readable_now {
+                    readable_now = false;
+                    forgotten = !self.decode(&ctx, &mut decoder, &mut buffer);
+                    if buffer.is_empty() {
+                        // Idle sockets keep no buffer capacity.
+                        buffer = Vec::new();
                     }
                 }
-                if buffer.is_empty() {
-                    // Idle sockets keep no buffer capacity.
-                    buffer = Vec::new();
-                }
-            }
-            // An idle socket waits here: a read into a small inline buffer
-            // (glommio polls for readiness without allocating), or a frame
-            // for it. A `peek` would allocate a 4 KiB-aligned buffer per socket.
-            let mut first = [0u8; FIRST_READ_BYTES];
-            let event = future::or(async { Event::Outgoing(self.inbox.recv().await) }, async {
-                Event::Read(stream.read(&mut first).await)
-            })
-            .await;
-            match event {
-                Event::Read(Ok(0)) | Event::Read(Err(_)) => {
-                    if ctx.conns.borrow_mut().remove(&self.conn).is_some() {
-                        ctx.with_engine(|engine, now| engine.on_closed(now, self.conn));
+                let reading = !forgotten;
+                let event =
+                    future::poll_fn(|cx| self.poll_event(cx, &mut stream, &mut buffer, reading))
+                        .await;
+                match event {
+                    Event::Readable => readable_now = true,
+                    Event::Closed => {
+                        self.forget(&ctx);
+                        return self.finish();
                     }
-                    return self.finish();
-                }
-                Event::Read(Ok(read)) => {
-                    buffer.extend_from_slice(&first[..read]);
-                    if read == first.len() {
-                        take_ready(&mut stream, &mut buffer);
-                    }
-                    readable_now = true;
-                }
-                Event::Outgoing(Some(item)) => {
-                    if !Box::pin(write_item(&ctx, &mut stream, item)).await {
-                        break;
-                    }
-                }
-                // The shard dropped our handle without a close (hand-off, or
-                // a stuck outbox): nothing more to send.
-                Event::Outgoing(None) => {
-                    let hand_off = self.hand_off.borrow_mut().take();
-                    if let Some((shard, hello)) = hand_off {
+                    Event::Outgoing(Outgoing::HandOff { shard, hello }) => {
                         let leaving = self.leaving(buffer, hello);
                         Box::pin(send_to_owner(&ctx, stream, shard, leaving)).await;
                         return self.finish();
                     }
-                    break;
+                    Event::Outgoing(item) => {
+                        if !Box::pin(write_item(&ctx, &mut stream, item)).await {
+                            break;
+                        }
+                    }
+                    Event::Drained => break,
                 }
             }
+            // Rare and slow: boxed so that idle sockets do not carry its state.
+            Box::pin(self.close_gracefully(&ctx, &mut stream)).await;
+            self.finish()
         }
-        // Rare and slow: boxed so that idle sockets do not carry its state.
-        Box::pin(self.close_gracefully(&ctx, &mut stream)).await;
-        self.finish()
+    }
+
+    /// What an idle socket waits for: an item the shard queued (first, so
+    /// that a close or hand-off is not held up by reads), or bytes from the
+    /// UA while `reading`.
+    fn poll_event(
+        &self,
+        cx: &mut Context<'_>,
+        stream: &mut TcpStream,
+        buffer: &mut Vec<u8>,
+        reading: bool,
+    ) -> Poll<Event> {
+        if let Poll::Ready(item) = self.outbox.poll_pop(cx) {
+            return Poll::Ready(Event::Outgoing(item));
+        }
+        if !reading {
+            return Poll::Ready(Event::Drained);
+        }
+        poll_read_ready(cx, stream, buffer)
+    }
+
+    /// Tells the engine the socket is gone, unless the engine closed it.
+    fn forget(&self, ctx: &Rc<Ctx>) {
+        if ctx.conns.borrow_mut().remove(&self.conn).is_some() {
+            ctx.with_engine(|engine, now| engine.on_closed(now, self.conn));
+        }
     }
 
     /// Writes what is still queued (the close frame among it), then gives the
     /// UA a moment to close its side.
     async fn close_gracefully(&self, ctx: &Rc<Ctx>, stream: &mut TcpStream) {
-        if ctx.conns.borrow_mut().remove(&self.conn).is_some() {
-            ctx.with_engine(|engine, now| engine.on_closed(now, self.conn));
-        }
-        while let Ok(Some(item)) = future::or(async { Ok(self.inbox.recv().await) }, async {
-            glommio::timer::sleep(CLOSE_GRACE).await;
-            Err(())
-        })
-        .await
-        {
+        self.forget(ctx);
+        // Nothing can be queued any more: the shard no longer has the outbox.
+        while let Some(item) = self.outbox.pop() {
             if !write_item(ctx, stream, item).await {
                 break;
             }
@@ -322,11 +355,11 @@ impl Socket {
     }
 
     /// What travels with the socket to the shard that owns its UA.
-    fn leaving(&self, buffered: Vec<u8>, hello: String) -> Adopted {
+    fn leaving(&mut self, buffered: Vec<u8>, hello: String) -> Adopted {
         Adopted {
             buffered,
             hello,
-            ip_slot: self.ip_slot.take(),
+            ip_slot: self.ip_slot.take().map(|slot| *slot),
             extended: self.extended,
         }
     }
@@ -335,32 +368,26 @@ impl Socket {
         OPEN_SOCKETS.with(|count| count.set(count.get().saturating_sub(1)));
     }
 
-    /// Feeds every complete message in `buffer` to the engine. Returns why the
-    /// socket's life here ended, if it did.
-    fn decode(
-        &self,
-        ctx: &Rc<Ctx>,
-        decoder: &mut Decoder,
-        buffer: &mut Vec<u8>,
-        message_bytes_max: usize,
-    ) -> Option<Ended> {
+    /// Feeds every complete message in `buffer` to the engine. False once the
+    /// engine has forgotten the socket (closed it or handed it off): the
+    /// bytes after the message that made it do so stay in `buffer`, to travel
+    /// with a hand-off.
+    fn decode(&self, ctx: &Rc<Ctx>, decoder: &mut Decoder, buffer: &mut Vec<u8>) -> bool {
         let conn = self.conn;
+        let message_bytes_max = ctx.shared.config.limits.ws_message_bytes_max;
         loop {
             if !ctx.conns.borrow().contains_key(&conn) {
-                return Some(match self.hand_off.borrow_mut().take() {
-                    Some((shard, hello)) => Ended::HandOff(shard, hello),
-                    None => Ended::Closing,
-                });
+                return false;
             }
             let error = match decoder.next(buffer, message_bytes_max) {
-                Ok(None) => return None,
+                Ok(None) => return true,
                 Ok(Some(Incoming::Text(text))) => {
                     ctx.with_engine(|engine, now| engine.on_text(now, conn, &text));
                     continue;
                 }
                 Ok(Some(Incoming::Ping(payload))) => {
                     if let Some(handle) = ctx.conns.borrow().get(&conn) {
-                        let _ = handle.queue(Outgoing::Pong(payload));
+                        let _ = handle.queue(Outgoing::Pong(payload), ctx.outbox_frames_max());
                     }
                     continue;
                 }
@@ -372,11 +399,6 @@ impl Socket {
             ctx.with_engine(|engine, _| engine.on_socket_error(conn, error.0, error.1));
         }
     }
-}
-
-enum Ended {
-    HandOff(usize, String),
-    Closing,
 }
 
 /// Writes one queued item; false when the socket is done (closed or broken).
@@ -399,6 +421,9 @@ async fn write_item(ctx: &Rc<Ctx>, stream: &mut TcpStream, item: Outgoing) -> bo
         Outgoing::Ping => (websocket::ping_frame(), true),
         Outgoing::Pong(payload) => (websocket::pong_frame(payload), true),
         Outgoing::Close { code, reason } => (websocket::close_frame(code, reason), false),
+        // Carried out by the socket's task, never written; a hand-off queued
+        // behind a failed write is dropped with the socket.
+        Outgoing::HandOff { .. } => return false,
     };
     stream.write_all(&frame).await.is_ok() && more
 }

@@ -133,9 +133,7 @@ impl Shard {
                 ua.conn = Some(conn);
             }
         }
-        if let Some(state) = self.conns.get_mut(&conn) {
-            state.uaid = Some(uaid);
-        }
+        self.bind(conn, uaid);
         self.send(conn, None, extended::registered("registerUA"));
         if self.uas.get(&uaid).is_some_and(|ua| ua.wakeup.is_some()) {
             self.actions.push_back(Action::Awake { uaid });

@@ -15,12 +15,13 @@ impl Shard {
             return Vec::new();
         };
         let mut changes = Vec::new();
+        let mut subscribed = std::mem::take(&mut state.broadcasts).into_vec();
         for (id, have) in wanted {
-            if !state.broadcasts.contains(id) {
-                if state.broadcasts.len() >= self.config.limits.broadcasts_per_ua_max {
+            if !subscribed.contains(id) {
+                if subscribed.len() >= self.config.limits.broadcasts_per_ua_max {
                     continue;
                 }
-                state.broadcasts.push(id.clone());
+                subscribed.push(id.clone());
                 self.broadcast_subscribers
                     .entry(id.clone())
                     .or_default()
@@ -30,6 +31,7 @@ impl Shard {
                 changes.push((id.clone(), current.clone()));
             }
         }
+        state.broadcasts = subscribed.into_boxed_slice();
         changes
     }
 

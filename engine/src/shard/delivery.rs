@@ -39,7 +39,11 @@ impl Shard {
             // RFC 8030 §5.3: very-low and low urgency wait for the UA's next
             // natural connection instead of waking a sleeping phone.
             None if message.urgency >= Urgency::Normal => {
-                if let Some(target) = self.uas.get(&uaid).and_then(|ua| ua.wakeup.clone()) {
+                if let Some(target) = self
+                    .uas
+                    .get(&uaid)
+                    .and_then(|ua| ua.wakeup.as_deref().cloned())
+                {
                     self.actions.push_back(Action::Wakeup {
                         uaid,
                         target,

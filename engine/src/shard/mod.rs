@@ -25,9 +25,11 @@ use crate::push::{errno, HttpResponse, Notification, PushRequest, VERSION_FROM_C
 use crate::record::Record;
 use crate::ua::{self, AckVersion, ClientMessage, Hello};
 use crate::{ChannelId, ConnId, KeyHash, Lsn, Millis, RequestId, Uaid};
+use channels::Channels;
 
 mod app_protocol;
 mod broadcasts;
+mod channels;
 mod delivery;
 mod requests;
 mod sockets;
@@ -137,35 +139,31 @@ struct WebApp {
     uaids: ahash::AHashSet<Uaid>,
 }
 
+/// Every UA the shard knows has one of these, connected or not, so it is
+/// kept small: what most UAs lack (wakeup data, messages) costs a pointer
+/// or an empty collection.
+#[derive(Default)]
 struct UserAgent {
-    channels: AHashMap<ChannelId, Channel>,
+    channels: Channels,
     pending: BTreeMap<u64, Pending>,
     next_seq: u64,
     conn: Option<ConnId>,
-    wakeup: Option<WakeupInfo>,
-}
-
-impl UserAgent {
-    fn new() -> UserAgent {
-        UserAgent {
-            channels: AHashMap::new(),
-            pending: BTreeMap::new(),
-            next_seq: 0,
-            conn: None,
-            wakeup: None,
-        }
-    }
+    wakeup: Option<Box<WakeupInfo>>,
 }
 
 struct Conn {
     uaid: Option<Uaid>,
+    /// When the socket is closed if it has not named its UA; the key of its
+    /// `HelloDeadline` timer, which goes once the UA is named.
+    hello_deadline_ms: Millis,
     web_push: bool,
     /// Last frame from the UA; a wakeup-registered UA idle this long is put to sleep.
     last_activity_ms: Millis,
     ping_window_start_ms: Millis,
     pings_in_window: u32,
-    /// Broadcast ids this socket subscribed to (SPEC §3.5).
-    broadcasts: Vec<String>,
+    /// Broadcast ids this socket subscribed to (SPEC §3.5), without spare
+    /// room: most sockets subscribe once, in their hello, or never.
+    broadcasts: Box<[String]>,
     /// A retry timer is pending for this socket.
     retry_scheduled: bool,
     /// The socket speaks the extended protocol (SPEC §3.6).
@@ -285,17 +283,17 @@ impl Shard {
     pub fn apply(&mut self, record: &Record) {
         match record {
             Record::UaidCreated { uaid, .. } => {
-                self.uas.entry(*uaid).or_insert_with(UserAgent::new);
+                self.uas.entry(*uaid).or_default();
             }
             Record::ChannelRegistered(registration) => {
-                let ua = self
-                    .uas
-                    .entry(registration.uaid)
-                    .or_insert_with(UserAgent::new);
-                let channel = ua.channels.entry(registration.channel).or_insert(Channel {
-                    key_hash: None,
-                    version: None,
-                });
+                let ua = self.uas.entry(registration.uaid).or_default();
+                let channel = ua.channels.get_or_insert(
+                    registration.channel,
+                    Channel {
+                        key_hash: None,
+                        version: None,
+                    },
+                );
                 channel.key_hash = registration.key_hash;
             }
             Record::ChannelUnregistered { uaid, channel } => {
@@ -306,7 +304,7 @@ impl Shard {
                 }
             }
             Record::MessageStored(message) => {
-                let ua = self.uas.entry(message.uaid).or_insert_with(UserAgent::new);
+                let ua = self.uas.entry(message.uaid).or_default();
                 if let (MessageBody::Version(version), Some(channel)) =
                     (&message.body, ua.channels.get_mut(&message.channel))
                 {
@@ -348,11 +346,14 @@ impl Shard {
                 url_token,
                 public_key_der,
             } => {
-                let ua = self.uas.entry(*uaid).or_insert_with(UserAgent::new);
-                ua.channels.entry(*channel).or_insert(Channel {
-                    key_hash: Some(crate::vapid::key_hash(public_key_der)),
-                    version: None,
-                });
+                let ua = self.uas.entry(*uaid).or_default();
+                ua.channels.get_or_insert(
+                    *channel,
+                    Channel {
+                        key_hash: Some(crate::vapid::key_hash(public_key_der)),
+                        version: None,
+                    },
+                );
                 let app = self.web_apps.entry(*channel).or_insert_with(|| WebApp {
                     url_token: url_token.clone(),
                     public_key_der: public_key_der.clone(),
@@ -361,8 +362,8 @@ impl Shard {
                 app.uaids.insert(*uaid);
             }
             Record::WakeupSet { uaid, wakeup } => {
-                let ua = self.uas.entry(*uaid).or_insert_with(UserAgent::new);
-                ua.wakeup = wakeup.clone();
+                let ua = self.uas.entry(*uaid).or_default();
+                ua.wakeup = wakeup.clone().map(Box::new);
             }
         }
     }
@@ -407,7 +408,7 @@ impl Shard {
             uaid,
             at_ms: now_ms,
         });
-        for (channel, state) in &ua.channels {
+        for (channel, state) in ua.channels.iter() {
             let app = self
                 .web_apps
                 .get(channel)
@@ -436,7 +437,7 @@ impl Shard {
         if ua.wakeup.is_some() {
             records.push(Record::WakeupSet {
                 uaid,
-                wakeup: ua.wakeup.clone(),
+                wakeup: ua.wakeup.as_deref().cloned(),
             });
         }
         for pending in ua

@@ -5,23 +5,23 @@ use super::*;
 impl Shard {
     /// A WebSocket upgrade completed on this shard.
     pub fn on_open(&mut self, now_ms: Millis, conn: ConnId) {
+        let hello_deadline_ms = now_ms + self.config.limits.hello_timeout_ms;
         self.conns.insert(
             conn,
             Conn {
                 uaid: None,
+                hello_deadline_ms,
                 web_push: false,
                 last_activity_ms: now_ms,
                 ping_window_start_ms: now_ms,
                 pings_in_window: 0,
-                broadcasts: Vec::new(),
+                broadcasts: Box::default(),
                 retry_scheduled: false,
                 extended: false,
             },
         );
-        self.timers.insert((
-            now_ms + self.config.limits.hello_timeout_ms,
-            Timer::HelloDeadline(conn),
-        ));
+        self.timers
+            .insert((hello_deadline_ms, Timer::HelloDeadline(conn)));
     }
 
     /// A socket handed over by another shard, with the hello it already read.
@@ -40,7 +40,7 @@ impl Shard {
         let Some(state) = self.conns.remove(&conn) else {
             return;
         };
-        for id in &state.broadcasts {
+        for id in state.broadcasts.iter() {
             if let Some(subscribers) = self.broadcast_subscribers.get_mut(id) {
                 subscribers.remove(&conn);
             }
@@ -175,8 +175,8 @@ impl Shard {
                 ua.conn = Some(conn);
             }
         }
+        self.bind(conn, uaid);
         if let Some(state) = self.conns.get_mut(&conn) {
-            state.uaid = Some(uaid);
             state.web_push = hello.use_webpush;
         }
         let changes = self.subscribe_broadcasts(conn, &hello.broadcasts);
@@ -195,6 +195,16 @@ impl Shard {
             now_ms + self.config.limits.ws_ping_interval_ms,
             Timer::WsPing(conn),
         ));
+    }
+
+    /// The socket named its UA (hello, registerUA). Its hello deadline can no
+    /// longer close it, so the timer goes: an idle socket keeps one timer.
+    pub(super) fn bind(&mut self, conn: ConnId, uaid: Uaid) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.uaid = Some(uaid);
+            let deadline = (state.hello_deadline_ms, Timer::HelloDeadline(conn));
+            self.timers.remove(&deadline);
+        }
     }
 
     /// SPEC §3.1: the UA's list wins: drop what it forgot, recreate what we lost.
@@ -236,9 +246,9 @@ impl Shard {
             let network = format!("{}-{}", info.mcc, info.mnc);
             self.config.wakeup_networks.contains(&network)
         });
-        let current = self.uas.get(&uaid).and_then(|ua| ua.wakeup.clone());
+        let current = self.uas.get(&uaid).and_then(|ua| ua.wakeup.as_deref());
         let status = if routed.is_some() { 201 } else { 200 };
-        if current != routed {
+        if current != routed.as_ref() {
             self.append(Record::WakeupSet {
                 uaid,
                 wakeup: routed,

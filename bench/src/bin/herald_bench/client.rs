@@ -237,7 +237,7 @@ impl Pusher {
         let host = self.target;
         // Writing into a Vec cannot fail.
         let _ = match push {
-            Push::WebPush(body) if body.is_empty() => write!(
+            Push::WebPush([]) => write!(
                 self.request,
                 "POST {path} HTTP/1.1\r\nHost: {host}\r\nTTL: 60\r\nContent-Length: 0\r\n\r\n"
             ),

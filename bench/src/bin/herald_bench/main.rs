@@ -321,7 +321,7 @@ fn finish(cli: &Cli, scenario: &str, params: Value, runs: Vec<Value>, figures: &
                 .filter_map(|run| {
                     figure
                         .split('.')
-                        .fold(Some(*run), |value, key| value?.get(key))
+                        .try_fold(*run, |value, key| value.get(key))
                         .and_then(Value::as_f64)
                 })
                 .collect();
