@@ -116,6 +116,21 @@ impl Outbox {
         item
     }
 
+    /// The next item if it is a frame to write; a hand-off stays queued for
+    /// the socket's task to carry out.
+    pub fn pop_frame(&self) -> Option<Outgoing> {
+        let is_frame = self
+            .items
+            .borrow()
+            .front()
+            .is_some_and(|item| !matches!(item, Outgoing::HandOff { .. }));
+        if is_frame {
+            self.pop()
+        } else {
+            None
+        }
+    }
+
     /// The next item, or `Pending` with the task's waker kept for [`Outbox::push`].
     pub fn poll_pop(&self, cx: &Context<'_>) -> Poll<Outgoing> {
         match self.pop() {

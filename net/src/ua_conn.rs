@@ -23,7 +23,7 @@ use glommio::spawn_local;
 use glommio::{GlommioError, ResourceType};
 
 use herald_engine::shard::close;
-use herald_engine::ConnId;
+use herald_engine::{ConnId, Lsn};
 
 use crate::per_ip::IpSlot;
 use crate::shard::{ConnHandle, Ctx, Outbox, Outgoing, ShardMsg};
@@ -32,6 +32,8 @@ use crate::websocket::{self, Decoder, FrameError, HandshakeError, Incoming};
 /// Bytes read per `recv`, into a chunk that exists only while data is ready
 /// (see ARCHITECTURE.md).
 const READ_CHUNK_BYTES: usize = 2048;
+/// A batch of queued frames is written once it reaches this size.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// After Herald's close frame, how long the UA gets to close its side.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -297,7 +299,7 @@ impl Socket {
                         return self.finish();
                     }
                     Event::Outgoing(item) => {
-                        if !Box::pin(write_item(&ctx, &mut stream, item)).await {
+                        if !Box::pin(write_batch(&ctx, &mut stream, item, &self.outbox)).await {
                             break;
                         }
                     }
@@ -342,7 +344,7 @@ impl Socket {
         self.forget(ctx);
         // Nothing can be queued any more: the shard no longer has the outbox.
         while let Some(item) = self.outbox.pop() {
-            if !write_item(ctx, stream, item).await {
+            if !write_batch(ctx, stream, item, &self.outbox).await {
                 break;
             }
         }
@@ -401,22 +403,41 @@ impl Socket {
     }
 }
 
-/// Writes one queued item; false when the socket is done (closed or broken).
-async fn write_item(ctx: &Rc<Ctx>, stream: &mut TcpStream, item: Outgoing) -> bool {
+/// Writes `first` and the frames queued behind it with one `write`, so that
+/// a backlog (a reconnect, a burst) costs a few syscalls instead of one per
+/// message. Text frames go out once their records are durable. False when
+/// the socket is done (closed, broken, or the store failed).
+async fn write_batch(
+    ctx: &Rc<Ctx>,
+    stream: &mut TcpStream,
+    first: Outgoing,
+    outbox: &Outbox,
+) -> bool {
+    let mut bytes = Vec::new();
+    let mut durable_after = None;
+    let mut next = Some(first);
+    let mut more = true;
+    while let Some(item) = next.take() {
+        more = encode_item(item, &mut bytes, &mut durable_after);
+        if more && bytes.len() < WRITE_BATCH_BYTES {
+            next = outbox.pop_frame();
+        }
+    }
+    if let Some(lsn) = durable_after {
+        if ctx.journal.wait_durable(lsn).await.is_err() {
+            bytes = websocket::close_frame(close::INTERNAL, "storage unavailable");
+            more = false;
+        }
+    }
+    stream.write_all(&bytes).await.is_ok() && more
+}
+
+/// Appends one item's frame; false after the last frame a socket gets.
+fn encode_item(item: Outgoing, bytes: &mut Vec<u8>, durable_after: &mut Option<Lsn>) -> bool {
     let (frame, more) = match item {
         Outgoing::Text { after, text } => {
-            let durable = match after {
-                Some(lsn) => ctx.journal.wait_durable(lsn).await.is_ok(),
-                None => true,
-            };
-            if durable {
-                (websocket::text_frame(&text), true)
-            } else {
-                (
-                    websocket::close_frame(close::INTERNAL, "storage unavailable"),
-                    false,
-                )
-            }
+            *durable_after = (*durable_after).max(after);
+            (websocket::text_frame(&text), true)
         }
         Outgoing::Ping => (websocket::ping_frame(), true),
         Outgoing::Pong(payload) => (websocket::pong_frame(payload), true),
@@ -425,7 +446,8 @@ async fn write_item(ctx: &Rc<Ctx>, stream: &mut TcpStream, item: Outgoing) -> bo
         // behind a failed write is dropped with the socket.
         Outgoing::HandOff { .. } => return false,
     };
-    stream.write_all(&frame).await.is_ok() && more
+    bytes.extend_from_slice(&frame);
+    more
 }
 
 /// Moves the socket to the shard that owns its UAID (SPEC §8): dup the fd for
