@@ -31,6 +31,20 @@ pub fn connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStre
         Some(Protocol::TCP),
     )?;
     if let Some(ip) = source {
+        // The port is picked at connect(), per destination: picking it at
+        // bind() searches every bound port for a conflict, which made the
+        // generator's connects O(sockets).
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket we own, with an int option value.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
         socket.bind(&SocketAddr::new(ip, 0).into())?;
     }
     socket.set_nodelay(true)?;

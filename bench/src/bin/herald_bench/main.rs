@@ -219,9 +219,14 @@ fn floor(cli: &Cli, args: &LoadArgs) {
     }
 }
 
+/// Each Herald mode at `percents` of its own peak; then the floor server at
+/// the same offered rates as the first mode, so that the latency the machine
+/// itself adds at that load (scheduling two busy programs on shared cores)
+/// sits beside Herald's.
 fn latency(cli: &Cli, args: &LoadArgs, percents: &[f64], peak: Option<f64>) {
     let throughput = read_results(cli, "throughput");
     let mut runs = Vec::new();
+    let mut floor_peak = None;
     for fsync in &cli.fsync {
         let target = Target::Herald {
             fsync: fsync.as_str(),
@@ -240,25 +245,39 @@ fn latency(cli: &Cli, args: &LoadArgs, percents: &[f64], peak: Option<f64>) {
                     .as_f64()
                     .unwrap_or(1000.0)
             });
-        for percent in percents {
-            for run in 1..=cli.runs {
-                let mut figures =
-                    scenarios::load_run(target, cli.shards, args, peak * percent / 100.0);
-                figures["run"] = json!(run);
-                figures["load_percent"] = json!(percent);
-                figures["target"] =
-                    json!(format!("{} @ {percent}% of {peak:.0}/s", target.label()));
-                eprintln!(
-                    "{}: run {run}: p99 {} ms",
-                    figures["target"], figures["to_ua"]["p99_ms"]
-                );
-                runs.push(figures);
-            }
-        }
+        floor_peak.get_or_insert(peak);
+        runs.extend(paced_runs(cli, args, target, percents, peak));
+    }
+    if let Some(peak) = floor_peak {
+        runs.extend(paced_runs(cli, args, Target::Floor, percents, peak));
     }
     let mut params = load_params(args);
     params["percents"] = json!(percents);
     finish(cli, "latency", params, runs, &LOAD_FIGURES);
+}
+
+fn paced_runs(
+    cli: &Cli,
+    args: &LoadArgs,
+    target: Target,
+    percents: &[f64],
+    peak: f64,
+) -> Vec<Value> {
+    let mut runs = Vec::new();
+    for percent in percents {
+        for run in 1..=cli.runs {
+            let mut figures = scenarios::load_run(target, cli.shards, args, peak * percent / 100.0);
+            figures["run"] = json!(run);
+            figures["load_percent"] = json!(percent);
+            figures["target"] = json!(format!("{} @ {percent}% of {peak:.0}/s", target.label()));
+            eprintln!(
+                "{}: run {run}: p99 {} ms",
+                figures["target"], figures["to_ua"]["p99_ms"]
+            );
+            runs.push(figures);
+        }
+    }
+    runs
 }
 
 fn stored(cli: &Cli, args: &StoredArgs) {

@@ -98,6 +98,9 @@ pub fn run(spec: Spec) {
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
         .name("herald-bench")
         .io_memory(256 * 1024)
+        // Deep rings get a big cancellation hash table in the kernel: with
+        // thousands of sockets waiting, every cancel scans one bucket.
+        .ring_depth(4096)
         .make()
         .expect("start the worker's executor");
     executor.run(async move {
