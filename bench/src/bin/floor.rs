@@ -5,10 +5,11 @@
 //! keep-alive HTTP, the same cross-executor hop for a push that lands on the
 //! wrong executor (there and back over the channel mesh). It has no engine,
 //! no WAL and no protocol state beyond "this socket registered this channel",
-//! so `herald-load` run against it measures how fast the machine can possibly
-//! go, and the gap to Herald is what Herald's own work costs.
+//! so `herald-bench floor` (the same generator as `herald-bench throughput`)
+//! measures how fast the machine can possibly go, and the gap to Herald is
+//! what Herald's own work costs.
 //!
-//! It speaks just enough of Herald's protocol for `herald-load`: hello,
+//! It speaks just enough of Herald's protocol for the generator: hello,
 //! register, ack, ping; `POST` (Web Push) and `PUT` (SimplePush) endpoints.
 
 use std::cell::{Cell, RefCell};

@@ -3,8 +3,10 @@
 //! - `throughput`: U UAs hold sockets and ack; S sender threads POST Web Push
 //!   messages over keep-alive connections for a fixed time. Reports accepted
 //!   requests/s, delivered notifications/s and AS-send→UA-receive latency.
-//! - `idle`: opens N UAs that hello and then stay idle, and reports the
-//!   server's RSS growth per UA (reads /proc/<pid>/status).
+//!
+//! `herald-durability` drives it for the fsync-mode and compaction figures;
+//! everything else (memory per UA, the performance targets, the floor) is
+//! measured by `herald-bench`.
 //!
 //! Every run is bounded in count and time and talks only to the addresses given
 //! (loopback in all documented commands).
@@ -40,13 +42,6 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
-    Idle {
-        #[arg(long, default_value_t = 10_000)]
-        uas: usize,
-        /// PID of the herald server, for RSS readings.
-        #[arg(long)]
-        pid: u32,
-    },
 }
 
 fn main() {
@@ -57,7 +52,6 @@ fn main() {
             senders,
             seconds,
         } => throughput(cli.ua, uas, senders, Duration::from_secs(seconds)),
-        Command::Idle { uas, pid } => idle(cli.ua, uas, pid),
     }
 }
 
@@ -272,35 +266,4 @@ fn post(connection: &mut Option<BufReader<TcpStream>>, endpoint: &str, body: &[u
     let mut body = vec![0; length];
     reader.read_exact(&mut body).expect("response body");
     status
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
-}
-
-fn idle(ua: SocketAddr, uas: usize, pid: u32) {
-    // Warm the server with a few sockets so one-time allocations are not counted.
-    let warm: Vec<_> = (0..100).map(|index| connect_ua(ua, index)).collect();
-    let before = rss_kib(pid);
-    let started = Instant::now();
-    let sockets: Vec<Socket> = (0..uas).map(|_| hello_ua(ua)).collect();
-    let connect_s = started.elapsed().as_secs_f64();
-    // Give the server a moment to settle its accounting (a bounded wait).
-    std::thread::sleep(Duration::from_secs(1));
-    let after = rss_kib(pid);
-    let report = json!({
-        "uas": uas,
-        "rss_kib_before": before,
-        "rss_kib_after": after,
-        "rss_bytes_per_idle_ua": (after.saturating_sub(before) * 1024) as f64 / uas as f64,
-        "hellos_per_s": uas as f64 / connect_s,
-    });
-    println!("{report}");
-    drop(sockets);
-    drop(warm);
 }

@@ -32,100 +32,114 @@ pub fn draw(out: &Path) {
     }
 }
 
-/// Median of each percentile per (mode, offered load).
+/// Targets in order of first appearance.
+fn unique(labels: impl Iterator<Item = String>) -> Vec<String> {
+    let mut targets: Vec<String> = Vec::new();
+    for label in labels {
+        if !targets.contains(&label) {
+            targets.push(label);
+        }
+    }
+    targets
+}
+
+/// A latency run's target without its " @ N% of …" suffix.
+fn mode_of(run: &Value) -> String {
+    let target = run["target"].as_str().unwrap_or("?");
+    target.split(" @ ").next().unwrap_or(target).to_owned()
+}
+
+/// One panel per percentile; in each, the median over runs per target and
+/// offered load.
 fn latency_plot(latency: &Value, path: &Path) {
     let runs = latency["runs"].as_array().cloned().unwrap_or_default();
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    let modes: Vec<String> = {
-        let mut modes: Vec<String> = runs
+    let targets = unique(runs.iter().map(mode_of));
+    let median_at = |target: &str, key: &str| -> Vec<(f64, f64)> {
+        let mut offered: Vec<f64> = runs
             .iter()
-            .filter_map(|run| run["target"].as_str())
-            .map(|t| t.split(" @ ").next().unwrap_or(t).to_owned())
+            .filter(|run| mode_of(run) == target)
+            .filter_map(|run| run["offered_per_s"].as_f64())
             .collect();
-        modes.dedup();
-        modes.sort();
-        modes.dedup();
-        modes
-    };
-    for mode in &modes {
-        for (key, label) in [("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")] {
-            let mut points: Vec<(f64, f64)> = Vec::new();
-            let mut offered: Vec<f64> = runs
-                .iter()
-                .filter(|run| {
-                    run["target"]
-                        .as_str()
-                        .is_some_and(|t| t.starts_with(mode.as_str()))
-                })
-                .filter_map(|run| run["offered_per_s"].as_f64())
-                .collect();
-            offered.sort_by(f64::total_cmp);
-            offered.dedup();
-            for load in offered {
+        offered.sort_by(f64::total_cmp);
+        offered.dedup();
+        offered
+            .into_iter()
+            .map(|load| {
                 let values: Vec<f64> = runs
                     .iter()
                     .filter(|run| {
-                        run["target"]
-                            .as_str()
-                            .is_some_and(|t| t.starts_with(mode.as_str()))
-                            && run["offered_per_s"].as_f64() == Some(load)
+                        mode_of(run) == target && run["offered_per_s"].as_f64() == Some(load)
                     })
                     .filter_map(|run| run["to_ua"][key].as_f64())
                     .collect();
-                points.push((load, crate::stats::Spread::of(&values).median));
-            }
-            series.push((format!("{mode} {label}"), points));
-        }
-    }
-    let x_max = series
+                (load, crate::stats::Spread::of(&values).median)
+            })
+            .collect()
+    };
+    let x_max = runs
         .iter()
-        .flat_map(|(_, points)| points.iter().map(|p| p.0))
+        .filter_map(|run| run["offered_per_s"].as_f64())
         .fold(1.0, f64::max)
         * 1.05;
-    let y_max = series
-        .iter()
-        .flat_map(|(_, points)| points.iter().map(|p| p.1))
-        .fold(1.0, f64::max)
-        * 1.1;
-    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 480)).into_drawing_area();
     let _ = root.fill(&WHITE);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
+    let root = root
+        .titled(
             "AS → UA latency against offered load (medians of runs)",
             ("sans-serif", 20),
         )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-        .expect("chart");
-    let _ = chart
-        .configure_mesh()
-        .x_desc("offered notifications/s")
-        .y_desc("latency (ms)")
-        .draw();
-    for (index, (label, points)) in series.iter().enumerate() {
-        let colour = COLOURS[index % COLOURS.len()];
-        if let Ok(drawn) = chart.draw_series(LineSeries::new(
-            points.iter().copied(),
-            colour.stroke_width(2),
-        )) {
-            drawn
-                .label(label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+        .unwrap_or(root);
+    let panels = root.split_evenly((1, 3));
+    for (panel, (key, label)) in
+        panels
+            .iter()
+            .zip([("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")])
+    {
+        let series: Vec<(String, Vec<(f64, f64)>)> = targets
+            .iter()
+            .map(|target| (target.clone(), median_at(target, key)))
+            .collect();
+        let y_max = series
+            .iter()
+            .flat_map(|(_, points)| points.iter().map(|p| p.1))
+            .fold(0.5, f64::max)
+            * 1.15;
+        let mut chart = ChartBuilder::on(panel)
+            .caption(label, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .expect("chart");
+        let _ = chart
+            .configure_mesh()
+            .x_desc("offered notifications/s")
+            .y_desc("ms")
+            .x_labels(5)
+            .draw();
+        for (index, (target, points)) in series.iter().enumerate() {
+            let colour = COLOURS[index % COLOURS.len()];
+            if let Ok(drawn) = chart.draw_series(LineSeries::new(
+                points.iter().copied(),
+                colour.stroke_width(2),
+            )) {
+                drawn
+                    .label(target.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+            }
+            let _ = chart.draw_series(
+                points
+                    .iter()
+                    .map(|point| Circle::new(*point, 3, colour.filled())),
+            );
         }
-        let _ = chart.draw_series(
-            points
-                .iter()
-                .map(|point| Circle::new(*point, 3, colour.filled())),
-        );
+        let _ = chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw();
     }
-    let _ = chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw();
     let _ = root.present();
     println!("   -> {}", path.display());
 }
@@ -183,14 +197,11 @@ fn timeline_plot(results: &[Value], path: &Path) {
         .x_desc("seconds")
         .y_desc("delivered/s")
         .draw();
-    let targets: Vec<String> = {
-        let mut targets: Vec<String> = series
+    let targets = unique(
+        series
             .iter()
-            .map(|(label, _)| label.split(" run ").next().unwrap_or_default().to_owned())
-            .collect();
-        targets.dedup();
-        targets
-    };
+            .map(|(label, _)| label.split(" run ").next().unwrap_or_default().to_owned()),
+    );
     for (label, points) in &series {
         let target = label.split(" run ").next().unwrap_or_default();
         let colour = COLOURS[targets.iter().position(|t| t == target).unwrap_or(0) % COLOURS.len()];
