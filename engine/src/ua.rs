@@ -22,14 +22,16 @@ pub struct Hello {
     pub broadcasts: Vec<(String, String)>,
 }
 
-#[derive(Clone, PartialEq, Debug)]
+#[derive(Clone, PartialEq, Debug, serde::Deserialize)]
+#[serde(untagged)]
 pub enum AckVersion {
     Text(String),
     Number(u64),
 }
 
-#[derive(Clone, PartialEq, Debug)]
+#[derive(Clone, PartialEq, Debug, serde::Deserialize)]
 pub struct AckUpdate {
+    #[serde(rename = "channelID")]
     pub channel_id: String,
     pub version: AckVersion,
 }
@@ -80,6 +82,9 @@ impl ParseError {
 pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
     if text == PING {
         return Ok(ClientMessage::TextPing);
+    }
+    if let Some(ack) = parse_well_formed_ack(text) {
+        return Ok(ack);
     }
     let value: Value = serde_json::from_str(text).map_err(|_| ParseError::NotJson)?;
     let object = value.as_object().ok_or(ParseError::NotObject)?;
@@ -225,6 +230,28 @@ fn is_digits(text: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&text.len()) && text.bytes().all(|byte| byte.is_ascii_digit())
 }
 
+/// The common case of the most frequent message, read straight into its
+/// types: an ack of a backlog carries hundreds of updates, and a
+/// `serde_json::Value` costs allocations per key. Anything this does not
+/// accept (another type, a malformed ack) goes the general way, which also
+/// says what is wrong.
+fn parse_well_formed_ack(text: &str) -> Option<ClientMessage> {
+    #[derive(serde::Deserialize)]
+    struct Ack {
+        #[serde(rename = "messageType")]
+        message_type: String,
+        updates: Vec<AckUpdate>,
+    }
+    // A struct would also accept a JSON array; the protocol's messages are objects.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let ack: Ack = serde_json::from_str(text).ok()?;
+    ack.message_type
+        .eq_ignore_ascii_case("ack")
+        .then_some(ClientMessage::Ack(ack.updates))
+}
+
 fn parse_ack(object: &Map<String, Value>) -> Result<ClientMessage, ParseError> {
     let updates = match object.get("updates") {
         Some(Value::Array(updates)) => updates,
@@ -366,6 +393,28 @@ mod tests {
                 },
             ])
         );
+    }
+
+    /// The typed fast path and the general path read every ack alike.
+    #[test]
+    fn both_ack_paths_agree() {
+        for text in [
+            r#"{"messageType":"ack","updates":[{"channelID":"a","version":"x","code":100},{"channelID":"b","version":7}]}"#,
+            r#"{"messageType":"ACK","updates":[]}"#,
+            r#" {"updates":[{"version":3,"channelID":"c","extra":[1]}],"messageType":"Ack"}"#,
+        ] {
+            let value: Value = serde_json::from_str(text).unwrap();
+            let general = parse_ack(value.as_object().unwrap()).unwrap();
+            assert_eq!(parse_well_formed_ack(text), Some(general), "{text}");
+        }
+        for not_fast in [
+            r#"["ack",[{"channelID":"a","version":"x"}]]"#,
+            r#"{"messageType":"ack","updates":[{"channelID":null,"version":"x"}]}"#,
+            r#"{"messageType":"nack","updates":[]}"#,
+        ] {
+            assert_eq!(parse_well_formed_ack(not_fast), None, "{not_fast}");
+        }
+        assert!(parse(r#"["ack",[{"channelID":"a","version":"x"}]]"#).is_err());
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl Shard {
             .iter()
             .partition(|message| matches!(message.body, MessageBody::Extended { .. }) == extended);
         self.stats.cross_mode_dropped += hidden.len() as u64;
-        let messages: Vec<StoredMessage> = shown.into_iter().cloned().collect();
+        let messages = shown;
         if extended {
             for message in &messages {
                 let text = self.extended_object(message).to_string();
@@ -188,48 +188,53 @@ impl Shard {
     }
 
     pub(super) fn web_push_frame(&mut self, message: &StoredMessage) -> String {
+        use base64::Engine;
         let channel_id = message.channel.to_text();
-        let mut frame = json!({"messageType": "notification", "channelID": channel_id});
-        match &message.body {
+        let frame = match &message.body {
             MessageBody::WebPush {
                 data,
                 encoding,
                 encryption,
                 crypto_key,
             } => {
-                frame["version"] = Value::String(self.keys.message_id(
-                    &message.uaid,
-                    &message.channel,
-                    message.seq,
-                ));
-                if !data.is_empty() {
-                    use base64::Engine;
-                    frame["data"] = Value::String(
-                        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data),
-                    );
-                    let mut headers = json!({});
-                    if let Some(encoding) = encoding {
-                        headers["encoding"] = Value::String(encoding.clone());
-                    }
-                    if let Some(encryption) = encryption {
-                        headers["encryption"] = Value::String(encryption.clone());
-                    }
-                    if let Some(crypto_key) = crypto_key {
-                        headers["crypto_key"] = Value::String(crypto_key.clone());
-                    }
-                    frame["headers"] = headers;
+                let with_data = !data.is_empty();
+                WebPushFrame {
+                    channel_id: &channel_id,
+                    version: self
+                        .keys
+                        .message_id(&message.uaid, &message.channel, message.seq),
+                    data: with_data
+                        .then(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)),
+                    headers: with_data.then_some(FrameHeaders {
+                        encoding: encoding.as_deref(),
+                        encryption: encryption.as_deref(),
+                        crypto_key: crypto_key.as_deref(),
+                    }),
+                    ..WebPushFrame::default()
                 }
             }
-            MessageBody::Version(version) => frame["version"] = Value::String(version.to_string()),
+            MessageBody::Version(version) => WebPushFrame {
+                channel_id: &channel_id,
+                version: version.to_string(),
+                ..WebPushFrame::default()
+            },
             MessageBody::Desktop { .. } => {
                 // A Web Push socket cannot show a desktop body: it gets the version only.
                 self.stats.cross_mode_dropped += 1;
-                frame["version"] = Value::String(numeric_version(message).to_string());
+                WebPushFrame {
+                    channel_id: &channel_id,
+                    version: numeric_version(message).to_string(),
+                    ..WebPushFrame::default()
+                }
             }
             // Filtered out by send_messages: only extended sockets show these.
-            MessageBody::Extended { .. } => {}
-        }
-        frame.to_string()
+            MessageBody::Extended { .. } => WebPushFrame {
+                channel_id: &channel_id,
+                ..WebPushFrame::default()
+            },
+        };
+        // Serializing a struct of plain fields cannot fail.
+        serde_json::to_string(&frame).unwrap_or_default()
     }
 
     /// An extended notification as the UA sees it (SPEC §3.6).
@@ -265,4 +270,43 @@ impl Shard {
             self.config.endpoint_url.trim_end_matches('/')
         )
     }
+}
+
+/// A notification as a Web Push socket sees it (SPEC §3.3). Written from a
+/// struct rather than a `serde_json::Value`: a UA reconnecting to a backlog
+/// gets hundreds of these at once, and a `Value` costs an allocation per key.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WebPushFrame<'a> {
+    message_type: &'static str,
+    #[serde(rename = "channelID")]
+    channel_id: &'a str,
+    version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<FrameHeaders<'a>>,
+}
+
+impl Default for WebPushFrame<'_> {
+    fn default() -> Self {
+        WebPushFrame {
+            message_type: "notification",
+            channel_id: "",
+            version: String::new(),
+            data: None,
+            headers: None,
+        }
+    }
+}
+
+/// The crypto headers a UA needs to decrypt `data` (only those the AS sent).
+#[derive(serde::Serialize)]
+struct FrameHeaders<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encoding: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encryption: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crypto_key: Option<&'a str>,
 }
