@@ -151,7 +151,13 @@ fn idle(cli: &Cli, args: &IdleArgs) {
         figures["run"] = json!(run);
         figures
     });
-    let figures = ["rss_bytes_per_idle_ua", "connects_per_s", "verified"];
+    let figures = [
+        "rss_bytes_per_idle_ua",
+        "connects_per_s",
+        "server_us_per_connect",
+        "generator_us_per_connect",
+        "verified",
+    ];
     finish(
         cli,
         "idle",

@@ -164,8 +164,10 @@ pub fn idle_run(fsync: &'static str, shards: usize, args: &IdleArgs) -> Value {
             messages: 0,
         })
         .collect();
+    let cpu_before = server.cpu_seconds();
     let mut processes = Workers::spawn(&specs);
     let connected = processes.collect("connected");
+    let server_connect_cpu = server.cpu_seconds() - cpu_before;
     // Let the shards finish what the last registrations started (timers,
     // WAL batches) before reading the figure.
     std::thread::sleep(Duration::from_secs(1));
@@ -192,6 +194,14 @@ pub fn idle_run(fsync: &'static str, shards: usize, args: &IdleArgs) -> Value {
         "rss_loaded_bytes": loaded,
         "rss_bytes_per_idle_ua": loaded.saturating_sub(baseline) as f64 / uas.max(1) as f64,
         "connects_per_s": uas as f64 / ((last.saturating_sub(first)) as f64 / 1e6).max(1e-6),
+        // CPU per connect + hello + register, on each side of the socket.
+        "server_us_per_connect": server_connect_cpu * 1e6 / uas.max(1) as f64,
+        "generator_us_per_connect": connected
+            .iter()
+            .filter_map(|report| report["cpu_seconds"].as_f64())
+            .sum::<f64>()
+            * 1e6
+            / uas.max(1) as f64,
         "verified": sum(&done, "verified"),
     })
 }

@@ -217,6 +217,8 @@ fn connect_report(opened: &Opened, started: u64, finished: u64) -> Value {
         "uas": opened.iter().flatten().count(),
         "connect_start_us": started,
         "connect_end_us": finished,
+        // The process did nothing else so far.
+        "cpu_seconds": cpu_seconds(),
     })
 }
 
