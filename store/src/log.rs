@@ -14,7 +14,7 @@ use herald_engine::record::Record;
 use herald_engine::Lsn;
 
 use crate::format::{self, FrameKind};
-use crate::limits::{SEGMENT_TARGET_BYTES, SNAPSHOT_CHUNK_BYTES};
+use crate::limits::{SEGMENT_TARGET_BYTES, SEGMENT_ZERO_AHEAD_BYTES, SNAPSHOT_CHUNK_BYTES};
 use crate::recovery::{
     self, parse_name, segment_name, snapshot_name, snapshot_temp_name, FileName, RecoveryProgress,
     RecoveryReport,
@@ -158,7 +158,10 @@ struct Pending {
 
 struct Active {
     name: String,
+    /// End of the last record written.
     len: u64,
+    /// The file is zero bytes from `len` up to here (written ahead).
+    zeroed_to: u64,
 }
 
 struct Inner<S> {
@@ -229,6 +232,8 @@ impl<S: Storage> Log<S> {
                 Some(Active {
                     name: active.name,
                     len: active.len,
+                    // Recovery cut the last segment back to its records.
+                    zeroed_to: active.len,
                 }),
                 false,
             ),
@@ -702,6 +707,14 @@ impl<S: Storage> Log<S> {
             }
         };
         if needs_new {
+            let previous = inner.active.borrow_mut().take();
+            if let Some(previous) = previous.filter(|active| active.zeroed_to > active.len) {
+                // A closed segment holds exactly its records.
+                storage.truncate(&previous.name, previous.len).await?;
+                if sync {
+                    storage.sync(&previous.name).await?;
+                }
+            }
             // The previous segment's batches were all synced before this
             // one started, so a new segment never follows a torn one.
             let name = segment_name(first_lsn);
@@ -712,17 +725,32 @@ impl<S: Storage> Log<S> {
                 storage.sync_dir().await?;
             }
             inner.rotate.set(false);
-            *inner.active.borrow_mut() = Some(Active { name, len: 0 });
+            *inner.active.borrow_mut() = Some(Active {
+                name,
+                len: 0,
+                zeroed_to: 0,
+            });
             inner.stats.borrow_mut().segments_created += 1;
         }
-        let (name, offset) = match &*inner.active.borrow() {
-            Some(active) => (active.name.clone(), active.len),
+        let (name, offset, zeroed_to) = match &*inner.active.borrow() {
+            Some(active) => (active.name.clone(), active.len, active.zeroed_to),
             None => return Err(StoreError::Closed),
         };
         let len = bytes.len() as u64;
+        let mut bytes = bytes;
+        let end = offset + len;
+        let zeroed_to = if end > zeroed_to {
+            // Past the zeros written ahead: write the next stretch with
+            // this batch, under the same fdatasync.
+            bytes.resize(bytes.len() + SEGMENT_ZERO_AHEAD_BYTES as usize, 0);
+            end + SEGMENT_ZERO_AHEAD_BYTES
+        } else {
+            zeroed_to
+        };
         storage.write_at(&name, offset, bytes).await?;
         if let Some(active) = inner.active.borrow_mut().as_mut() {
             active.len += len;
+            active.zeroed_to = zeroed_to;
         }
         {
             let mut stats = inner.stats.borrow_mut();

@@ -239,12 +239,18 @@ impl MemStorage {
             };
             let mut bytes = file.durable.clone();
             if spec.keep_unsynced_bytes {
-                if file.diverged {
-                    // Overwritten or truncated since the last sync: either
-                    // image is a possible outcome.
+                if file.diverged && file.written.len() < bytes.len() {
+                    // Truncated since the last sync: either image is a
+                    // possible outcome.
                     if rng.next_u64() % 2 == 0 {
                         bytes = file.written.clone();
                     }
+                } else if file.diverged {
+                    // Overwritten in place since the last sync (a WAL
+                    // segment's zeros written ahead): the new bytes reach
+                    // the disk in order and may stop at any byte of the
+                    // stretch that changed.
+                    bytes = torn_overwrite(&bytes, &file.written, &mut rng);
                 } else if file.written.len() > bytes.len() {
                     let extra = file.written.len() - bytes.len();
                     let keep = rng.upto(extra as u64) as usize;
@@ -568,4 +574,18 @@ impl<S: Storage> Storage for FaultStorage<S> {
         }
         self.inner.sync_dir().await
     }
+}
+
+/// `new` over `old` up to a random byte of the stretch where they differ,
+/// `old` after it (`new` is at least as long as `old`).
+fn torn_overwrite(old: &[u8], new: &[u8], rng: &mut SplitMix64) -> Vec<u8> {
+    let differs = |index: &usize| old.get(*index) != new.get(*index);
+    let Some(first) = (0..new.len()).find(differs) else {
+        return new.to_vec();
+    };
+    let last = (0..new.len()).rev().find(differs).unwrap_or(first);
+    let keep = first + rng.upto((last + 1 - first) as u64) as usize;
+    let mut torn = new[..keep].to_vec();
+    torn.extend_from_slice(old.get(keep..).unwrap_or_default());
+    torn
 }
