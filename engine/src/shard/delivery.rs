@@ -33,7 +33,7 @@ impl Shard {
                 {
                     pending.sent = true;
                 }
-                self.send_messages(conn, std::slice::from_ref(message));
+                self.send_messages(conn, &[message]);
                 self.schedule_retry(now_ms, conn);
             }
             // RFC 8030 §5.3: very-low and low urgency wait for the UA's next
@@ -83,25 +83,29 @@ impl Shard {
         let Some(ua) = self.uas.get_mut(&uaid) else {
             return;
         };
-        let mut order: Vec<(std::cmp::Reverse<Urgency>, u64)> = ua
-            .pending
-            .iter()
-            .map(|(seq, pending)| (std::cmp::Reverse(pending.message.urgency), *seq))
-            .collect();
-        order.sort();
-        let messages: Vec<StoredMessage> = order
-            .iter()
-            .filter_map(|(_, seq)| {
-                let pending = ua.pending.get_mut(seq)?;
+        // Out of the table while the frames are built, so that no message is
+        // copied (building needs the whole shard); nothing on that path
+        // reads a UA's pending messages.
+        let mut pending = std::mem::take(&mut ua.pending);
+        let mut order: Vec<(std::cmp::Reverse<Urgency>, u64)> = pending
+            .iter_mut()
+            .map(|(seq, pending)| {
                 pending.sent = true;
-                Some(pending.message.clone())
+                (std::cmp::Reverse(pending.message.urgency), *seq)
             })
             .collect();
-        if messages.is_empty() {
-            return;
+        order.sort();
+        let messages: Vec<&StoredMessage> = order
+            .iter()
+            .filter_map(|(_, seq)| pending.get(seq).map(|pending| &pending.message))
+            .collect();
+        if !messages.is_empty() {
+            self.send_messages(conn, &messages);
+            self.schedule_retry(now_ms, conn);
         }
-        self.send_messages(conn, &messages);
-        self.schedule_retry(now_ms, conn);
+        if let Some(ua) = self.uas.get_mut(&uaid) {
+            ua.pending = pending;
+        }
     }
 
     /// One retry chain per socket: a re-send covers every unacked message,
@@ -118,7 +122,7 @@ impl Shard {
     }
 
     /// Frames for `messages` in the form the socket speaks (SPEC §3.3).
-    pub(super) fn send_messages(&mut self, conn: ConnId, messages: &[StoredMessage]) {
+    pub(super) fn send_messages(&mut self, conn: ConnId, messages: &[&StoredMessage]) {
         let web_push = self.conns.get(&conn).is_some_and(|state| state.web_push);
         let extended = self.conns.get(&conn).is_some_and(|state| state.extended);
         self.stats.notifications_out += messages.len() as u64;

@@ -88,7 +88,7 @@ impl Shard {
                 ua.next_seq = seq + 1;
             }
             if let Some(conn) = connected {
-                self.send_messages(conn, std::slice::from_ref(&message));
+                self.send_messages(conn, &[&message]);
             }
             self.next_lsn.checked_sub(1)
         } else {
