@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 mod pages;
 mod per_ip;
+pub mod process;
 mod runtime;
 mod shard;
 mod ua_conn;

@@ -8,6 +8,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::metrics::{Metrics, ShardSnapshot};
+use crate::process::{block_termination_signals, wait_for_signal};
 use crate::shard::{self, ShardMsg};
 use crate::ServerConfig;
 
@@ -147,25 +148,4 @@ fn refuse_ports_in_use(addresses: &[std::net::SocketAddr]) -> Result<(), String>
         }
     }
     Ok(())
-}
-
-/// Blocks SIGTERM and SIGINT in this thread and every thread it starts, so
-/// that only [`wait_for_signal`] sees them.
-fn block_termination_signals() -> libc::sigset_t {
-    // SAFETY: plain libc signal-set calls on a local, initialised set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-fn wait_for_signal(set: &libc::sigset_t) -> i32 {
-    let mut signal = 0;
-    // SAFETY: `set` was built by block_termination_signals; sigwait only reads it.
-    unsafe { libc::sigwait(set, &mut signal) };
-    signal
 }

@@ -20,7 +20,6 @@ use glommio::net::TcpListener;
 use glommio::spawn_local;
 use glommio::timer::sleep;
 use rand::SeedableRng;
-use std::os::fd::FromRawFd;
 
 use herald_engine::identity::Keys;
 use herald_engine::push::{errno, HttpResponse, PushRequest};
@@ -30,6 +29,7 @@ use herald_store::{DiskLog, LogOptions};
 
 use crate::compaction::{maybe_compact, Compaction};
 use crate::metrics::ShardSnapshot;
+use crate::process::shared_listener;
 use crate::runtime::Shared;
 use crate::wakeup::WakeupClient;
 use crate::{as_conn, ua_conn, WakeupRoute};
@@ -551,27 +551,6 @@ pub async fn run(
     tick_until_shutdown(&ctx).await;
     drain(&ctx).await;
 }
-
-/// Every shard listens on the same address (SO_REUSEPORT, the kernel spreads
-/// connections). SO_REUSEADDR as well, so that a restart is not refused while
-/// the previous run's connections linger in TIME_WAIT.
-fn shared_listener(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    // SAFETY: a bound, listening socket whose ownership passes to glommio.
-    Ok(unsafe { TcpListener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(socket)) })
-}
-
-/// Pending connections per listener before the kernel refuses more.
-const LISTEN_BACKLOG: i32 = 4096;
 
 #[derive(Clone, Copy)]
 enum Listener {

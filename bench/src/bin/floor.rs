@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::Cursor;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -30,6 +29,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{spawn_local, LocalExecutorBuilder, Placement};
+use herald_net::process::{block_termination_signals, shared_listener, wait_for_signal};
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::{Frame, FrameHeader};
@@ -48,7 +48,6 @@ struct Cli {
 /// Same as Herald: the machine allows 8 MiB of locked memory in all.
 const IO_MEMORY_BYTES: usize = 512 * 1024;
 const RING_CAPACITY: usize = 1024;
-const LISTEN_BACKLOG: i32 = 4096;
 /// Largest HTTP request (head and body) or WebSocket frame accepted.
 const REQUEST_BYTES_MAX: usize = 16 * 1024;
 /// An idle UA task waits in a read this big: small, so that many idle
@@ -178,17 +177,8 @@ async fn route(ctx: &Rc<Ctx>, shard: usize, conn: u64, push: Push) -> bool {
 
 fn main() {
     let cli = Cli::parse();
-    // Blocked before any executor starts, so that only the main thread's
-    // sigwait sees them.
-    // SAFETY: plain libc signal-set calls on a local, initialised set.
-    let signals = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
+    // Before any executor starts, so that only this thread sees them.
+    let signals = block_termination_signals();
     let shards = cli.shards.max(1);
     let mesh = MeshBuilder::<Hop, _>::full(shards, RING_CAPACITY);
     let cpus = std::thread::available_parallelism().map_or(1, |count| count.get());
@@ -214,9 +204,7 @@ fn main() {
         "herald-floor listening ua={} as={}",
         cli.ua_listen, cli.as_listen
     );
-    let mut signal = 0;
-    // SAFETY: `signals` was built above; sigwait only reads it.
-    unsafe { libc::sigwait(&signals, &mut signal) };
+    wait_for_signal(&signals);
     // Nothing to flush or drain: exiting drops every socket at once.
     std::process::exit(0);
 }
@@ -269,23 +257,6 @@ async fn run(
         accept(ctx, as_listener, serve_as),
     )
     .await;
-}
-
-/// Every executor listens on the same address, as in Herald (SO_REUSEPORT:
-/// the kernel spreads connections; SO_REUSEADDR: restarts are not refused).
-fn shared_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    // SAFETY: a bound, listening socket whose ownership passes to glommio.
-    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 async fn accept<F, Served>(ctx: Rc<Ctx>, listener: TcpListener, serve: F)

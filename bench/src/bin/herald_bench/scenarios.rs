@@ -40,6 +40,25 @@ fn source(index: usize) -> Option<IpAddr> {
     Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + index as u8)))
 }
 
+/// Worker `index` of `workers` in `role` against `server`, holding its share
+/// of `uas`; the scenario sets the rest of its shape.
+fn worker(role: Role, index: usize, workers: usize, server: &Server, uas: usize) -> Spec {
+    Spec {
+        role,
+        id: index,
+        ua: server.ua,
+        push_to: server.push_to,
+        source: source(index),
+        uas: share(uas, workers, index),
+        pushers: 1,
+        concurrency: 32,
+        mix: Mix::Empty,
+        seconds: 0.0,
+        rate: 0.0,
+        messages: 0,
+    }
+}
+
 /// Splits `total` as evenly as possible over `parts`.
 fn share(total: usize, parts: usize, index: usize) -> usize {
     total / parts + usize::from(index < total % parts)
@@ -64,18 +83,11 @@ pub fn load_run(target: Target, shards: usize, args: &LoadArgs, rate: f64) -> Va
     let workers = args.workers.max(1);
     let specs: Vec<Spec> = (0..workers)
         .map(|index| Spec {
-            role: Role::Load,
-            id: index,
-            ua: server.ua,
-            push_to: server.push_to,
-            source: source(index),
-            uas: share(args.uas, workers, index),
             pushers: share(args.pushers, workers, index).max(1),
-            concurrency: 32,
             mix: args.mix,
             seconds: args.seconds,
             rate: rate / workers as f64,
-            messages: 0,
+            ..worker(Role::Load, index, workers, &server, args.uas)
         })
         .collect();
     let mut processes = Workers::spawn(&specs);
@@ -150,18 +162,9 @@ pub fn idle_run(fsync: &'static str, shards: usize, args: &IdleArgs) -> Value {
     let workers = args.workers.max(1);
     let specs: Vec<Spec> = (0..workers)
         .map(|index| Spec {
-            role: Role::Idle,
-            id: index,
-            ua: server.ua,
-            push_to: server.push_to,
-            source: source(index),
-            uas: share(args.uas, workers, index),
             pushers: 16,
             concurrency: args.concurrency,
-            mix: Mix::Empty,
-            seconds: 0.0,
-            rate: 0.0,
-            messages: 0,
+            ..worker(Role::Idle, index, workers, &server, args.uas)
         })
         .collect();
     let cpu_before = server.cpu_seconds();
@@ -230,18 +233,11 @@ pub fn stored_run(fsync: &'static str, shards: usize, args: &StoredArgs) -> Valu
     let workers = args.workers.max(1);
     let specs: Vec<Spec> = (0..workers)
         .map(|index| Spec {
-            role: Role::Stored,
-            id: index,
-            ua: server.ua,
-            push_to: server.push_to,
-            source: source(index),
-            uas: share(args.uas, workers, index),
             pushers: share(args.pushers, workers, index).max(1),
             concurrency: args.concurrency,
             mix: Mix::Data,
-            seconds: 0.0,
-            rate: 0.0,
             messages: args.messages,
+            ..worker(Role::Stored, index, workers, &server, args.uas)
         })
         .collect();
     let mut processes = Workers::spawn(&specs);
