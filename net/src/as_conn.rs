@@ -11,7 +11,8 @@ use herald_engine::extended;
 use herald_engine::push::{self, errno, DecodeContext, HttpRequest, HttpResponse};
 
 use crate::http::{self, FramingError, Head};
-use crate::shard::{now_ms, Ctx, Origin, ShardMsg};
+use crate::ctx::{now_ms, Ctx};
+use crate::shard::{refusal_response, Refusal};
 use crate::{broadcasts, pages};
 
 const READ_CHUNK_BYTES: usize = 4096;
@@ -198,25 +199,13 @@ async fn app_notify(ctx: &Rc<Ctx>, url_token: &str, body: &[u8]) -> HttpResponse
     let mut answers = Vec::with_capacity(config.shards);
     for shard in 0..config.shards {
         let (answer, answered) = Ctx::answer_slot();
-        let request = ctx.register_request(Origin::Local(answer));
-        if shard == ctx.index {
-            let notification = notification.clone();
-            ctx.with_engine(|engine, now| {
-                engine.on_app_notify(now, request, channel, notification)
-            });
-        } else {
-            let message = ShardMsg::AppNotify {
-                origin: ctx.index,
-                request,
-                channel,
-                notification: notification.clone(),
-            };
-            if ctx.senders.try_send_to(shard, message).is_err() {
-                ctx.forget_request(request);
-                ctx.shared.metrics.error(ctx.index, "ring_full", 1);
-                return extended::as_error(503, "Try again later");
-            }
-            ctx.remote_in_flight.set(ctx.remote_in_flight.get() + 1);
+        let notification = notification.clone();
+        let submitted = ctx.with_driver(|driver| {
+            driver.submit_app_notify(shard, channel, notification, answer)
+        });
+        if let Err(refusal) = submitted {
+            count_refusal(ctx, refusal);
+            return refusal_response(refusal, true);
         }
         answers.push(answered);
     }
@@ -244,32 +233,19 @@ async fn app_notify(ctx: &Rc<Ctx>, url_token: &str, body: &[u8]) -> HttpResponse
 
 /// Sends a decoded push to its owning shard and waits for the durable answer.
 async fn dispatch(ctx: &Rc<Ctx>, push: push::PushRequest) -> HttpResponse {
-    let config = &ctx.shared.config;
-    let owner = push.uaid().shard(config.shards);
     let (answer, answered) = Ctx::answer_slot();
-    let request = ctx.register_request(Origin::Local(answer));
-    if owner == ctx.index {
-        ctx.with_engine(|engine, now| engine.on_push(now, request, push));
-    } else {
-        if ctx.remote_in_flight.get() >= config.limits.as_in_flight_per_shard_max {
-            ctx.forget_request(request);
-            return HttpResponse::overloaded("too many requests in flight; retry shortly");
-        }
-        let message = ShardMsg::Push {
-            origin: ctx.index,
-            request,
-            push,
-        };
-        if ctx.senders.try_send_to(owner, message).is_err() {
-            // A full ring is back-pressure, never a queue without end.
-            ctx.forget_request(request);
-            ctx.shared.metrics.error(ctx.index, "ring_full", 1);
-            return HttpResponse::overloaded("shard ring full; retry shortly");
-        }
-        ctx.remote_in_flight.set(ctx.remote_in_flight.get() + 1);
+    if let Err(refusal) = ctx.with_driver(|driver| driver.submit_push(push, answer)) {
+        count_refusal(ctx, refusal);
+        return refusal_response(refusal, false);
     }
     answered
         .recv()
         .await
         .unwrap_or_else(|| HttpResponse::error(500, errno::INTERNAL, "request lost"))
+}
+
+fn count_refusal(ctx: &Ctx, refusal: Refusal) {
+    if refusal == Refusal::RingFull {
+        ctx.shared.metrics.error(ctx.index, "ring_full", 1);
+    }
 }

@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 use herald_engine::push::{errno, HttpResponse};
 use herald_engine::ua::{is_broadcast_id, is_broadcast_version};
 
-use crate::shard::{Ctx, ShardMsg};
+use crate::ctx::Ctx;
+use crate::shard::RingMsg;
 
 fn directory(data_dir: &Path) -> PathBuf {
     data_dir.join("broadcasts")
@@ -128,9 +129,9 @@ pub async fn set(
         tracing::error!(%error, id, "cannot store broadcast");
         return HttpResponse::error(503, errno::STORAGE_FAILED, "cannot store the broadcast");
     }
-    ctx.with_engine(|engine, _| engine.on_broadcast(id, &version));
+    ctx.with_driver(|driver| driver.on_broadcast(id, &version));
     for shard in (0..config.shards).filter(|shard| *shard != ctx.index) {
-        let message = ShardMsg::Broadcast {
+        let message = RingMsg::Broadcast {
             id: id.to_owned(),
             version: version.clone(),
         };

@@ -9,7 +9,9 @@ use glommio::spawn_local;
 use herald_engine::record::Record;
 use herald_engine::{Millis, Uaid};
 
-use crate::shard::{now_ms, Ctx};
+use herald_store::RecordLog;
+
+use crate::ctx::{now_ms, Ctx};
 
 /// Compaction bookkeeping: one at a time, triggered by bytes appended.
 #[derive(Default)]
@@ -26,7 +28,7 @@ pub struct Compaction {
 /// so the shard keeps serving (see `Shard::snapshot_user_agent` on why a
 /// snapshot taken across turns is still exact after replay).
 pub fn maybe_compact(ctx: &Rc<Ctx>, compaction: &Rc<Compaction>) {
-    let appended = ctx.journal.stats().bytes_appended;
+    let appended = ctx.journal.bytes_appended();
     let threshold = ctx.shared.config.limits.wal_compact_after_bytes;
     if compaction.running.get() || appended - compaction.appended_at_last.get() < threshold {
         return;
@@ -35,7 +37,7 @@ pub fn maybe_compact(ctx: &Rc<Ctx>, compaction: &Rc<Compaction>) {
     compaction.appended_at_last.set(appended);
     let started = std::time::Instant::now();
     let covers = ctx.journal.last_lsn();
-    let uaids = ctx.engine.borrow().uaids();
+    let uaids = ctx.driver.borrow().engine().uaids();
     compaction.stall.set(started.elapsed());
     let produced = Rc::new(Cell::new(0usize));
     let live = LiveState {
@@ -82,8 +84,8 @@ impl Iterator for LiveState {
     fn next(&mut self) -> Option<Self::Item> {
         while self.buffered.is_empty() {
             let uaid = self.uaids.next()?;
-            let engine = self.ctx.engine.borrow();
-            engine.snapshot_user_agent(self.now_ms, uaid, &mut self.buffered);
+            let driver = self.ctx.driver.borrow();
+            driver.engine().snapshot_user_agent(self.now_ms, uaid, &mut self.buffered);
             // Pop from the end: keep the UA's records in their order.
             self.buffered.reverse();
         }

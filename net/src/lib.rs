@@ -4,17 +4,21 @@
 //! and talks to the other shards only through bounded rings.
 
 mod as_conn;
+mod boot;
 mod broadcasts;
 mod compaction;
+mod ctx;
 pub mod http;
 pub mod metrics;
 mod pages;
 mod per_ip;
 pub mod process;
 mod runtime;
-mod shard;
+pub mod shard;
+mod shared;
 mod ua_conn;
 mod wakeup;
+mod wakeup_client;
 mod wakeup_http;
 pub mod wakeup_metrics;
 // Public (undocumented) only so `bench/` can time the wakeup core's parts.

@@ -7,7 +7,7 @@ use serde_json::json;
 use herald_engine::push::HttpResponse;
 
 use crate::metrics::ShardSnapshot;
-use crate::shard::Ctx;
+use crate::ctx::Ctx;
 
 fn totals(ctx: &Ctx) -> ShardSnapshot {
     let mut total = ShardSnapshot::default();

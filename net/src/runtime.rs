@@ -9,22 +9,10 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::metrics::{Metrics, ShardSnapshot};
 use crate::process::{block_termination_signals, wait_for_signal};
-use crate::shard::{self, ShardMsg};
+use crate::boot;
+use crate::ctx::ShardRing;
+use crate::shared::Shared;
 use crate::ServerConfig;
-
-/// What every shard can read: configuration, metrics, the shutdown flag.
-pub struct Shared {
-    pub config: ServerConfig,
-    pub metrics: Metrics,
-    pub snapshots: Vec<Mutex<ShardSnapshot>>,
-    pub shutdown: AtomicBool,
-    pub started: Instant,
-    /// Every shard's handle on the wakeup core (SPEC §5).
-    pub wakeups: crate::wakeup::WakeupClient,
-    pub connections_per_ip: Arc<crate::per_ip::PerIpCounter>,
-    /// Shards that finished replaying their logs (they accept once all have).
-    pub shards_ready: std::sync::atomic::AtomicUsize,
-}
 
 /// io_uring buffer memory per executor. The machine allows 8 MiB of locked
 /// memory in all; glommio's default (10 MiB) would not fit even one shard.
@@ -51,7 +39,7 @@ pub fn serve(config: ServerConfig) -> Result<(), String> {
     refuse_ports_in_use(&[config.ua_listen, config.as_listen])?;
     let signals = block_termination_signals();
     let shards = config.shards.max(1);
-    let (wakeups, wakeup_core) = crate::wakeup::channel(config.limits.wakeup_ring_capacity)?;
+    let (wakeups, wakeup_core) = crate::wakeup_client::channel(config.limits.wakeup_ring_capacity)?;
     let shared = Arc::new(Shared {
         snapshots: (0..shards)
             .map(|_| Mutex::new(ShardSnapshot::default()))
@@ -65,7 +53,7 @@ pub fn serve(config: ServerConfig) -> Result<(), String> {
         config,
     });
     let wakeup_handle = crate::wakeup::spawn(shared.clone(), wakeup_core, WAKEUP_IO_MEMORY_BYTES)?;
-    let mesh = MeshBuilder::<ShardMsg, _>::full(shards, shared.config.limits.ring_capacity.max(1));
+    let mesh = MeshBuilder::<ShardRing, _>::full(shards, shared.config.limits.ring_capacity.max(1));
     let cpus = std::thread::available_parallelism().map_or(1, |count| count.get());
     let (ready_sender, ready) = mpsc::channel::<Result<(), String>>();
     let mut handles = Vec::with_capacity(shards);
@@ -77,7 +65,7 @@ pub fn serve(config: ServerConfig) -> Result<(), String> {
             .name(&format!("herald-shard-{index}"))
             .io_memory(EXECUTOR_IO_MEMORY_BYTES)
             .ring_depth(EXECUTOR_RING_DEPTH)
-            .spawn(move || shard::run(index, shared, mesh, ready_sender))
+            .spawn(move || boot::run(index, shared, mesh, ready_sender))
             .map_err(|error| {
                 format!("cannot start shard {index} (is io_uring available?): {error}")
             })?;

@@ -23,10 +23,11 @@ use glommio::spawn_local;
 use glommio::{GlommioError, ResourceType};
 
 use herald_engine::shard::close;
-use herald_engine::{ConnId, Lsn};
+use herald_engine::ConnId;
 
 use crate::per_ip::IpSlot;
-use crate::shard::{ConnHandle, Ctx, Outbox, Outgoing, ShardMsg};
+use crate::ctx::{Adopted, Ctx};
+use crate::shard::{Next, Outbox, Outgoing, RingMsg, STORE_FAILED_CLOSE};
 use crate::websocket::{self, Decoder, FrameError, HandshakeError, Incoming};
 
 /// Bytes read per `recv`, into a chunk that exists only while data is ready
@@ -53,12 +54,8 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream, ip_slot: Option<IpSlot>)
     let Some((buffer, extended)) = upgrade(&ctx, &mut stream).await else {
         return;
     };
-    let socket = Socket::register(&ctx, &stream, ip_slot, extended);
-    if extended {
-        ctx.with_engine(|engine, now| engine.on_open_extended(now, socket.conn));
-    } else {
-        ctx.with_engine(|engine, now| engine.on_open(now, socket.conn));
-    }
+    let socket = Socket::register(&ctx, ip_slot, extended);
+    ctx.with_driver(|driver| driver.on_open(socket.conn, extended));
     socket.start(ctx, stream, buffer);
 }
 
@@ -130,26 +127,14 @@ async fn answer_token_request(ctx: &Rc<Ctx>, stream: &mut TcpStream) {
     let _ = stream.write_all(response.as_bytes()).await;
 }
 
-/// What travels with a socket handed over by another shard.
-pub struct Adopted {
-    /// Every byte the other shard read after the hello.
-    pub buffered: Vec<u8>,
-    pub hello: String,
-    pub ip_slot: Option<IpSlot>,
-    /// The socket speaks the extended protocol; `hello` is its registerUA.
-    pub extended: bool,
-}
-
 /// A socket another shard handed over, with the hello it had read: the
 /// engine reads the hello now, then the socket's task takes over.
-pub fn adopt(ctx: &Rc<Ctx>, stream: TcpStream, adopted: Adopted) {
-    let socket = Socket::register(ctx, &stream, adopted.ip_slot, adopted.extended);
-    let hello = &adopted.hello;
-    if adopted.extended {
-        ctx.with_engine(|engine, now| engine.on_adopted_extended(now, socket.conn, hello));
-    } else {
-        ctx.with_engine(|engine, now| engine.on_adopted(now, socket.conn, hello));
-    }
+pub fn adopt(ctx: &Rc<Ctx>, adopted: Adopted) {
+    // SAFETY: the sending shard dup'ed this fd for us and closed its own copies.
+    let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(adopted.fd) };
+    let socket = Socket::register(ctx, adopted.ip_slot, adopted.extended);
+    let (conn, hello) = (socket.conn, &adopted.hello);
+    ctx.with_driver(|driver| driver.on_adopted(conn, hello, adopted.extended));
     socket.start(ctx.clone(), stream, adopted.buffered);
 }
 
@@ -217,6 +202,8 @@ enum Event {
     /// The UA closed its side, or the socket broke.
     Closed,
     Outgoing(Outgoing),
+    /// The front item waits for this LSN to be durable.
+    Gated(herald_engine::Lsn),
     /// The engine forgot the socket and everything it queued is done.
     Drained,
 }
@@ -224,19 +211,8 @@ enum Event {
 impl Socket {
     /// Registers the connection with the shard: from now on the engine can
     /// queue frames for it.
-    fn register(
-        ctx: &Rc<Ctx>,
-        stream: &TcpStream,
-        ip_slot: Option<IpSlot>,
-        extended: bool,
-    ) -> Socket {
-        let conn = ctx.next_id();
-        let outbox = Rc::new(Outbox::default());
-        let handle = ConnHandle {
-            outbox: outbox.clone(),
-            fd: stream.as_raw_fd(),
-        };
-        ctx.conns.borrow_mut().insert(conn, handle);
+    fn register(ctx: &Rc<Ctx>, ip_slot: Option<IpSlot>, extended: bool) -> Socket {
+        let (conn, outbox) = ctx.with_driver(|driver| driver.open_conn());
         OPEN_SOCKETS.with(|count| count.set(count.get() + 1));
         Socket {
             conn,
@@ -285,7 +261,9 @@ impl Socket {
                 }
                 let reading = !forgotten;
                 let event =
-                    future::poll_fn(|cx| self.poll_event(cx, &mut stream, &mut buffer, reading))
+                    future::poll_fn(|cx| {
+                        self.poll_event(cx, &ctx, &mut stream, &mut buffer, reading)
+                    })
                         .await;
                 match event {
                     Event::Readable => readable_now = true,
@@ -294,13 +272,23 @@ impl Socket {
                         return self.finish();
                     }
                     Event::Outgoing(Outgoing::HandOff { shard, hello }) => {
-                        let leaving = self.leaving(buffer, hello);
-                        Box::pin(send_to_owner(&ctx, stream, shard, leaving)).await;
+                        if let Some(adopted) = self.leaving(stream, buffer, hello) {
+                            Box::pin(send_to_owner(&ctx, shard, adopted)).await;
+                        }
                         return self.finish();
                     }
                     Event::Outgoing(item) => {
                         if !Box::pin(write_batch(&ctx, &mut stream, item, &self.outbox)).await {
                             break;
+                        }
+                    }
+                    Event::Gated(lsn) => {
+                        if Box::pin(ctx.journal.wait_durable(lsn)).await.is_err() {
+                            let (code, reason) = STORE_FAILED_CLOSE;
+                            let frame = websocket::close_frame(code, reason);
+                            let _ = stream.write_all(&frame).await;
+                            self.forget(&ctx);
+                            return self.finish();
                         }
                     }
                     Event::Drained => break,
@@ -318,12 +306,18 @@ impl Socket {
     fn poll_event(
         &self,
         cx: &mut Context<'_>,
+        ctx: &Ctx,
         stream: &mut TcpStream,
         buffer: &mut Vec<u8>,
         reading: bool,
     ) -> Poll<Event> {
-        if let Poll::Ready(item) = self.outbox.poll_pop(cx) {
-            return Poll::Ready(Event::Outgoing(item));
+        if self.outbox.abandoned() {
+            return Poll::Ready(Event::Closed);
+        }
+        match self.outbox.poll_next(cx, ctx.journal.durable_lsn()) {
+            Poll::Ready(Next::Item(item)) => return Poll::Ready(Event::Outgoing(item)),
+            Poll::Ready(Next::Gated(lsn)) => return Poll::Ready(Event::Gated(lsn)),
+            Poll::Pending => {}
         }
         if !reading {
             return Poll::Ready(Event::Drained);
@@ -333,9 +327,7 @@ impl Socket {
 
     /// Tells the engine the socket is gone, unless the engine closed it.
     fn forget(&self, ctx: &Rc<Ctx>) {
-        if ctx.conns.borrow_mut().remove(&self.conn).is_some() {
-            ctx.with_engine(|engine, now| engine.on_closed(now, self.conn));
-        }
+        ctx.with_driver(|driver| driver.on_closed(self.conn));
     }
 
     /// Writes what is still queued (the close frame among it), then gives the
@@ -343,7 +335,17 @@ impl Socket {
     async fn close_gracefully(&self, ctx: &Rc<Ctx>, stream: &mut TcpStream) {
         self.forget(ctx);
         // Nothing can be queued any more: the shard no longer has the outbox.
-        while let Some(item) = self.outbox.pop() {
+        loop {
+            let item = match self.outbox.next(ctx.journal.durable_lsn()) {
+                None => break,
+                Some(Next::Item(item)) => item,
+                Some(Next::Gated(lsn)) => {
+                    if ctx.journal.wait_durable(lsn).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
             if !write_batch(ctx, stream, item, &self.outbox).await {
                 break;
             }
@@ -356,14 +358,19 @@ impl Socket {
         .await;
     }
 
-    /// What travels with the socket to the shard that owns its UA.
-    fn leaving(&mut self, buffered: Vec<u8>, hello: String) -> Adopted {
-        Adopted {
+    /// What travels with the socket to the shard that owns its UA (SPEC
+    /// §8): a dup of its fd for the owner, every local handle dropped.
+    fn leaving(&mut self, stream: TcpStream, buffered: Vec<u8>, hello: String) -> Option<Adopted> {
+        // SAFETY: dup of the valid socket fd this task owns.
+        let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+        drop(stream);
+        (fd >= 0).then(|| Adopted {
+            fd,
             buffered,
             hello,
             ip_slot: self.ip_slot.take().map(|slot| *slot),
             extended: self.extended,
-        }
+        })
     }
 
     fn finish(&self) {
@@ -378,19 +385,17 @@ impl Socket {
         let conn = self.conn;
         let message_bytes_max = ctx.shared.config.limits.ws_message_bytes_max;
         loop {
-            if !ctx.conns.borrow().contains_key(&conn) {
+            if !ctx.driver.borrow().has_conn(conn) {
                 return false;
             }
             let error = match decoder.next(buffer, message_bytes_max) {
                 Ok(None) => return true,
                 Ok(Some(Incoming::Text(text))) => {
-                    ctx.with_engine(|engine, now| engine.on_text(now, conn, &text));
+                    ctx.with_driver(|driver| driver.on_text(conn, &text));
                     continue;
                 }
                 Ok(Some(Incoming::Ping(payload))) => {
-                    if let Some(handle) = ctx.conns.borrow().get(&conn) {
-                        let _ = handle.queue(Outgoing::Pong(payload), ctx.outbox_frames_max());
-                    }
+                    ctx.with_driver(|driver| driver.on_ping(conn, payload));
                     continue;
                 }
                 Ok(Some(Incoming::Pong)) => continue,
@@ -398,15 +403,15 @@ impl Socket {
                 Err(FrameError::TooBig) => (close::TOO_BIG, "message too big"),
                 Err(FrameError::Protocol(reason)) => (close::PROTOCOL_ERROR, reason),
             };
-            ctx.with_engine(|engine, _| engine.on_socket_error(conn, error.0, error.1));
+            ctx.with_driver(|driver| driver.on_socket_error(conn, error.0, error.1));
         }
     }
 }
 
 /// Writes `first` and the frames queued behind it with one `write`, so that
 /// a backlog (a reconnect, a burst) costs a few syscalls instead of one per
-/// message. Text frames go out once their records are durable. False when
-/// the socket is done (closed, broken, or the store failed).
+/// message. Only frames whose records are durable are taken (the outbox
+/// keeps the rest). False when the socket is done (closed or broken).
 async fn write_batch(
     ctx: &Rc<Ctx>,
     stream: &mut TcpStream,
@@ -414,31 +419,21 @@ async fn write_batch(
     outbox: &Outbox,
 ) -> bool {
     let mut bytes = Vec::new();
-    let mut durable_after = None;
     let mut next = Some(first);
     let mut more = true;
     while let Some(item) = next.take() {
-        more = encode_item(item, &mut bytes, &mut durable_after);
+        more = encode_item(item, &mut bytes);
         if more && bytes.len() < WRITE_BATCH_BYTES {
-            next = outbox.pop_frame();
-        }
-    }
-    if let Some(lsn) = durable_after {
-        if ctx.journal.wait_durable(lsn).await.is_err() {
-            bytes = websocket::close_frame(close::INTERNAL, "storage unavailable");
-            more = false;
+            next = outbox.next_frame(ctx.journal.durable_lsn());
         }
     }
     stream.write_all(&bytes).await.is_ok() && more
 }
 
 /// Appends one item's frame; false after the last frame a socket gets.
-fn encode_item(item: Outgoing, bytes: &mut Vec<u8>, durable_after: &mut Option<Lsn>) -> bool {
+fn encode_item(item: Outgoing, bytes: &mut Vec<u8>) -> bool {
     let (frame, more) = match item {
-        Outgoing::Text { after, text } => {
-            *durable_after = (*durable_after).max(after);
-            (websocket::text_frame(&text), true)
-        }
+        Outgoing::Text { text, .. } => (websocket::text_frame(&text), true),
         Outgoing::Ping => (websocket::ping_frame(), true),
         Outgoing::Pong(payload) => (websocket::pong_frame(payload), true),
         Outgoing::Close { code, reason } => (websocket::close_frame(code, reason), false),
@@ -450,21 +445,13 @@ fn encode_item(item: Outgoing, bytes: &mut Vec<u8>, durable_after: &mut Option<L
     more
 }
 
-/// Moves the socket to the shard that owns its UAID (SPEC §8): dup the fd for
-/// the owner, then drop every local handle.
-async fn send_to_owner(ctx: &Rc<Ctx>, stream: TcpStream, shard: usize, socket: Adopted) {
-    // SAFETY: dup of the valid socket fd this task owns.
-    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
-    drop(stream);
-    if fd < 0 {
-        return;
-    }
-    let message = ShardMsg::HandOff { fd, socket };
-    if let Err(GlommioError::Closed(ResourceType::Channel(ShardMsg::HandOff { fd, .. })))
-    | Err(GlommioError::WouldBlock(ResourceType::Channel(ShardMsg::HandOff { fd, .. }))) =
-        ctx.senders.send_to(shard, message).await
+/// Sends a socket to the shard that owns its UAID.
+async fn send_to_owner(ctx: &Rc<Ctx>, shard: usize, adopted: Adopted) {
+    if let Err(GlommioError::Closed(ResourceType::Channel(RingMsg::HandOff(adopted))))
+    | Err(GlommioError::WouldBlock(ResourceType::Channel(RingMsg::HandOff(adopted)))) =
+        ctx.senders.send_to(shard, RingMsg::HandOff(adopted)).await
     {
         // SAFETY: the message came back to us; we still own the descriptor.
-        unsafe { libc::close(fd) };
+        unsafe { libc::close(adopted.fd) };
     }
 }

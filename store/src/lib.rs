@@ -59,6 +59,8 @@ pub mod inspect;
 pub mod layout;
 pub mod limits;
 mod log;
+mod mem_log;
+pub mod record_log;
 pub mod recovery;
 pub mod storage;
 
@@ -67,6 +69,8 @@ pub use glommio_storage::GlommioStorage;
 pub use herald_engine::Lsn;
 pub use inspect::{inspect, InspectSummary};
 pub use layout::{check_layout, shard_dir};
+pub use mem_log::MemLog;
+pub use record_log::RecordLog;
 pub use log::{CompactReport, FsyncMode, Log, LogOptions, LogStats, ProgressFn, Recovered};
 pub use recovery::{RecoveryProgress, RecoveryReport};
 pub use storage::{CrashSpec, FaultStorage, MemStorage, Storage};

@@ -19,6 +19,7 @@ use crate::recovery::{
     self, parse_name, segment_name, snapshot_name, snapshot_temp_name, FileName, RecoveryProgress,
     RecoveryReport,
 };
+use crate::record_log::RecordLog;
 use crate::storage::Storage;
 use crate::StoreError;
 
@@ -767,6 +768,45 @@ impl<S: Storage> Log<S> {
             stats.last_sync_latency = latency;
             stats.max_sync_latency = stats.max_sync_latency.max(latency);
         }
+        Ok(())
+    }
+}
+
+impl<S: Storage + 'static> RecordLog for Log<S> {
+    fn append_batch(&self, records: &[Record]) -> Result<Lsn, StoreError> {
+        for record in records {
+            self.append(record)?;
+        }
+        Ok(self.last_lsn())
+    }
+
+    fn last_lsn(&self) -> Lsn {
+        Log::last_lsn(self)
+    }
+
+    fn durable_lsn(&self) -> Lsn {
+        Log::durable_lsn(self)
+    }
+
+    fn failed(&self) -> bool {
+        Log::failed(self)
+    }
+
+    fn bytes_appended(&self) -> u64 {
+        self.inner.stats.borrow().bytes_appended
+    }
+
+    fn wait_durable(&self, lsn: Lsn) -> impl Future<Output = Result<(), StoreError>> + 'static {
+        Log::wait_durable(self, lsn)
+    }
+
+    async fn compact(
+        &self,
+        covers_lsn: Lsn,
+        live: impl IntoIterator<Item = Record>,
+    ) -> Result<(), StoreError> {
+        let report = Log::compact(self, covers_lsn, live).await?;
+        tracing::debug!(?report, "WAL compacted");
         Ok(())
     }
 }

@@ -1,0 +1,307 @@
+//! One shard's life on glommio: open its WAL and replay it into the driver,
+//! join the ring mesh, accept on both listeners, tick the engine's timers
+//! and publish metrics, and drain on shutdown.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use futures_lite::future;
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::TcpListener;
+use glommio::spawn_local;
+use glommio::timer::sleep;
+use rand::SeedableRng;
+
+use herald_engine::identity::Keys;
+use herald_engine::shard::{close, Shard, ShardConfig, Stats};
+use herald_store::LogOptions;
+
+use crate::compaction::{maybe_compact, Compaction};
+use crate::ctx::{Ctx, ShardRing};
+use crate::metrics::ShardSnapshot;
+use crate::process::shared_listener;
+use crate::shard::Driver;
+use crate::shared::Shared;
+use crate::{as_conn, ua_conn, WakeupRoute};
+
+/// How often the engine's timers are checked and metrics published.
+const TICK: Duration = Duration::from_millis(50);
+const PUBLISH_EVERY_TICKS: u32 = 20;
+/// On shutdown: how long in-flight AS requests and close frames may take.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The shard's root task: open the WAL, bind, serve until shutdown.
+pub async fn run(
+    index: usize,
+    shared: Arc<Shared>,
+    mesh: MeshBuilder<ShardRing, Full>,
+    ready: mpsc::Sender<Result<(), String>>,
+) {
+    let (senders, receivers) = match mesh.join().await {
+        Ok(joined) => joined,
+        Err(_) => {
+            let _ = ready.send(Err(format!("shard {index}: could not join the shard mesh")));
+            return;
+        }
+    };
+    let config = &shared.config;
+    let keys = Keys::new(&config.keys);
+    let engine_config = ShardConfig {
+        index,
+        shards: config.shards,
+        endpoint_url: config.endpoint_url.clone(),
+        limits: config.limits.clone(),
+        wakeup_networks: config
+            .wakeup_routes
+            .iter()
+            .filter(|(_, route)| matches!(route, WakeupRoute::Udp | WakeupRoute::Proxy(_)))
+            .map(|(network, _)| network.clone())
+            .collect(),
+    };
+    let engine = Shard::new(
+        engine_config,
+        keys.clone(),
+        rand::rngs::StdRng::from_entropy(),
+    );
+    let options = LogOptions {
+        fsync: config.fsync,
+        ..LogOptions::default()
+    };
+    let (journal, recovered) =
+        match herald_store::open_shard(&config.data_dir, index, options).await {
+            Ok(opened) => opened,
+            Err(error) => {
+                let _ = ready.send(Err(format!(
+                    "shard {index}: cannot open its WAL in {}: {error}",
+                    config.data_dir.display()
+                )));
+                return;
+            }
+        };
+    let senders = Rc::new(senders);
+    let runtime = Ctx::runtime(index, senders.clone(), &shared);
+    let mut driver = Driver::start(
+        engine,
+        &config.limits,
+        journal.clone(),
+        &recovered.records,
+        runtime,
+        index,
+        config.shards,
+    );
+    for (id, version) in crate::broadcasts::load(&config.data_dir) {
+        driver.on_broadcast(&id, &version);
+    }
+    let report = &recovered.report;
+    if report.records > 0 || report.cut.is_some() {
+        tracing::info!(
+            shard = index,
+            records = report.records,
+            segments = report.segments,
+            bytes = report.bytes,
+            cut = ?report.cut,
+            user_agents = driver.engine().user_agents(),
+            pending = driver.engine().pending_messages(),
+            "WAL replayed"
+        );
+    }
+    drop(recovered);
+    let listeners = shared_listener(config.ua_listen)
+        .and_then(|ua| Ok((ua, shared_listener(config.as_listen)?)));
+    let (ua_listener, as_listener) = match listeners {
+        Ok(bound) => bound,
+        Err(error) => {
+            let _ = ready.send(Err(format!(
+                "cannot listen on {} / {}: {error}",
+                config.ua_listen, config.as_listen
+            )));
+            return;
+        }
+    };
+    let ctx = Rc::new(Ctx::new(
+        index,
+        shared.clone(),
+        keys,
+        driver,
+        journal,
+        senders,
+    ));
+    let mut receivers = receivers;
+    for (_, receiver) in receivers.streams() {
+        let ctx = ctx.clone();
+        spawn_local(async move {
+            while let Some(message) = receiver.recv().await {
+                let handed_off = ctx.with_driver(|driver| driver.on_ring(message));
+                if let Some(socket) = handed_off {
+                    ua_conn::adopt(&ctx, socket);
+                }
+            }
+        })
+        .detach();
+    }
+    let committer = ctx.journal.clone();
+    spawn_local(async move {
+        if let Err(error) = committer.run_committer().await {
+            tracing::error!(shard = index, %error, "WAL committer stopped");
+        }
+    })
+    .detach();
+    spawn_local(release_answers(ctx.clone())).detach();
+    let _ = ready.send(Ok(()));
+    // Accept only once every shard has replayed its log: a UA handed to, or an
+    // AS request routed to, a shard still replaying would wait on it.
+    shared.shards_ready.fetch_add(1, Ordering::SeqCst);
+    while shared.shards_ready.load(Ordering::SeqCst) < shared.config.shards {
+        if shared.shutdown.load(Ordering::Relaxed) {
+            return;
+        }
+        sleep(TICK).await;
+    }
+    spawn_local(accept_loop(ctx.clone(), ua_listener, Listener::Ua)).detach();
+    spawn_local(accept_loop(ctx.clone(), as_listener, Listener::As)).detach();
+    tick_until_shutdown(&ctx).await;
+    drain(&ctx).await;
+}
+
+#[derive(Clone, Copy)]
+enum Listener {
+    Ua,
+    As,
+}
+
+async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener, kind: Listener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                if ctx.shared.shutdown.load(Ordering::Relaxed) {
+                    return;
+                }
+                let _ = stream.set_nodelay(true);
+                let max = ctx.shared.config.limits.connections_per_ip_max;
+                let slot = match stream.peer_addr() {
+                    Ok(peer) => ctx.shared.connections_per_ip.acquire(peer.ip(), max),
+                    Err(_) => continue,
+                };
+                let Ok(slot) = slot else {
+                    ctx.shared.metrics.error(ctx.index, "connections_per_ip", 1);
+                    continue; // dropping the stream closes it
+                };
+                let task_ctx = ctx.clone();
+                match kind {
+                    Listener::Ua => spawn_local(ua_conn::serve(task_ctx, stream, slot)),
+                    Listener::As => spawn_local(async move {
+                        as_conn::serve(task_ctx, stream).await;
+                        drop(slot);
+                    }),
+                }
+                .detach();
+            }
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(shard = ctx.index, %error, "accept failed");
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn tick_until_shutdown(ctx: &Rc<Ctx>) {
+    let mut ticks = 0u32;
+    let mut published = publish(ctx, &Stats::default());
+    let mut store_failure_seen = false;
+    let compaction = Rc::new(Compaction::default());
+    while !ctx.shared.shutdown.load(Ordering::Relaxed) {
+        let tick_started = std::time::Instant::now();
+        sleep(TICK).await;
+        if compaction.running.get() {
+            let late = tick_started.elapsed().saturating_sub(TICK);
+            compaction.stall.set(compaction.stall.get().max(late));
+        }
+        if !store_failure_seen && ctx.journal.failed() {
+            store_failure_seen = true;
+            ctx.shared.metrics.error(ctx.index, "store_failed", 1);
+        }
+        ctx.with_driver(|driver| driver.on_tick());
+        ticks += 1;
+        if ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
+            published = publish(ctx, &published);
+            maybe_compact(ctx, &compaction);
+        }
+    }
+}
+
+/// The shard's WAL on disk (segments and snapshots). A few `stat` calls once
+/// a second: cheap enough for the shard thread.
+fn wal_size_bytes(ctx: &Ctx) -> u64 {
+    let dir = herald_store::shard_dir(&ctx.shared.config.data_dir, ctx.index);
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.metadata().ok())
+                .map(|metadata| metadata.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn publish(ctx: &Ctx, previous: &Stats) -> Stats {
+    let driver = ctx.driver.borrow();
+    let engine = driver.engine();
+    let wal = ctx.journal.stats();
+    let snapshot = ShardSnapshot {
+        connections: engine.connections() as i64,
+        user_agents: engine.user_agents() as i64,
+        asleep: engine.asleep() as i64,
+        pending: engine.pending_messages() as i64,
+        notifications_in: engine.stats().notifications_in,
+        notifications_out: engine.stats().notifications_out,
+        wal_bytes: wal_size_bytes(ctx) as i64,
+    };
+    let stats = engine.stats().clone();
+    ctx.shared
+        .metrics
+        .publish_wal(ctx.index, wal.batches_synced, wal.records_synced);
+    ctx.shared.metrics.publish(
+        ctx.index,
+        &snapshot,
+        &stats,
+        previous,
+        driver.remote_in_flight() as i64,
+    );
+    if let Ok(mut slot) = ctx.shared.snapshots[ctx.index].lock() {
+        *slot = snapshot;
+    }
+    stats
+}
+
+/// SIGTERM: stop accepting (the accept loops see the flag), let in-flight AS
+/// requests finish, close UA sockets with 1001, and give the writers a moment.
+async fn drain(ctx: &Rc<Ctx>) {
+    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+    while ctx.driver.borrow().requests_waiting() > 0 && std::time::Instant::now() < deadline {
+        sleep(TICK).await;
+    }
+    ctx.with_driver(|driver| driver.close_all(close::GOING_AWAY, "server shutting down"));
+    while ua_conn::open_sockets() > 0 && std::time::Instant::now() < deadline {
+        sleep(TICK).await;
+    }
+    if let Err(error) = ctx.journal.flush().await {
+        tracing::error!(shard = ctx.index, %error, "final WAL flush failed");
+    }
+    ctx.journal.close();
+}
+
+/// Gives AS answers back once their records are durable: waits for the
+/// lowest LSN an answer is held for, then lets the driver release what the
+/// store made durable (one task for every answer, none per request).
+async fn release_answers(ctx: Rc<Ctx>) {
+    loop {
+        let gate = future::poll_fn(|cx| ctx.driver.borrow_mut().poll_reply_gate(cx)).await;
+        // A failure is the driver's to answer (503s); it reads it from the log.
+        let _ = ctx.journal.wait_durable(gate).await;
+        ctx.with_driver(|driver| driver.on_durable());
+    }
+}

@@ -1,0 +1,516 @@
+//! The shard driver: the one place where the engine's actions become
+//! effects. It appends records to the store in batches, holds AS answers
+//! until their records are durable, queues frames (with the LSN each waits
+//! for) in the sockets' outboxes, routes AS requests to the owning shard and
+//! answers back, and hands sockets and wakeups to the runtime.
+//!
+//! It knows no runtime and no socket: the store is a [`RecordLog`], the
+//! rest of the world a [`Runtime`]. glommio drives it in production
+//! (`net/src/ctx.rs`), the whole-shard simulation with virtual time and an
+//! in-memory log (`net/tests/`).
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use ahash::AHashMap;
+
+use herald_engine::extended::{self, AppNotification};
+use herald_engine::limits::Limits;
+use herald_engine::push::{errno, HttpResponse, PushRequest};
+use herald_engine::record::Record;
+use herald_engine::shard::{close, Action, Shard};
+use herald_engine::{ChannelId, ConnId, Lsn, RequestId};
+use herald_store::RecordLog;
+
+use super::outbox::{Outbox, Outgoing};
+use super::ring::RingMsg;
+use super::seam::Runtime;
+
+/// Who waits for an AS request's answer.
+enum Origin<W> {
+    /// An AS connection of this shard.
+    Local(W),
+    /// Another shard took the request and waits for this answer on its ring.
+    Remote { shard: usize, request: RequestId },
+}
+
+/// An answer and who waits for it.
+type HeldAnswer<W> = (Origin<W>, HttpResponse);
+
+/// Why a request was refused before it reached its owner (answer 503).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The owner's ring is full.
+    RingFull,
+    /// This shard already waits for `as_in_flight_per_shard_max` answers.
+    TooManyInFlight,
+}
+
+pub struct Driver<L: RecordLog, R: Runtime> {
+    index: usize,
+    shards: usize,
+    engine: Shard,
+    log: L,
+    runtime: R,
+    conns: AHashMap<ConnId, Rc<Outbox>>,
+    requests: AHashMap<RequestId, Origin<R::Waiter>>,
+    /// Answers whose records are not durable yet, by (LSN, arrival).
+    held_replies: BTreeMap<(Lsn, u64), HeldAnswer<R::Waiter>>,
+    held_count: u64,
+    /// The runtime's task that waits for durability on the driver's behalf.
+    release_waker: Option<Waker>,
+    /// Requests this shard sent to another shard and still awaits.
+    remote_in_flight: usize,
+    next_id: u64,
+    /// Records of the current engine input, appended as one batch.
+    batch: Vec<Record>,
+    batch_first_lsn: Lsn,
+    store_failure_seen: bool,
+    outbox_frames_max: usize,
+    in_flight_max: usize,
+}
+
+impl<L: RecordLog, R: Runtime> Driver<L, R> {
+    /// A driver for `engine` (fresh from [`Shard::new`]) over `log`, which
+    /// was just opened: `recovered` are the records it replayed, in order.
+    pub fn start(
+        mut engine: Shard,
+        limits: &Limits,
+        log: L,
+        recovered: &[Record],
+        runtime: R,
+        index: usize,
+        shards: usize,
+    ) -> Driver<L, R> {
+        for record in recovered {
+            engine.apply(record);
+        }
+        engine.set_next_lsn(log.last_lsn() + 1);
+        Driver {
+            index,
+            shards,
+            engine,
+            log,
+            runtime,
+            conns: AHashMap::new(),
+            requests: AHashMap::new(),
+            held_replies: BTreeMap::new(),
+            held_count: 0,
+            release_waker: None,
+            remote_in_flight: 0,
+            next_id: 1,
+            batch: Vec::new(),
+            batch_first_lsn: 0,
+            store_failure_seen: false,
+            // A hello may legitimately queue every pending message at once;
+            // only frames beyond that (and the slack) mean the UA is not reading.
+            outbox_frames_max: limits.pending_per_uaid_max + limits.ua_outbox_frames_max.max(1),
+            in_flight_max: limits.as_in_flight_per_shard_max,
+        }
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn engine(&self) -> &Shard {
+        &self.engine
+    }
+
+    pub fn log(&self) -> &L {
+        &self.log
+    }
+
+    pub fn runtime(&self) -> &R {
+        &self.runtime
+    }
+
+    pub fn remote_in_flight(&self) -> usize {
+        self.remote_in_flight
+    }
+
+    /// AS requests this shard took and has not answered yet.
+    pub fn requests_waiting(&self) -> usize {
+        self.requests.len() + self.held_replies.len()
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    // ---- UA sockets -----------------------------------------------------
+
+    /// A new UA socket on this shard: its id and the outbox the engine's
+    /// frames for it will be queued in.
+    pub fn open_conn(&mut self) -> (ConnId, Rc<Outbox>) {
+        let conn = self.next_id();
+        let outbox = Rc::new(Outbox::default());
+        self.conns.insert(conn, outbox.clone());
+        (conn, outbox)
+    }
+
+    /// Whether the engine still reads from `conn` (it has not closed it or
+    /// handed it off).
+    pub fn has_conn(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    pub fn on_open(&mut self, conn: ConnId, extended: bool) {
+        let now = self.runtime.now_ms();
+        if extended {
+            self.engine.on_open_extended(now, conn);
+        } else {
+            self.engine.on_open(now, conn);
+        }
+        self.run_actions();
+    }
+
+    /// A socket another shard handed over, with the message that named it.
+    pub fn on_adopted(&mut self, conn: ConnId, hello: &str, extended: bool) {
+        let now = self.runtime.now_ms();
+        if extended {
+            self.engine.on_adopted_extended(now, conn, hello);
+        } else {
+            self.engine.on_adopted(now, conn, hello);
+        }
+        self.run_actions();
+    }
+
+    pub fn on_text(&mut self, conn: ConnId, text: &str) {
+        let now = self.runtime.now_ms();
+        self.engine.on_text(now, conn, text);
+        self.run_actions();
+    }
+
+    /// The socket is gone. Nothing to do if the engine closed it first.
+    pub fn on_closed(&mut self, conn: ConnId) {
+        if self.conns.remove(&conn).is_some() {
+            let now = self.runtime.now_ms();
+            self.engine.on_closed(now, conn);
+            self.run_actions();
+        }
+    }
+
+    /// The socket broke the WebSocket protocol (or closed cleanly).
+    pub fn on_socket_error(&mut self, conn: ConnId, code: u16, reason: &'static str) {
+        self.engine.on_socket_error(conn, code, reason);
+        self.run_actions();
+    }
+
+    /// Answers a WebSocket ping, behind the frames already queued.
+    pub fn on_ping(&mut self, conn: ConnId, payload: Vec<u8>) {
+        self.queue_for(conn, Outgoing::Pong(payload));
+    }
+
+    /// Asks every socket to close (shutdown).
+    pub fn close_all(&mut self, code: u16, reason: &'static str) {
+        for (_, outbox) in self.conns.drain() {
+            outbox.push(Outgoing::Close { code, reason });
+        }
+    }
+
+    // ---- AS requests ----------------------------------------------------
+
+    /// A decoded push taken by this shard: to the engine if this shard owns
+    /// its UAID, else over the ring to the owner. The answer goes to `waiter`.
+    pub fn submit_push(&mut self, push: PushRequest, waiter: R::Waiter) -> Result<(), Refusal> {
+        let owner = push.uaid().shard(self.shards);
+        let request = self.next_id();
+        if owner == self.index {
+            self.requests.insert(request, Origin::Local(waiter));
+            let now = self.runtime.now_ms();
+            self.engine.on_push(now, request, push);
+            self.run_actions();
+            return Ok(());
+        }
+        if self.remote_in_flight >= self.in_flight_max {
+            return Err(Refusal::TooManyInFlight);
+        }
+        let message = RingMsg::Push {
+            origin: self.index,
+            request,
+            push,
+        };
+        self.send_request(owner, request, message, waiter)
+    }
+
+    /// An extended-protocol notification for `shard`'s UAs of an app.
+    pub fn submit_app_notify(
+        &mut self,
+        shard: usize,
+        channel: ChannelId,
+        notification: AppNotification,
+        waiter: R::Waiter,
+    ) -> Result<(), Refusal> {
+        let request = self.next_id();
+        if shard == self.index {
+            self.requests.insert(request, Origin::Local(waiter));
+            let now = self.runtime.now_ms();
+            self.engine
+                .on_app_notify(now, request, channel, notification);
+            self.run_actions();
+            return Ok(());
+        }
+        let message = RingMsg::AppNotify {
+            origin: self.index,
+            request,
+            channel,
+            notification,
+        };
+        self.send_request(shard, request, message, waiter)
+    }
+
+    fn send_request(
+        &mut self,
+        shard: usize,
+        request: RequestId,
+        message: RingMsg<R::Socket>,
+        waiter: R::Waiter,
+    ) -> Result<(), Refusal> {
+        if self.runtime.try_send(shard, message).is_err() {
+            // A full ring is back-pressure, never a queue without end.
+            return Err(Refusal::RingFull);
+        }
+        self.requests.insert(request, Origin::Local(waiter));
+        self.remote_in_flight += 1;
+        Ok(())
+    }
+
+    /// An operator changed a broadcast (here or on another shard).
+    pub fn on_broadcast(&mut self, id: &str, version: &str) {
+        self.engine.on_broadcast(id, version);
+        self.run_actions();
+    }
+
+    /// A message from another shard's ring. A socket handed over is given
+    /// back: adopting it is the runtime's job.
+    pub fn on_ring(&mut self, message: RingMsg<R::Socket>) -> Option<R::Socket> {
+        match message {
+            RingMsg::HandOff(socket) => return Some(socket),
+            RingMsg::Push {
+                origin,
+                request,
+                push,
+            } => {
+                let local = self.next_id();
+                let from = Origin::Remote {
+                    shard: origin,
+                    request,
+                };
+                self.requests.insert(local, from);
+                let now = self.runtime.now_ms();
+                self.engine.on_push(now, local, push);
+            }
+            RingMsg::AppNotify {
+                origin,
+                request,
+                channel,
+                notification,
+            } => {
+                let local = self.next_id();
+                let from = Origin::Remote {
+                    shard: origin,
+                    request,
+                };
+                self.requests.insert(local, from);
+                let now = self.runtime.now_ms();
+                self.engine
+                    .on_app_notify(now, local, channel, notification);
+            }
+            RingMsg::Broadcast { id, version } => self.engine.on_broadcast(&id, &version),
+            RingMsg::Reply { request, response } => {
+                self.remote_in_flight = self.remote_in_flight.saturating_sub(1);
+                if let Some(Origin::Local(waiter)) = self.requests.remove(&request) {
+                    self.runtime.answer(waiter, response);
+                }
+            }
+        }
+        self.run_actions();
+        None
+    }
+
+    // ---- time and durability ----------------------------------------------
+
+    /// The engine's timers; also notices a store that failed since.
+    pub fn on_tick(&mut self) {
+        if !self.store_failure_seen && self.log.failed() {
+            self.store_failure_seen = true;
+            tracing::error!(shard = self.index, "store failed: refusing writes");
+            self.engine.on_store_failed();
+        }
+        let now = self.runtime.now_ms();
+        self.engine.on_tick(now);
+        self.run_actions();
+    }
+
+    /// The lowest LSN an answer waits for, or `Pending` until one does (the
+    /// waker is woken when an answer is held).
+    pub fn poll_reply_gate(&mut self, cx: &Context<'_>) -> Poll<Lsn> {
+        match self.held_replies.keys().next() {
+            Some((lsn, _)) => Poll::Ready(*lsn),
+            None => {
+                self.release_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The store made progress (or failed): answers whose records are now
+    /// durable leave; after a failure every held answer is a 503.
+    pub fn on_durable(&mut self) {
+        let durable = self.log.durable_lsn();
+        let failed = self.log.failed();
+        while let Some(entry) = self.held_replies.first_entry() {
+            let (lsn, _) = *entry.key();
+            if lsn > durable && !failed {
+                break;
+            }
+            let (origin, response) = entry.remove();
+            let response = if lsn <= durable {
+                response
+            } else {
+                HttpResponse::error(503, errno::STORAGE_FAILED, "storage unavailable")
+            };
+            self.deliver(origin, response);
+        }
+    }
+
+    // ---- actions ----------------------------------------------------------
+
+    fn run_actions(&mut self) {
+        while let Some(action) = self.engine.poll_action() {
+            let action = match action {
+                Action::Append { lsn, record } => {
+                    if self.batch.is_empty() {
+                        self.batch_first_lsn = lsn;
+                    }
+                    self.batch.push(record);
+                    continue;
+                }
+                other => other,
+            };
+            // Every effect comes after the records the engine appended
+            // before asking for it.
+            self.append_batch();
+            match action {
+                Action::Append { .. } => unreachable!("batched above"),
+                Action::Send { conn, after, text } => {
+                    self.queue_for(conn, Outgoing::Text { after, text })
+                }
+                Action::WsPing { conn } => self.queue_for(conn, Outgoing::Ping),
+                Action::Close { conn, code, reason } => {
+                    if let Some(outbox) = self.conns.remove(&conn) {
+                        // The last frame: queued even past the bound.
+                        outbox.push(Outgoing::Close { code, reason });
+                    }
+                }
+                Action::HandOff { conn, shard, hello } => {
+                    if let Some(outbox) = self.conns.remove(&conn) {
+                        // The socket's task carries it out after the frames before it.
+                        outbox.push(Outgoing::HandOff { shard, hello });
+                    }
+                }
+                Action::Reply {
+                    request,
+                    after,
+                    response,
+                } => self.reply(request, after, response),
+                Action::Wakeup {
+                    uaid,
+                    target,
+                    urgency,
+                } => self.runtime.wakeup(uaid, target, urgency),
+                Action::Awake { uaid } => self.runtime.awake(uaid),
+            }
+        }
+        self.append_batch();
+    }
+
+    fn append_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let expected_first = self.log.last_lsn() + 1;
+        match self.log.append_batch(&self.batch) {
+            Ok(last) => {
+                // The engine names LSNs in its actions; they must be the store's.
+                assert_eq!(
+                    (self.batch_first_lsn, self.batch_first_lsn + self.batch.len() as Lsn - 1),
+                    (expected_first, last),
+                    "shard {}: engine and store disagree on LSNs",
+                    self.index
+                );
+            }
+            Err(error) => {
+                tracing::error!(shard = self.index, %error, "store append failed; refusing writes");
+                self.store_failure_seen = true;
+                self.engine.on_store_failed();
+            }
+        }
+        self.batch.clear();
+    }
+
+    /// Queues an item for a socket. A UA that does not read its frames fills
+    /// its bounded outbox and is disconnected rather than buffered without end.
+    fn queue_for(&mut self, conn: ConnId, item: Outgoing) {
+        let Some(outbox) = self.conns.get(&conn) else {
+            return;
+        };
+        if outbox.len() < self.outbox_frames_max {
+            outbox.push(item);
+            return;
+        }
+        tracing::warn!(shard = self.index, conn, "UA outbox full; disconnecting");
+        outbox.abandon();
+        self.conns.remove(&conn);
+        let now = self.runtime.now_ms();
+        self.engine.on_closed(now, conn);
+    }
+
+    fn reply(&mut self, request: RequestId, after: Option<Lsn>, response: HttpResponse) {
+        let Some(origin) = self.requests.remove(&request) else {
+            return;
+        };
+        match after.filter(|lsn| *lsn > self.log.durable_lsn()) {
+            None => self.deliver(origin, response),
+            Some(lsn) => {
+                self.held_count += 1;
+                self.held_replies
+                    .insert((lsn, self.held_count), (origin, response));
+                if let Some(waker) = self.release_waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, origin: Origin<R::Waiter>, response: HttpResponse) {
+        match origin {
+            // The waiter may have gone (client hung up); nothing to do then.
+            Origin::Local(waiter) => self.runtime.answer(waiter, response),
+            Origin::Remote { shard, request } => self
+                .runtime
+                .send(shard, RingMsg::Reply { request, response }),
+        }
+    }
+}
+
+/// The answer an AS gets when its request was refused before reaching the
+/// owning shard.
+pub fn refusal_response(refusal: Refusal, extended_protocol: bool) -> HttpResponse {
+    if extended_protocol {
+        return extended::as_error(503, "Try again later");
+    }
+    match refusal {
+        Refusal::RingFull => HttpResponse::overloaded("shard ring full; retry shortly"),
+        Refusal::TooManyInFlight => {
+            HttpResponse::overloaded("too many requests in flight; retry shortly")
+        }
+    }
+}
+
+/// The close code for a socket whose frames can never be made durable.
+pub const STORE_FAILED_CLOSE: (u16, &str) = (close::INTERNAL, "storage unavailable");

@@ -1,0 +1,33 @@
+//! What crosses the rings between shards.
+
+use herald_engine::extended::AppNotification;
+use herald_engine::push::{HttpResponse, PushRequest};
+use herald_engine::{ChannelId, RequestId};
+
+/// A message from one shard to another. `S` is a UA socket in transit, as
+/// the runtime represents it (a descriptor and what was read from it).
+pub enum RingMsg<S> {
+    /// A UA socket whose hello named a UAID of the receiving shard.
+    HandOff(S),
+    /// An AS request for a UAID the receiver owns.
+    Push {
+        origin: usize,
+        request: RequestId,
+        push: PushRequest,
+    },
+    /// An AS posted to an extended-protocol app url (SPEC §3.6): every shard
+    /// stores it for its own UAs of that app.
+    AppNotify {
+        origin: usize,
+        request: RequestId,
+        channel: ChannelId,
+        notification: AppNotification,
+    },
+    /// An operator changed a broadcast on another shard.
+    Broadcast { id: String, version: String },
+    /// The owner's answer, already durable.
+    Reply {
+        request: RequestId,
+        response: HttpResponse,
+    },
+}

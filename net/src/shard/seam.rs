@@ -1,0 +1,45 @@
+//! The runtime, as the shard driver sees it: a clock, the rings to other
+//! shards, local AS requests waiting for answers, and the wakeup core.
+//! glommio implements it in `net/src/ctx.rs`; the whole-shard simulation
+//! implements it with virtual time and in-memory rings.
+
+use herald_engine::message::{Urgency, WakeupInfo};
+use herald_engine::push::HttpResponse;
+use herald_engine::{Millis, Uaid};
+
+use super::ring::RingMsg;
+
+pub trait Runtime {
+    /// A UA socket on its way to another shard.
+    type Socket;
+    /// Where a local AS request waits for its answer.
+    type Waiter;
+
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> Millis;
+
+    /// Puts `message` on the ring to `shard`, or gives it back when the ring
+    /// is full (back-pressure: the caller refuses the request).
+    #[allow(
+        clippy::result_large_err,
+        reason = "a refused message comes back whole, as glommio's channels hand it back"
+    )]
+    fn try_send(
+        &self,
+        shard: usize,
+        message: RingMsg<Self::Socket>,
+    ) -> Result<(), RingMsg<Self::Socket>>;
+
+    /// Sends `message` to `shard` even if its ring is full now (the runtime
+    /// waits for room): answers must not be dropped.
+    fn send(&self, shard: usize, message: RingMsg<Self::Socket>);
+
+    /// Gives a local AS request its answer.
+    fn answer(&self, waiter: Self::Waiter, response: HttpResponse);
+
+    /// A message waits for a sleeping UA: have the wakeup core wake it.
+    fn wakeup(&self, uaid: Uaid, target: WakeupInfo, urgency: Urgency);
+
+    /// The UA reconnected: stop any wakeup in flight for it.
+    fn awake(&self, uaid: Uaid);
+}

@@ -1,0 +1,24 @@
+//! What every executor of the process shares: configuration, metrics, the
+//! shutdown flag, the wakeup core's client.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::metrics::{Metrics, ShardSnapshot};
+use crate::ServerConfig;
+
+/// What every shard can read: configuration, metrics, the shutdown flag.
+pub struct Shared {
+    pub config: ServerConfig,
+    pub metrics: Metrics,
+    pub snapshots: Vec<Mutex<ShardSnapshot>>,
+    pub shutdown: AtomicBool,
+    pub started: Instant,
+    /// Every shard's handle on the wakeup core (SPEC §5).
+    pub wakeups: crate::wakeup_client::WakeupClient,
+    pub connections_per_ip: Arc<crate::per_ip::PerIpCounter>,
+    /// Shards that finished replaying their logs (they accept once all have).
+    pub shards_ready: AtomicUsize,
+}
+
