@@ -158,6 +158,13 @@ impl MemLog {
             .collect()
     }
 
+    /// The records appended after `lsn` that are not folded into a snapshot.
+    pub fn records_after(&self, lsn: Lsn) -> Vec<Record> {
+        let state = self.state.borrow();
+        let skip = lsn.saturating_sub(state.snapshot_lsn) as usize;
+        state.records.iter().skip(skip).cloned().collect()
+    }
+
     pub fn snapshot_lsn(&self) -> Lsn {
         self.state.borrow().snapshot_lsn
     }

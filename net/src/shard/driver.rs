@@ -67,6 +67,9 @@ pub struct Driver<L: RecordLog, R: Runtime> {
     batch: Vec<Record>,
     batch_first_lsn: Lsn,
     store_failure_seen: bool,
+    /// Frames the engine addressed to a socket it had closed, handed off or
+    /// been told is gone: an engine bug, counted for the tests to check.
+    frames_for_closed_sockets: u64,
     outbox_frames_max: usize,
     in_flight_max: usize,
 }
@@ -103,6 +106,7 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
             batch: Vec::new(),
             batch_first_lsn: 0,
             store_failure_seen: false,
+            frames_for_closed_sockets: 0,
             // A hello may legitimately queue every pending message at once;
             // only frames beyond that (and the slack) mean the UA is not reading.
             outbox_frames_max: limits.pending_per_uaid_max + limits.ua_outbox_frames_max.max(1),
@@ -133,6 +137,11 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
     /// AS requests this shard took and has not answered yet.
     pub fn requests_waiting(&self) -> usize {
         self.requests.len() + self.held_replies.len()
+    }
+
+    /// See the field; must stay 0.
+    pub fn frames_for_closed_sockets(&self) -> u64 {
+        self.frames_for_closed_sockets
     }
 
     fn next_id(&mut self) -> u64 {
@@ -398,9 +407,9 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
             match action {
                 Action::Append { .. } => unreachable!("batched above"),
                 Action::Send { conn, after, text } => {
-                    self.queue_for(conn, Outgoing::Text { after, text })
+                    self.engine_frame(conn, Outgoing::Text { after, text })
                 }
-                Action::WsPing { conn } => self.queue_for(conn, Outgoing::Ping),
+                Action::WsPing { conn } => self.engine_frame(conn, Outgoing::Ping),
                 Action::Close { conn, code, reason } => {
                     if let Some(outbox) = self.conns.remove(&conn) {
                         // The last frame: queued even past the bound.
@@ -451,6 +460,14 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
             }
         }
         self.batch.clear();
+    }
+
+    fn engine_frame(&mut self, conn: ConnId, item: Outgoing) {
+        if !self.conns.contains_key(&conn) {
+            self.frames_for_closed_sockets += 1;
+            return;
+        }
+        self.queue_for(conn, item);
     }
 
     /// Queues an item for a socket. A UA that does not read its frames fills

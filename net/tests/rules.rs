@@ -60,7 +60,7 @@ fn hello_without_uaid_gets_a_fresh_one() {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         assert!(h.keys.check_uaid(uaid).is_some(), "minted UAIDs verify");
     }
-    assert_eq!(h.shards[0].user_agents(), 3, "three distinct UAIDs");
+    assert_eq!(h.engine(0).user_agents(), 3, "three distinct UAIDs");
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn hello_with_known_uaid_keeps_it_and_its_channels() {
         json!({"uaid": uaid.to_uppercase(), "use_webpush": true}),
     );
     assert_eq!(reply["uaid"], uaid);
-    assert_eq!(h.shards[0].user_agents(), 1);
+    assert_eq!(h.engine(0).user_agents(), 1);
     assert_eq!(h.post(&endpoint, 60).status, 201);
     let got = h.take_notifications(conn);
     assert_eq!(got.len(), 1);
@@ -215,7 +215,7 @@ fn newer_socket_wins_and_the_older_is_closed_1000() {
     assert_eq!(h.post(&endpoint, 60).status, 201);
     assert_eq!(h.take_notifications(new).len(), 1);
     assert!(h.take(old).is_empty());
-    assert_eq!(h.socks[&old].sent_after_close, 0);
+    assert_eq!(h.sent_after_close(), 0);
     // The old socket's late close report does not detach the new one.
     h.disconnect(old);
     assert_eq!(h.post(&endpoint, 60).status, 201);
@@ -247,7 +247,7 @@ fn any_message_before_hello_closes_1002() {
         let conn = h.open();
         h.send_json(conn, message.clone());
         assert_eq!(h.closed(conn), Some(close::PROTOCOL_ERROR), "{message}");
-        assert_eq!(h.shards[0].user_agents(), 0);
+        assert_eq!(h.engine(0).user_agents(), 0);
     }
     for text in ["not json", "PING"] {
         let conn = h.open();
@@ -275,7 +275,7 @@ fn unknown_fields_are_ignored_and_bad_messages_close_1002() {
         json!({"messageType": "nack", "version": "x", "code": 301}),
     );
     assert_eq!(h.closed(conn), None);
-    assert_eq!(h.shards[0].stats().nacks, 1);
+    assert_eq!(h.engine(0).stats().nacks, 1);
     let endpoint = h.register_reply(
         conn,
         json!({"channelID": chan(1), "extra": true, "key": null}),
@@ -300,10 +300,10 @@ fn register_is_idempotent_and_stores_lower_case() {
         endpoint.starts_with(&format!("{ORIGIN}/wpush/v1/")),
         "{endpoint}"
     );
-    let records = h.log[0].len();
+    let records = h.log(0).len();
     assert_eq!(h.register(conn, &chan(0xabcdef)), endpoint);
     assert_eq!(h.register(conn, &upper), endpoint);
-    assert_eq!(h.log[0].len(), records, "re-registering writes nothing");
+    assert_eq!(h.log(0).len(), records, "re-registering writes nothing");
     // Another channel gets another endpoint.
     assert_ne!(h.register(conn, &chan(2)), endpoint);
 }
@@ -767,8 +767,8 @@ fn webpush_ttl_zero_is_delivered_now_or_never() {
     let response = h.post(&endpoint, 0);
     assert_eq!(response.status, 201);
     let id = location_id(&response);
-    assert_eq!(h.shards[0].pending_messages(), 0);
-    assert!(!h.log[0]
+    assert_eq!(h.engine(0).pending_messages(), 0);
+    assert!(!h.log(0)
         .iter()
         .any(|r| matches!(r, Record::MessageStored(_))));
     let conn = h.reconnect(&uaid, true);
@@ -862,8 +862,8 @@ fn pending_limit_drops_the_oldest_of_the_lowest_urgency() {
     let high = post(&mut h, "high");
     let normal_new = post(&mut h, "normal");
     let newest = post(&mut h, "high");
-    assert_eq!(h.shards[0].pending_messages(), 3);
-    assert_eq!(h.shards[0].stats().pending_dropped, 1);
+    assert_eq!(h.engine(0).pending_messages(), 3);
+    assert_eq!(h.engine(0).stats().pending_dropped, 1);
     let state = h.request("GET", &format!("/m/{normal_old}"), &[], b"");
     assert_ne!(body_json(&state)["state"], "stored");
     let very_low = post(&mut h, "very-low");
@@ -949,14 +949,14 @@ fn webpush_message_to_a_simplepush_socket_becomes_an_update() {
         ]
     );
     assert_eq!(
-        h.shards[0].stats().cross_mode_dropped,
+        h.engine(0).stats().cross_mode_dropped,
         1,
         "the data was dropped and counted"
     );
     // Its numeric form acks it.
     let now = h.now;
     h.ack(conn, &chan(1), json!(now));
-    assert_eq!(h.shards[0].pending_messages(), 0);
+    assert_eq!(h.engine(0).pending_messages(), 0);
 }
 
 #[test]
@@ -972,7 +972,7 @@ fn simplepush_version_and_desktop_to_a_webpush_socket() {
     );
     // Acked by its number as a string.
     h.ack(conn, &chan(1), json!("42"));
-    assert_eq!(h.shards[0].pending_messages(), 0);
+    assert_eq!(h.engine(0).pending_messages(), 0);
     h.disconnect(conn);
     assert_eq!(
         h.request("PUT", &endpoint, &[], b"body=hi&ttl=60").status,
@@ -987,7 +987,7 @@ fn simplepush_version_and_desktop_to_a_webpush_socket() {
             json!({"messageType": "notification", "channelID": chan(1), "version": arrived.to_string()})
         ]
     );
-    assert_eq!(h.shards[0].stats().cross_mode_dropped, 1);
+    assert_eq!(h.engine(0).stats().cross_mode_dropped, 1);
 }
 
 // ---- §3.4 ack, retry, ping ---------------------------------------------
@@ -1001,7 +1001,7 @@ fn ack_frees_a_message_and_unacked_ones_come_back() {
     let unacked = location_id(&h.post(&endpoint, 600));
     assert_eq!(h.take_notifications(conn).len(), 2);
     h.ack(conn, &chan(1), json!(acked));
-    assert_eq!(h.shards[0].stats().acks, 1);
+    assert_eq!(h.engine(0).stats().acks, 1);
     // An ack naming the wrong channel, or junk, frees nothing.
     h.ack(conn, &chan(2), json!(unacked));
     h.ack(conn, &chan(1), json!("junk"));
@@ -1127,7 +1127,7 @@ fn ping_forms_and_rate_limit() {
         "the 4th ping in a minute"
     );
     assert!(h.take(conn).is_empty());
-    assert_eq!(h.shards[0].stats().ping_rate_closes, 1);
+    assert_eq!(h.engine(0).stats().ping_rate_closes, 1);
 
     // The window is a minute: three a minute forever is fine.
     let (conn, _) = h.connect_new(true);
@@ -1263,7 +1263,7 @@ fn wakeup_registration_sleep_and_wakeup() {
     h.advance(1);
     assert_eq!(h.closed(conn), Some(close::SLEEP), "idle: closed with 4774");
     assert!(h.now - registered_at >= 10_000);
-    assert_eq!(h.shards[0].asleep(), 1);
+    assert_eq!(h.engine(0).asleep(), 1);
 
     let response = h.request(
         "POST",
@@ -1291,7 +1291,7 @@ fn wakeup_registration_sleep_and_wakeup() {
     assert_eq!(reply["status"], 201);
     assert_eq!(h.awake.len(), 2);
     assert_eq!(versions(&h.take_notifications(conn)), vec![json!(id)]);
-    assert_eq!(h.shards[0].asleep(), 0);
+    assert_eq!(h.engine(0).asleep(), 0);
     // An unacked message keeps it awake; once acked it sleeps again.
     h.advance(15_000);
     assert_eq!(h.closed(conn), None, "unacked message in flight");
@@ -1370,7 +1370,7 @@ fn hello_broadcasts_answer_changed_versions_and_later_changes_arrive() {
     // A closed socket is no longer a subscriber.
     h.disconnect(subscriber);
     h.broadcast(MONITOR, "\"102\"");
-    assert_eq!(h.socks[&subscriber].sent_after_close, 0);
+    assert_eq!(h.sent_after_close(), 0);
     assert_eq!(h.take(up_to_date).len(), 1);
 }
 
@@ -1439,7 +1439,7 @@ fn a_hello_for_another_shards_uaid_is_handed_off() {
     }
     assert_eq!(h.hand_offs, 3);
     assert_eq!(
-        h.shards.iter().map(Shard::user_agents).collect::<Vec<_>>(),
+        h.shards.iter().map(|driver| driver.engine().user_agents()).collect::<Vec<_>>(),
         vec![1, 1, 1]
     );
 }
@@ -1452,7 +1452,7 @@ fn replayed(h: &Harness, records: &[Record]) -> Shard {
     for record in records {
         shard.apply(record);
     }
-    shard.set_next_lsn(h.log[0].len() as u64 + 1);
+    shard.set_next_lsn(h.log(0).len() as u64 + 1);
     shard
 }
 
@@ -1485,13 +1485,13 @@ fn replaying_the_log_rebuilds_the_acknowledged_state() {
     h.put_version(&c, 8);
     let _ = replaced;
 
-    let live = &h.shards[0];
-    let rebuilt = replayed(&h, &h.log[0]);
+    let live = h.engine(0);
+    let rebuilt = replayed(&h, &h.log(0));
     assert_eq!(rebuilt.user_agents(), live.user_agents());
     assert_eq!(rebuilt.pending_messages(), live.pending_messages());
     assert_eq!(rebuilt.pending_messages(), 3);
 
-    let records = h.log[0].len();
+    let records = h.log(0).len();
     h.restart();
     let web = h.reconnect(&web_uaid, true);
     let got = h.take_notifications(web);
@@ -1506,7 +1506,7 @@ fn replaying_the_log_rebuilds_the_acknowledged_state() {
         json!([{"channelID": chan(3), "version": 8}])
     );
     assert_eq!(h.register(simple, &chan(3)), c);
-    assert_eq!(h.log[0].len(), records, "nothing had to be re-created");
+    assert_eq!(h.log(0).len(), records, "nothing had to be re-created");
     assert_eq!(
         h.post(&gone, 60).status,
         410,
@@ -1526,9 +1526,9 @@ fn replaying_a_snapshot_keeps_registrations_and_pending() {
     let id = location_id(&h.post(&endpoints[0], 600));
     let expiring = location_id(&h.post(&endpoints[1], 5));
     h.advance(6_000);
-    let snapshot = h.shards[0].snapshot(h.now);
+    let snapshot = h.engine(0).snapshot(h.now);
     assert!(!snapshot.iter().any(|r| matches!(r, Record::MessageStored(m) if h.keys.message_id(&m.uaid, &m.channel, m.seq) == expiring)));
-    h.log[0] = snapshot;
+    h.compact(0);
     h.restart();
     let conn = h.reconnect(&uaid, true);
     assert_eq!(versions(&h.take_notifications(conn)), vec![json!(id)]);
@@ -1543,7 +1543,7 @@ fn replaying_a_snapshot_keeps_simplepush_versions() {
     h.put_version(&endpoint, 5);
     h.take(conn);
     h.ack(conn, &chan(1), json!(5));
-    h.log[0] = h.shards[0].snapshot(h.now);
+    h.compact(0);
     h.restart();
     let conn = h.reconnect(&uaid, false);
     assert_eq!(h.put_version(&endpoint, 3).status, 200);
@@ -1558,9 +1558,9 @@ fn record_uaids_and_wakeup_survive_replay() {
     let mut h = Harness::with_wakeup();
     let (conn, uaid, endpoint) = wakeup_ua(&mut h);
     h.disconnect(conn);
-    assert!(h.log[0].iter().all(|r| r.uaid() == uaid_of(&uaid)));
+    assert!(h.log(0).iter().all(|r| r.uaid() == uaid_of(&uaid)));
     h.restart();
-    assert_eq!(h.shards[0].asleep(), 1);
+    assert_eq!(h.engine(0).asleep(), 1);
     assert_eq!(h.post(&endpoint, 60).status, 201);
     assert_eq!(
         h.wakeups.len(),
@@ -1607,10 +1607,10 @@ fn a_snapshot_taken_across_turns_replays_exactly() {
         }
         uas.push((uaid, channels, endpoints));
     }
-    let covered = h.log[0].len();
+    let covered = h.log(0).len();
     let mut snapshot = Vec::new();
-    for (turn, uaid) in h.shards[0].uaids().into_iter().enumerate() {
-        h.shards[0].snapshot_user_agent(h.now, uaid, &mut snapshot);
+    for (turn, uaid) in h.engine(0).uaids().into_iter().enumerate() {
+        h.engine(0).snapshot_user_agent(h.now, uaid, &mut snapshot);
         // Between two UAs of the snapshot, the shard serves: every UA changes.
         let (uaid, channels, endpoints) = uas[turn].clone();
         let web_push = turn % 2 == 0;
@@ -1636,8 +1636,8 @@ fn a_snapshot_taken_across_turns_replays_exactly() {
         h.disconnect(conn);
     }
     let mut fuzzy = snapshot;
-    fuzzy.extend_from_slice(&h.log[0][covered..]);
-    assert_eq!(state_after(&h, &fuzzy), state_after(&h, &h.log[0]));
+    fuzzy.extend_from_slice(&h.log(0)[covered..]);
+    assert_eq!(state_after(&h, &fuzzy), state_after(&h, &h.log(0)));
 }
 
 /// A crash may cut the log anywhere. Replacing a SimplePush version writes
@@ -1650,7 +1650,7 @@ fn every_log_prefix_keeps_the_newest_acknowledged_version() {
     for version in [5, 6, 7] {
         assert_eq!(h.put_version(&endpoints[0], version).status, 200);
     }
-    let log = h.log[0].clone();
+    let log = h.log(0);
     for cut in 0..=log.len() {
         let prefix = &log[..cut];
         let newest_logged = prefix
@@ -1686,8 +1686,9 @@ fn a_failed_store_refuses_every_write() {
     let endpoint = h.register(conn, &chan(1));
     assert_eq!(h.post(&endpoint, 60).status, 201);
     let frames = h.take_notifications(conn);
-    let logged = h.log[0].len();
-    h.shards[0].on_store_failed();
+    let logged = h.log(0).len();
+    h.logs[0].fail("injected write error");
+    h.tick();
 
     let refused = h.post(&endpoint, 60);
     assert_eq!(refused.status, 503, "AS push after a store failure");
@@ -1702,7 +1703,7 @@ fn a_failed_store_refuses_every_write() {
     assert_eq!(h.take_reply(conn, "unregister")["status"], 500);
     h.ack(conn, &chan(1), frames[0]["version"].clone());
     assert_eq!(
-        h.log[0].len(),
+        h.log(0).len(),
         logged,
         "nothing was appended after the failure"
     );
@@ -1800,7 +1801,7 @@ fn a_numeric_ack_on_a_webpush_socket_frees_only_numeric_messages() {
         .clone();
     h.ack(conn, &chan(1), numeric);
     assert_eq!(
-        h.shards[0].pending_messages(),
+        h.engine(0).pending_messages(),
         1,
         "the Web Push message is still unacked"
     );

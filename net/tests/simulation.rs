@@ -53,6 +53,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
+use herald_store::RecordLog;
 use herald_engine::limits::Limits;
 use herald_engine::message::{Removal, StoredMessage, Urgency};
 use herald_engine::record::Record;
@@ -256,7 +257,8 @@ struct Sim {
     /// TTL=0 (delivered-now-or-never) messages of this step: (UA, channel, token).
     transient: Vec<(usize, String, Tok, bool)>,
     view: LogView,
-    log_cursor: Vec<usize>,
+    /// Per shard, the LSN up to which the log view has seen records.
+    log_cursor: Vec<u64>,
     wakeup_cursor: usize,
     step: usize,
     trace: VecDeque<String>,
@@ -1293,15 +1295,14 @@ impl Sim {
     /// WAL compaction: each shard's log becomes its `snapshot` (the restart
     /// that follows replays only that).
     fn compact(&mut self) {
-        let now = self.h.now;
         self.note("compaction: logs replaced by snapshots".into());
         self.view = LogView::default();
         for shard in 0..self.h.shards.len() {
-            self.h.log[shard] = self.h.shards[shard].snapshot(now);
-            for record in &self.h.log[shard] {
+            self.h.compact(shard);
+            for record in &self.h.log(shard) {
                 self.view.apply(record);
             }
-            self.log_cursor[shard] = self.h.log[shard].len();
+            self.log_cursor[shard] = self.h.logs[shard].last_lsn();
         }
         for ua in &mut self.uas {
             let acked = std::mem::take(&mut ua.acked_ids);
@@ -1333,8 +1334,8 @@ impl Sim {
         let uaid = self.uas[ua].uaid_bytes;
         let mut seqs = Vec::new();
         self.step_removals.clear();
-        for shard in 0..self.h.log.len() {
-            for record in &self.h.log[shard][self.log_cursor[shard]..] {
+        for shard in 0..self.h.shards.len() {
+            for record in &self.h.logs[shard].records_after(self.log_cursor[shard]) {
                 match record {
                     Record::MessageStored(message) => seqs.push((message.uaid, message.seq)),
                     Record::MessageRemoved {
@@ -1347,7 +1348,7 @@ impl Sim {
                 }
                 self.view.apply(record);
             }
-            self.log_cursor[shard] = self.h.log[shard].len();
+            self.log_cursor[shard] = self.h.logs[shard].last_lsn();
         }
         ensure!(
             self,
@@ -1370,8 +1371,8 @@ impl Sim {
             return Vec::new();
         };
         let mut found = Vec::new();
-        for (shard, log) in self.h.log.iter().enumerate() {
-            for (at, record) in log.iter().enumerate() {
+        for shard in 0..self.h.shards.len() {
+            for (at, record) in self.h.log(shard).iter().enumerate() {
                 let about = match record {
                     Record::MessageStored(m) => m.uaid == claims.uaid && m.seq == claims.seq,
                     Record::MessageRemoved { uaid, seq, .. } => {
@@ -1394,11 +1395,11 @@ impl Sim {
     }
 
     fn sync_log(&mut self) {
-        for shard in 0..self.h.log.len() {
-            for record in &self.h.log[shard][self.log_cursor[shard]..] {
+        for shard in 0..self.h.shards.len() {
+            for record in &self.h.logs[shard].records_after(self.log_cursor[shard]) {
                 self.view.apply(record);
             }
-            self.log_cursor[shard] = self.h.log[shard].len();
+            self.log_cursor[shard] = self.h.logs[shard].last_lsn();
         }
     }
 
@@ -1589,13 +1590,13 @@ impl Sim {
         self.transient.clear();
 
         // Invariant 6: closes.
+        ensure!(
+            self,
+            self.h.sent_after_close() == 0,
+            "the engine addressed frames to a socket after its close"
+        );
         let mut closed_now = Vec::new();
         for (&conn, sock) in &self.h.socks {
-            ensure!(
-                self,
-                sock.sent_after_close == 0,
-                "conn{conn} got frames after its close"
-            );
             if let Some(code) = sock.closed {
                 closed_now.push((conn, code));
             }

@@ -1,11 +1,15 @@
-//! A small driver for the sans-IO shard: fixed test keys, a fake clock, one
-//! or more `Shard`s wired together the way `net/` wires them (hand-offs and AS
-//! requests routed by `uaid.shard(n)`), and per-connection outboxes of parsed
-//! frames. Every `Action::Append` is treated as durable at once and kept in a
-//! per-shard log so tests can replay it into a fresh shard.
+//! The shard as it runs, without sockets: the real [`Driver`] over an
+//! in-memory log ([`MemLog`]) for every shard, a [`Runtime`] with a fake
+//! clock and in-memory rings, and per-socket frame lists read from the
+//! driver's outboxes (a frame leaves only once its record is durable, by
+//! the outbox's own rule). By default every append is committed at once;
+//! `auto_commit = false` leaves commits (and crashes between an append and
+//! its commit) to the test.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -14,8 +18,10 @@ use herald_engine::limits::Limits;
 use herald_engine::message::{Urgency, WakeupInfo};
 use herald_engine::push::{self, DecodeContext, HttpRequest, HttpResponse, PushRequest};
 use herald_engine::record::Record;
-use herald_engine::shard::{Action, Shard, ShardConfig};
+use herald_engine::shard::{Shard, ShardConfig};
 use herald_engine::{ConnId, Millis, RequestId, Uaid};
+use herald_net::shard::{refusal_response, Driver, Next, Outbox, Outgoing, RingMsg, Runtime};
+use herald_store::{MemLog, RecordLog};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::{json, Value};
@@ -80,10 +86,13 @@ impl Frame {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Sock {
     /// The shard that holds the socket now (it moves on hand-off).
     pub shard: usize,
+    /// The socket's id on that shard's driver, and its outbox there.
+    pub conn: ConnId,
+    outbox: Option<Rc<Outbox>>,
     pub frames: Vec<Frame>,
     /// How many of `frames` `take` has already handed out.
     pub cursor: usize,
@@ -91,8 +100,18 @@ pub struct Sock {
     pub closed: Option<u16>,
     /// The UA hung up (or the server crashed under it).
     pub gone: bool,
-    /// Frames the engine queued after it closed the socket (must stay 0).
-    pub sent_after_close: usize,
+}
+
+impl std::fmt::Debug for Sock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sock")
+            .field("shard", &self.shard)
+            .field("conn", &self.conn)
+            .field("frames", &self.frames)
+            .field("closed", &self.closed)
+            .field("gone", &self.gone)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,25 +122,90 @@ pub struct WakeupCall {
     pub urgency: Urgency,
 }
 
+/// A socket in transit: its harness handle and the hello that named its UA.
+pub struct SimSocket {
+    handle: ConnId,
+    hello: String,
+}
+
+/// What the drivers' [`Runtime`] writes to, shared by every shard.
+#[derive(Default)]
+pub struct World {
+    pub now: Cell<Millis>,
+    /// Ring messages in the order they were sent: (to shard, message).
+    rings: RefCell<VecDeque<(usize, RingMsg<SimSocket>)>>,
+    /// Answers to AS requests, by the harness's request id.
+    answers: RefCell<BTreeMap<RequestId, HttpResponse>>,
+    wakeups: RefCell<Vec<WakeupCall>>,
+    awake: RefCell<Vec<Uaid>>,
+}
+
+/// The runtime of one shard's driver.
+pub struct SimRuntime {
+    world: Rc<World>,
+}
+
+impl Runtime for SimRuntime {
+    type Socket = SimSocket;
+    type Waiter = RequestId;
+
+    fn now_ms(&self) -> Millis {
+        self.world.now.get()
+    }
+
+    fn try_send(&self, shard: usize, message: RingMsg<SimSocket>) -> Result<(), RingMsg<SimSocket>> {
+        self.world.rings.borrow_mut().push_back((shard, message));
+        Ok(())
+    }
+
+    fn send(&self, shard: usize, message: RingMsg<SimSocket>) {
+        self.world.rings.borrow_mut().push_back((shard, message));
+    }
+
+    fn answer(&self, waiter: RequestId, response: HttpResponse) {
+        let previous = self.world.answers.borrow_mut().insert(waiter, response);
+        assert!(previous.is_none(), "request {waiter} answered twice");
+    }
+
+    fn wakeup(&self, uaid: Uaid, target: WakeupInfo, urgency: Urgency) {
+        let at_ms = self.world.now.get();
+        self.world.wakeups.borrow_mut().push(WakeupCall {
+            at_ms,
+            uaid,
+            target,
+            urgency,
+        });
+    }
+
+    fn awake(&self, uaid: Uaid) {
+        self.world.awake.borrow_mut().push(uaid);
+    }
+}
+
+pub type SimDriver = Driver<MemLog, SimRuntime>;
+
 pub struct Harness {
     pub now: Millis,
-    pub shards: Vec<Shard>,
+    pub shards: Vec<SimDriver>,
+    pub logs: Vec<MemLog>,
     pub configs: Vec<ShardConfig>,
     pub keys: Keys,
     pub limits: Limits,
+    /// Sockets by the harness's handle (stable across hand-offs).
     pub socks: BTreeMap<ConnId, Sock>,
-    /// Every appended record, per shard, in LSN order.
-    pub log: Vec<Vec<Record>>,
     pub replies: BTreeMap<RequestId, HttpResponse>,
     pub wakeups: Vec<WakeupCall>,
     pub awake: Vec<Uaid>,
     pub ws_pings: Vec<ConnId>,
     pub hand_offs: u64,
+    /// Commit every append at once (the default); when false, the test
+    /// commits with [`Harness::commit`] or crashes with [`Harness::crash`].
+    pub auto_commit: bool,
+    world: Rc<World>,
     next_conn: ConnId,
     next_request: RequestId,
     rng_seed: u64,
 }
-
 pub fn shard_config(index: usize, shards: usize, limits: &Limits, wakeup: &[&str]) -> ShardConfig {
     ShardConfig {
         index,
@@ -155,62 +239,153 @@ impl Harness {
         let configs: Vec<ShardConfig> = (0..shards)
             .map(|index| shard_config(index, shards, &limits, wakeup))
             .collect();
-        let shards_vec = configs
-            .iter()
-            .map(|config| {
-                Shard::new(
-                    config.clone(),
-                    keys(),
-                    StdRng::seed_from_u64(rng_seed ^ (config.index as u64) << 32),
-                )
-            })
-            .collect();
-        Harness {
+        let world = Rc::new(World::default());
+        world.now.set(START_MS);
+        let logs: Vec<MemLog> = (0..shards).map(|_| MemLog::new()).collect();
+        let mut harness = Harness {
             now: START_MS,
-            shards: shards_vec,
+            shards: Vec::new(),
+            logs,
             configs,
             keys: keys(),
             limits,
             socks: BTreeMap::new(),
-            log: vec![Vec::new(); shards],
             replies: BTreeMap::new(),
             wakeups: Vec::new(),
             awake: Vec::new(),
             ws_pings: Vec::new(),
             hand_offs: 0,
+            auto_commit: true,
+            world,
             next_conn: 1,
             next_request: 1,
             rng_seed,
-        }
+        };
+        harness.shards = (0..shards).map(|index| harness.start_shard(index, rng_seed)).collect();
+        harness
+    }
+
+    /// Shard `index`'s driver over its log, replaying what the log holds.
+    fn start_shard(&self, index: usize, rng_seed: u64) -> SimDriver {
+        let engine = Shard::new(
+            self.configs[index].clone(),
+            keys(),
+            StdRng::seed_from_u64(rng_seed ^ (index as u64) << 32),
+        );
+        let runtime = SimRuntime {
+            world: self.world.clone(),
+        };
+        let recovered = self.logs[index].replay();
+        Driver::start(
+            engine,
+            &self.limits,
+            self.logs[index].clone(),
+            &recovered,
+            runtime,
+            index,
+            self.shards_count(),
+        )
+    }
+
+    fn shards_count(&self) -> usize {
+        self.configs.len()
+    }
+
+    /// The engine of shard `index`.
+    pub fn engine(&self, index: usize) -> &Shard {
+        self.shards[index].engine()
+    }
+
+    /// Every record shard `index` would replay now, in order.
+    pub fn log(&self, index: usize) -> Vec<Record> {
+        self.logs[index].replay()
     }
 
     // ---- plumbing ------------------------------------------------------
 
-    /// Carries out every queued action of every shard until none is left.
+    /// Carries out everything the drivers asked for until nothing moves:
+    /// ring messages, commits (when `auto_commit`), frames leaving outboxes.
     pub fn pump(&mut self) {
         loop {
-            let mut any = false;
-            for index in 0..self.shards.len() {
-                while let Some(action) = self.shards[index].poll_action() {
-                    any = true;
-                    self.carry_out(index, action);
+            let mut moved = self.deliver_rings();
+            if self.auto_commit {
+                for log in &self.logs {
+                    if log.uncommitted() > 0 {
+                        log.commit();
+                        moved = true;
+                    }
                 }
             }
-            if !any {
+            for driver in &mut self.shards {
+                driver.on_durable();
+            }
+            moved |= self.drain_outboxes();
+            moved |= self.collect_world();
+            if !moved {
                 return;
             }
         }
     }
 
-    fn carry_out(&mut self, shard: usize, action: Action) {
-        match action {
-            Action::Send { conn, text, .. } => {
-                let sock = self
-                    .socks
-                    .get_mut(&conn)
-                    .unwrap_or_else(|| panic!("Send to unknown conn {conn}: {text}"));
-                if sock.closed.is_some() || sock.gone {
-                    sock.sent_after_close += 1;
+    fn deliver_rings(&mut self) -> bool {
+        let mut moved = false;
+        loop {
+            let next = self.world.rings.borrow_mut().pop_front();
+            let Some((to, message)) = next else {
+                return moved;
+            };
+            moved = true;
+            if let Some(socket) = self.shards[to].on_ring(message) {
+                self.adopt(to, socket);
+            }
+        }
+    }
+
+    /// A socket handed over arrives at `shard`.
+    fn adopt(&mut self, shard: usize, socket: SimSocket) {
+        self.hand_offs += 1;
+        let (conn, outbox) = self.shards[shard].open_conn();
+        let sock = self.socks.get_mut(&socket.handle).expect("hand-off of unknown socket");
+        assert_ne!(sock.shard, shard, "hand-off to the same shard");
+        sock.shard = shard;
+        sock.conn = conn;
+        sock.outbox = Some(outbox);
+        if sock.gone {
+            // The UA hung up while its socket was in transit.
+            self.shards[shard].on_closed(conn);
+            return;
+        }
+        self.shards[shard].on_adopted(conn, &socket.hello, false);
+    }
+
+    /// Every frame the outboxes let go of (those whose records are durable).
+    fn drain_outboxes(&mut self) -> bool {
+        let mut moved = false;
+        let handles: Vec<ConnId> = self.socks.keys().copied().collect();
+        for handle in handles {
+            loop {
+                let sock = &self.socks[&handle];
+                let Some(outbox) = sock.outbox.clone() else {
+                    break;
+                };
+                let durable = self.logs[sock.shard].durable_lsn();
+                let item = match outbox.next(durable) {
+                    None | Some(Next::Gated(_)) => break,
+                    Some(Next::Item(item)) => item,
+                };
+                moved = true;
+                self.receive(handle, item);
+            }
+        }
+        moved
+    }
+
+    /// What the UA's end sees of one outbox item.
+    fn receive(&mut self, handle: ConnId, item: Outgoing) {
+        let sock = self.socks.get_mut(&handle).expect("known socket");
+        match item {
+            Outgoing::Text { text, .. } => {
+                if sock.gone {
                     return;
                 }
                 let frame = match serde_json::from_str::<Value>(&text) {
@@ -219,57 +394,56 @@ impl Harness {
                 };
                 sock.frames.push(frame);
             }
-            Action::Close { conn, code, .. } => {
-                if let Some(sock) = self.socks.get_mut(&conn) {
-                    if sock.closed.is_none() {
-                        sock.closed = Some(code);
-                    }
-                }
+            Outgoing::Ping => self.ws_pings.push(handle),
+            Outgoing::Pong(_) => {}
+            Outgoing::Close { code, .. } => {
+                sock.outbox = None;
+                sock.closed.get_or_insert(code);
             }
-            Action::WsPing { conn } => self.ws_pings.push(conn),
-            Action::HandOff {
-                conn,
-                shard: target,
-                hello,
-            } => {
-                assert_ne!(target, shard, "hand-off to the same shard");
-                self.hand_offs += 1;
-                let sock = self.socks.get_mut(&conn).expect("hand-off of unknown conn");
-                sock.shard = target;
-                self.shards[target].on_adopted(self.now, conn, &hello);
+            Outgoing::HandOff { shard, hello } => {
+                sock.outbox = None;
+                let socket = SimSocket { handle, hello };
+                self.world
+                    .rings
+                    .borrow_mut()
+                    .push_back((shard, RingMsg::HandOff(socket)));
             }
-            Action::Append { lsn, record } => {
-                let log = &mut self.log[shard];
-                assert_eq!(
-                    lsn,
-                    log.len() as u64 + 1,
-                    "shard {shard}: LSNs must be consecutive from 1"
-                );
-                log.push(record);
-            }
-            Action::Reply {
-                request, response, ..
-            } => {
-                self.replies.insert(request, response);
-            }
-            Action::Wakeup {
-                uaid,
-                target,
-                urgency,
-            } => self.wakeups.push(WakeupCall {
-                at_ms: self.now,
-                uaid,
-                target,
-                urgency,
-            }),
-            Action::Awake { uaid } => self.awake.push(uaid),
         }
+    }
+
+    fn collect_world(&mut self) -> bool {
+        let answers = std::mem::take(&mut *self.world.answers.borrow_mut());
+        let wakeups = std::mem::take(&mut *self.world.wakeups.borrow_mut());
+        let awake = std::mem::take(&mut *self.world.awake.borrow_mut());
+        let moved = !(answers.is_empty() && wakeups.is_empty() && awake.is_empty());
+        self.replies.extend(answers);
+        self.wakeups.extend(wakeups);
+        self.awake.extend(awake);
+        moved
+    }
+
+    /// Makes every shard's appended records durable.
+    pub fn commit(&mut self) {
+        for log in &self.logs {
+            log.commit();
+        }
+        self.pump();
+    }
+
+    /// Frames the engines addressed to sockets they had already closed or
+    /// forgotten (must stay 0).
+    pub fn sent_after_close(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|driver| driver.frames_for_closed_sockets())
+            .sum()
     }
 
     /// Fires due timers on every shard at the current time.
     pub fn tick(&mut self) {
-        for index in 0..self.shards.len() {
-            self.shards[index].on_tick(self.now);
+        self.world.now.set(self.now);
+        for driver in &mut self.shards {
+            driver.on_tick();
         }
         self.pump();
     }
@@ -282,7 +456,7 @@ impl Harness {
             let next = self
                 .shards
                 .iter()
-                .filter_map(Shard::next_deadline)
+                .filter_map(|driver| driver.engine().next_deadline())
                 .min()
                 .filter(|deadline| *deadline <= target);
             match next {
@@ -299,8 +473,8 @@ impl Harness {
 
     /// An operator sets broadcast `id` to `version`: every shard hears it.
     pub fn broadcast(&mut self, id: &str, version: &str) {
-        for shard in &mut self.shards {
-            shard.on_broadcast(id, version);
+        for driver in &mut self.shards {
+            driver.on_broadcast(id, version);
         }
         self.pump();
     }
@@ -315,22 +489,30 @@ impl Harness {
     pub fn open_on(&mut self, shard: usize) -> ConnId {
         let conn = self.next_conn;
         self.next_conn += 1;
+        self.world.now.set(self.now);
+        let (driver_conn, outbox) = self.shards[shard].open_conn();
         self.socks.insert(
             conn,
             Sock {
                 shard,
+                conn: driver_conn,
+                outbox: Some(outbox),
                 ..Sock::default()
             },
         );
-        self.shards[shard].on_open(self.now, conn);
+        self.shards[shard].on_open(driver_conn, false);
         self.pump();
         conn
     }
 
     /// The UA sends a text frame.
     pub fn send(&mut self, conn: ConnId, text: &str) {
-        let shard = self.socks[&conn].shard;
-        self.shards[shard].on_text(self.now, conn, text);
+        self.world.now.set(self.now);
+        let sock = &self.socks[&conn];
+        let (shard, driver_conn) = (sock.shard, sock.conn);
+        if self.shards[shard].has_conn(driver_conn) {
+            self.shards[shard].on_text(driver_conn, text);
+        }
         self.pump();
     }
 
@@ -345,10 +527,10 @@ impl Harness {
             return;
         }
         sock.gone = true;
-        let (shard, closed) = (sock.shard, sock.closed.is_some());
-        if !closed {
-            self.shards[shard].on_closed(self.now, conn);
-        }
+        sock.outbox = None;
+        let (shard, driver_conn) = (sock.shard, sock.conn);
+        self.world.now.set(self.now);
+        self.shards[shard].on_closed(driver_conn);
         self.pump();
     }
 
@@ -484,16 +666,32 @@ impl Harness {
         }
     }
 
-    /// Routes an already decoded request to its owning shard; returns the reply.
+    /// Hands an already decoded request to its owning shard; returns the reply.
     pub fn deliver_request(&mut self, push: PushRequest) -> HttpResponse {
         let owner = push.uaid().shard(self.shards.len());
-        let request = self.next_request;
-        self.next_request += 1;
-        self.shards[owner].on_push(self.now, request, push);
-        self.pump();
+        self.deliver_request_via(owner, push)
+    }
+
+    /// Hands a decoded request to shard `accepting`, which routes it over
+    /// the rings when another shard owns it; returns the reply.
+    pub fn deliver_request_via(&mut self, accepting: usize, push: PushRequest) -> HttpResponse {
+        let request = self.submit_via(accepting, push);
         self.replies
             .remove(&request)
             .unwrap_or_else(|| panic!("no reply to request {request}"))
+    }
+
+    /// Like [`Harness::deliver_request_via`], but returns the request's id:
+    /// without `auto_commit` the reply may still wait for a commit.
+    pub fn submit_via(&mut self, accepting: usize, push: PushRequest) -> RequestId {
+        let request = self.next_request;
+        self.next_request += 1;
+        self.world.now.set(self.now);
+        if let Err(refusal) = self.shards[accepting].submit_push(push, request) {
+            self.replies.insert(request, refusal_response(refusal, false));
+        }
+        self.pump();
+        request
     }
 
     /// SimplePush `PUT version=N`.
@@ -527,24 +725,40 @@ impl Harness {
 
     // ---- replay --------------------------------------------------------
 
-    /// A crash and restart: every socket is gone, every shard is rebuilt from
-    /// its log alone through `Shard::apply`.
+    /// A crash and restart: every socket is gone, every shard is rebuilt
+    /// from what its log kept. With everything committed that is the whole
+    /// log; see [`Harness::crash`] for a crash that loses uncommitted records.
     pub fn restart(&mut self) {
+        self.crash(&vec![0; self.shards.len()]);
+    }
+
+    /// A crash that keeps, of each shard's uncommitted records, the first
+    /// `keep_uncommitted[shard]` (a write that reached the disk in part), then
+    /// a restart by replay. Ring messages, answers not given and frames not
+    /// yet written die with the process.
+    pub fn crash(&mut self, keep_uncommitted: &[usize]) {
         for sock in self.socks.values_mut() {
             sock.gone = true;
+            sock.outbox = None;
         }
+        self.world.rings.borrow_mut().clear();
+        self.world.answers.borrow_mut().clear();
         for index in 0..self.shards.len() {
-            let mut shard = Shard::new(
-                self.configs[index].clone(),
-                keys(),
-                StdRng::seed_from_u64(self.rng_seed.wrapping_add(self.now) ^ index as u64),
-            );
-            for record in &self.log[index] {
-                shard.apply(record);
-            }
-            shard.set_next_lsn(self.log[index].len() as u64 + 1);
-            self.shards[index] = shard;
+            self.logs[index] = self.logs[index].crash(keep_uncommitted[index]);
         }
+        let seed = self.rng_seed.wrapping_add(self.now);
+        self.shards = (0..self.shards.len())
+            .map(|index| self.start_shard(index, seed))
+            .collect();
+    }
+
+    /// Replaces shard `index`'s log up to its last record with the engine's
+    /// snapshot of live state (what compaction writes).
+    pub fn compact(&mut self, index: usize) {
+        let covers = self.logs[index].last_lsn();
+        let live = self.shards[index].engine().snapshot(self.now);
+        futures_lite::future::block_on(self.logs[index].compact(covers, live))
+            .expect("compaction of a healthy log");
     }
 }
 
