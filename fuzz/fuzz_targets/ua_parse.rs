@@ -1,11 +1,11 @@
 //! Arbitrary bytes (as text) into `herald_engine::ua::parse`.
-//! The driver lives in `engine/tests/fuzz_support` and is shared with the
-//! plain-Rust smoke test `engine/tests/fuzz_smoke.rs`.
+//! The driver lives in `net/tests/fuzz_support` and is shared with the
+//! plain-Rust smoke test `net/tests/fuzz_smoke.rs`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../engine/tests/fuzz_support/mod.rs"]
+#[path = "../../net/tests/fuzz_support/mod.rs"]
 mod fuzz_support;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,8 +10,8 @@ use glommio::net::TcpStream;
 use herald_engine::extended;
 use herald_engine::push::{self, errno, DecodeContext, HttpRequest, HttpResponse};
 
-use crate::http::{self, FramingError, Head};
 use crate::ctx::{now_ms, Ctx};
+use crate::http::{self, FramingError, Head};
 use crate::shard::{refusal_response, Refusal};
 use crate::{broadcasts, pages};
 
@@ -200,9 +200,8 @@ async fn app_notify(ctx: &Rc<Ctx>, url_token: &str, body: &[u8]) -> HttpResponse
     for shard in 0..config.shards {
         let (answer, answered) = Ctx::answer_slot();
         let notification = notification.clone();
-        let submitted = ctx.with_driver(|driver| {
-            driver.submit_app_notify(shard, channel, notification, answer)
-        });
+        let submitted = ctx
+            .with_driver(|driver| driver.submit_app_notify(shard, channel, notification, answer));
         if let Err(refusal) = submitted {
             count_refusal(ctx, refusal);
             return refusal_response(refusal, true);

@@ -85,7 +85,9 @@ impl Iterator for LiveState {
         while self.buffered.is_empty() {
             let uaid = self.uaids.next()?;
             let driver = self.ctx.driver.borrow();
-            driver.engine().snapshot_user_agent(self.now_ms, uaid, &mut self.buffered);
+            driver
+                .engine()
+                .snapshot_user_agent(self.now_ms, uaid, &mut self.buffered);
             // Pop from the end: keep the UA's records in their order.
             self.buffered.reverse();
         }

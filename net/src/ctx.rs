@@ -73,7 +73,9 @@ impl Runtime for Glommio {
                 | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(message)) => {
                     message
                 }
-                _ => unreachable!("a ring send fails only as full or closed: the shard index is valid"),
+                _ => unreachable!(
+                    "a ring send fails only as full or closed: the shard index is valid"
+                ),
             })
     }
 

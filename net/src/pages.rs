@@ -6,8 +6,8 @@ use serde_json::json;
 
 use herald_engine::push::HttpResponse;
 
-use crate::metrics::ShardSnapshot;
 use crate::ctx::Ctx;
+use crate::metrics::ShardSnapshot;
 
 fn totals(ctx: &Ctx) -> ShardSnapshot {
     let mut total = ShardSnapshot::default();

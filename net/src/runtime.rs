@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::metrics::{Metrics, ShardSnapshot};
-use crate::process::{block_termination_signals, wait_for_signal};
 use crate::boot;
 use crate::ctx::ShardRing;
+use crate::metrics::{Metrics, ShardSnapshot};
+use crate::process::{block_termination_signals, wait_for_signal};
 use crate::shared::Shared;
 use crate::ServerConfig;
 

@@ -21,4 +21,3 @@ pub struct Shared {
     /// Shards that finished replaying their logs (they accept once all have).
     pub shards_ready: AtomicUsize,
 }
-

@@ -25,8 +25,8 @@ use glommio::{GlommioError, ResourceType};
 use herald_engine::shard::close;
 use herald_engine::ConnId;
 
-use crate::per_ip::IpSlot;
 use crate::ctx::{Adopted, Ctx};
+use crate::per_ip::IpSlot;
 use crate::shard::{Next, Outbox, Outgoing, RingMsg, STORE_FAILED_CLOSE};
 use crate::websocket::{self, Decoder, FrameError, HandshakeError, Incoming};
 
@@ -260,11 +260,10 @@ impl Socket {
                     }
                 }
                 let reading = !forgotten;
-                let event =
-                    future::poll_fn(|cx| {
-                        self.poll_event(cx, &ctx, &mut stream, &mut buffer, reading)
-                    })
-                        .await;
+                let event = future::poll_fn(|cx| {
+                    self.poll_event(cx, &ctx, &mut stream, &mut buffer, reading)
+                })
+                .await;
                 match event {
                     Event::Readable => readable_now = true,
                     Event::Closed => {

@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 use glommio::channels::local_channel::LocalSender;
 use glommio::timer::sleep;
 
-
 use crate::shared::Shared;
 use crate::wakeup_client::{Inner, Request, WakeupCore};
 use crate::wakeup_http::{self, ProxyUrl};

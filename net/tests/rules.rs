@@ -768,7 +768,8 @@ fn webpush_ttl_zero_is_delivered_now_or_never() {
     assert_eq!(response.status, 201);
     let id = location_id(&response);
     assert_eq!(h.engine(0).pending_messages(), 0);
-    assert!(!h.log(0)
+    assert!(!h
+        .log(0)
         .iter()
         .any(|r| matches!(r, Record::MessageStored(_))));
     let conn = h.reconnect(&uaid, true);
@@ -1439,7 +1440,10 @@ fn a_hello_for_another_shards_uaid_is_handed_off() {
     }
     assert_eq!(h.hand_offs, 3);
     assert_eq!(
-        h.shards.iter().map(|driver| driver.engine().user_agents()).collect::<Vec<_>>(),
+        h.shards
+            .iter()
+            .map(|driver| driver.engine().user_agents())
+            .collect::<Vec<_>>(),
         vec![1, 1, 1]
     );
 }

@@ -53,12 +53,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
-use herald_store::RecordLog;
 use herald_engine::limits::Limits;
 use herald_engine::message::{Removal, StoredMessage, Urgency};
 use herald_engine::record::Record;
 use herald_engine::shard::close;
 use herald_engine::{ChannelId, ConnId, Millis, Uaid};
+use herald_store::RecordLog;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};

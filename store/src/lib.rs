@@ -69,9 +69,9 @@ pub use glommio_storage::GlommioStorage;
 pub use herald_engine::Lsn;
 pub use inspect::{inspect, InspectSummary};
 pub use layout::{check_layout, shard_dir};
+pub use log::{CompactReport, FsyncMode, Log, LogOptions, LogStats, ProgressFn, Recovered};
 pub use mem_log::MemLog;
 pub use record_log::RecordLog;
-pub use log::{CompactReport, FsyncMode, Log, LogOptions, LogStats, ProgressFn, Recovered};
 pub use recovery::{RecoveryProgress, RecoveryReport};
 pub use storage::{CrashSpec, FaultStorage, MemStorage, Storage};
 

@@ -15,11 +15,11 @@ use herald_engine::Lsn;
 
 use crate::format::{self, FrameKind};
 use crate::limits::{SEGMENT_TARGET_BYTES, SEGMENT_ZERO_AHEAD_BYTES, SNAPSHOT_CHUNK_BYTES};
+use crate::record_log::RecordLog;
 use crate::recovery::{
     self, parse_name, segment_name, snapshot_name, snapshot_temp_name, FileName, RecoveryProgress,
     RecoveryReport,
 };
-use crate::record_log::RecordLog;
 use crate::storage::Storage;
 use crate::StoreError;
 

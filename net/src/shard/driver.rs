@@ -326,8 +326,7 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
                 };
                 self.requests.insert(local, from);
                 let now = self.runtime.now_ms();
-                self.engine
-                    .on_app_notify(now, local, channel, notification);
+                self.engine.on_app_notify(now, local, channel, notification);
             }
             RingMsg::Broadcast { id, version } => self.engine.on_broadcast(&id, &version),
             RingMsg::Reply { request, response } => {
@@ -447,7 +446,10 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
             Ok(last) => {
                 // The engine names LSNs in its actions; they must be the store's.
                 assert_eq!(
-                    (self.batch_first_lsn, self.batch_first_lsn + self.batch.len() as Lsn - 1),
+                    (
+                        self.batch_first_lsn,
+                        self.batch_first_lsn + self.batch.len() as Lsn - 1
+                    ),
                     (expected_first, last),
                     "shard {}: engine and store disagree on LSNs",
                     self.index

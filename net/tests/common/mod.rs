@@ -153,7 +153,11 @@ impl Runtime for SimRuntime {
         self.world.now.get()
     }
 
-    fn try_send(&self, shard: usize, message: RingMsg<SimSocket>) -> Result<(), RingMsg<SimSocket>> {
+    fn try_send(
+        &self,
+        shard: usize,
+        message: RingMsg<SimSocket>,
+    ) -> Result<(), RingMsg<SimSocket>> {
         self.world.rings.borrow_mut().push_back((shard, message));
         Ok(())
     }
@@ -261,7 +265,9 @@ impl Harness {
             next_request: 1,
             rng_seed,
         };
-        harness.shards = (0..shards).map(|index| harness.start_shard(index, rng_seed)).collect();
+        harness.shards = (0..shards)
+            .map(|index| harness.start_shard(index, rng_seed))
+            .collect();
         harness
     }
 
@@ -345,7 +351,10 @@ impl Harness {
     fn adopt(&mut self, shard: usize, socket: SimSocket) {
         self.hand_offs += 1;
         let (conn, outbox) = self.shards[shard].open_conn();
-        let sock = self.socks.get_mut(&socket.handle).expect("hand-off of unknown socket");
+        let sock = self
+            .socks
+            .get_mut(&socket.handle)
+            .expect("hand-off of unknown socket");
         assert_ne!(sock.shard, shard, "hand-off to the same shard");
         sock.shard = shard;
         sock.conn = conn;
@@ -688,7 +697,8 @@ impl Harness {
         self.next_request += 1;
         self.world.now.set(self.now);
         if let Err(refusal) = self.shards[accepting].submit_push(push, request) {
-            self.replies.insert(request, refusal_response(refusal, false));
+            self.replies
+                .insert(request, refusal_response(refusal, false));
         }
         self.pump();
         request

@@ -1,6 +1,6 @@
 //! One-input drivers shared by the cargo-fuzz targets (`fuzz/fuzz_targets/`,
 //! which include this file by path) and the plain-Rust smoke test
-//! (`engine/tests/fuzz_smoke.rs`). Each takes raw bytes, reads a small
+//! (`net/tests/fuzz_smoke.rs`). Each takes raw bytes, reads a small
 //! structure out of them (so random bytes reach deep into the code: valid
 //! endpoint tokens, known channels, real header names) and panics only when
 //! the engine breaks a rule: a panic inside the engine, or an answer that
@@ -10,17 +10,22 @@
 //! that produce new outcomes as seeds for mutation (poor man's coverage).
 #![allow(dead_code)]
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::sync::OnceLock;
 
 use herald_engine::identity::{KeyMaterial, Keys};
 use herald_engine::limits::Limits;
-use herald_engine::message::MessageBody;
-use herald_engine::push::{self, DecodeContext, HttpRequest, PushRequest, VERSION_FROM_CLOCK};
-use herald_engine::record::Record;
-use herald_engine::shard::{Action, Shard, ShardConfig};
+use herald_engine::message::{MessageBody, Urgency, WakeupInfo};
+use herald_engine::push::{
+    self, DecodeContext, HttpRequest, HttpResponse, PushRequest, VERSION_FROM_CLOCK,
+};
+use herald_engine::shard::{Shard, ShardConfig};
 use herald_engine::ua::{self, ClientMessage};
-use herald_engine::{ChannelId, ConnId, Uaid};
+use herald_engine::{ChannelId, ConnId, Millis, RequestId, Uaid};
+use herald_net::shard::{Driver, Next, Outbox, Outgoing, RingMsg, Runtime};
+use herald_store::{MemLog, RecordLog};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::{json, Value};
@@ -370,20 +375,64 @@ pub fn push_decode(data: &[u8]) -> u32 {
 
 // ---- a whole shard -----------------------------------------------------
 
-/// What the driver knows, like a UA and an AS would.
+/// What the fuzz driver knows, like a UA and an AS would.
 #[derive(Default)]
 struct World {
-    open: BTreeSet<ConnId>,
+    /// Open sockets and their outboxes on the shard's driver.
+    open: BTreeMap<ConnId, Rc<Outbox>>,
     closed: BTreeSet<ConnId>,
     uaids: Vec<String>,
     channels: Vec<String>,
     endpoints: Vec<String>,
     /// Versions (ids or numbers) seen in notifications.
     versions: Vec<Value>,
-    next_conn: ConnId,
-    lsn: u64,
-    records: Vec<Record>,
     outcome: u32,
+}
+
+/// The shard's runtime: a clock the fuzz input moves, and a record of what
+/// the driver sent out of the shard.
+#[derive(Clone, Default)]
+struct FuzzRuntime {
+    now: Rc<std::cell::Cell<Millis>>,
+    effects: Rc<RefCell<Effects>>,
+}
+
+#[derive(Default)]
+struct Effects {
+    answers: Vec<HttpResponse>,
+    ring_messages: u32,
+    wakeups: u32,
+    awake: u32,
+}
+
+impl Runtime for FuzzRuntime {
+    type Socket = ();
+    type Waiter = RequestId;
+
+    fn now_ms(&self) -> Millis {
+        self.now.get()
+    }
+
+    fn try_send(&self, _shard: usize, _message: RingMsg<()>) -> Result<(), RingMsg<()>> {
+        self.effects.borrow_mut().ring_messages += 1;
+        Ok(())
+    }
+
+    fn send(&self, _shard: usize, _message: RingMsg<()>) {
+        self.effects.borrow_mut().ring_messages += 1;
+    }
+
+    fn answer(&self, _waiter: RequestId, response: HttpResponse) {
+        self.effects.borrow_mut().answers.push(response);
+    }
+
+    fn wakeup(&self, _uaid: Uaid, _target: WakeupInfo, _urgency: Urgency) {
+        self.effects.borrow_mut().wakeups += 1;
+    }
+
+    fn awake(&self, _uaid: Uaid) {
+        self.effects.borrow_mut().awake += 1;
+    }
 }
 
 fn frame_text(input: &mut Input, world: &World) -> String {
@@ -499,80 +548,99 @@ fn broadcasts(input: &mut Input) -> Value {
     Value::Object(map)
 }
 
-fn drain(shard: &mut Shard, world: &mut World, shards: usize) {
-    while let Some(action) = shard.poll_action() {
-        match action {
-            Action::Send { conn, text, .. } => {
-                assert!(
-                    world.open.contains(&conn),
-                    "Send to conn {conn} that is not open: {text}"
-                );
-                if let Ok(value) = serde_json::from_str::<Value>(&text) {
-                    if let Some(uaid) = value["uaid"].as_str() {
-                        if !world.uaids.iter().any(|known| known == uaid) {
-                            world.uaids.push(uaid.to_owned());
-                        }
-                    }
-                    if let Some(endpoint) = value["pushEndpoint"].as_str() {
-                        world.endpoints.push(endpoint.to_owned());
-                        world
-                            .channels
-                            .push(value["channelID"].as_str().unwrap_or_default().to_owned());
-                    }
-                    if value["messageType"] == "broadcast" {
-                        world.outcome |= 8192 << 3;
-                    }
-                    if value["messageType"] == "notification" {
-                        world.outcome |= 1;
-                        if !value["version"].is_null() {
-                            world.versions.push(value["version"].clone());
-                        }
-                        for update in value["updates"].as_array().into_iter().flatten() {
-                            world.versions.push(update["version"].clone());
-                        }
-                    }
+/// Commits what the shard appended, then reads what left the driver: the
+/// frames its outboxes let go of, its answers and its other effects.
+fn observe(
+    driver: &mut Driver<MemLog, FuzzRuntime>,
+    log: &MemLog,
+    world: &mut World,
+    shards: usize,
+) {
+    log.commit();
+    driver.on_durable();
+    assert_eq!(
+        driver.frames_for_closed_sockets(),
+        0,
+        "the engine sent a frame to a socket it had closed"
+    );
+    let durable = log.durable_lsn();
+    let conns: Vec<ConnId> = world.open.keys().copied().collect();
+    for conn in conns {
+        while let Some(Next::Item(item)) = world.open[&conn].next(durable) {
+            match item {
+                Outgoing::Text { text, .. } => world.read_frame(&text),
+                Outgoing::Close { code, .. } => {
+                    world.open.remove(&conn);
+                    world.closed.insert(conn);
+                    world.outcome |= match code {
+                        1000 => 2,
+                        1002 => 4,
+                        1008 => 8,
+                        4774 => 16,
+                        _ => 32,
+                    };
+                    break;
                 }
+                Outgoing::HandOff { shard, .. } => {
+                    assert!(
+                        shards > 1 && shard < shards && shard != driver.index(),
+                        "hand-off to shard {shard} of {shards}"
+                    );
+                    world.open.remove(&conn);
+                    world.outcome |= 64;
+                    break;
+                }
+                Outgoing::Ping | Outgoing::Pong(_) => {}
             }
-            Action::Close { conn, code, .. } => {
-                assert!(
-                    world.open.remove(&conn),
-                    "Close of conn {conn} that is not open"
-                );
-                world.closed.insert(conn);
-                world.outcome |= match code {
-                    1000 => 2,
-                    1002 => 4,
-                    1008 => 8,
-                    4774 => 16,
-                    _ => 32,
-                };
+        }
+    }
+    let effects = std::mem::take(&mut *driver.runtime().effects.borrow_mut());
+    for response in effects.answers {
+        assert!((200..600).contains(&response.status));
+        world.outcome |= 128 << (response.status / 100 - 2).min(3);
+    }
+    if effects.wakeups > 0 {
+        world.outcome |= 2048;
+    }
+    if effects.awake > 0 {
+        world.outcome |= 4096;
+    }
+}
+
+impl World {
+    /// Learns UAIDs, endpoints and versions from a frame the UA received.
+    fn read_frame(&mut self, text: &str) {
+        let Ok(value) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        if let Some(uaid) = value["uaid"].as_str() {
+            if !self.uaids.iter().any(|known| known == uaid) {
+                self.uaids.push(uaid.to_owned());
             }
-            Action::HandOff { conn, shard, .. } => {
-                assert!(
-                    shards > 1 && shard < shards,
-                    "hand-off to shard {shard} of {shards}"
-                );
-                assert!(world.open.remove(&conn));
-                world.outcome |= 64;
+        }
+        if let Some(endpoint) = value["pushEndpoint"].as_str() {
+            self.endpoints.push(endpoint.to_owned());
+            self.channels
+                .push(value["channelID"].as_str().unwrap_or_default().to_owned());
+        }
+        if value["messageType"] == "broadcast" {
+            self.outcome |= 8192 << 3;
+        }
+        if value["messageType"] == "notification" {
+            self.outcome |= 1;
+            if !value["version"].is_null() {
+                self.versions.push(value["version"].clone());
             }
-            Action::Append { lsn, record } => {
-                world.lsn += 1;
-                assert_eq!(lsn, world.lsn, "LSNs are consecutive");
-                world.records.push(record);
+            for update in value["updates"].as_array().into_iter().flatten() {
+                self.versions.push(update["version"].clone());
             }
-            Action::Reply { response, .. } => {
-                assert!((200..600).contains(&response.status));
-                world.outcome |= 128 << (response.status / 100 - 2).min(3);
-            }
-            Action::Wakeup { .. } => world.outcome |= 2048,
-            Action::WsPing { conn } => assert!(world.open.contains(&conn)),
-            Action::Awake { .. } => world.outcome |= 4096,
         }
     }
 }
 
-/// Arbitrary events (mostly text frames) into one shard of one or two: never
-/// panics, never sends to a closed socket, LSNs consecutive, and the appended
+/// Arbitrary events (mostly text frames) into one shard of one or two,
+/// through the shard driver over an in-memory log: never panics, never sends
+/// to a closed socket, LSNs agree (the driver asserts it), and the appended
 /// records replay into a fresh shard with the same UAs.
 pub fn shard_frames(data: &[u8]) -> u32 {
     let mut input = Input::new(data);
@@ -585,11 +653,21 @@ pub fn shard_frames(data: &[u8]) -> u32 {
         wakeup_networks: vec!["214-07".to_owned()],
     };
     let keys = keys();
-    let mut shard = Shard::new(config.clone(), keys.clone(), StdRng::seed_from_u64(7));
-    let mut world = World {
-        next_conn: 1,
-        ..World::default()
-    };
+    let engine = Shard::new(config.clone(), keys.clone(), StdRng::seed_from_u64(7));
+    let log = MemLog::new();
+    let runtime = FuzzRuntime::default();
+    runtime.now.set(START_MS);
+    let limits = Limits::test_min();
+    let mut driver = Driver::start(
+        engine,
+        &limits,
+        log.clone(),
+        &[],
+        runtime.clone(),
+        0,
+        shards,
+    );
+    let mut world = World::default();
     let mut now = START_MS;
     let mut request = 0;
     let mut steps = 0;
@@ -598,30 +676,32 @@ pub fn shard_frames(data: &[u8]) -> u32 {
         match input.byte() % 11 {
             10 => {
                 let id = input.pick(BROADCAST_IDS);
-                shard.on_broadcast(id, &format!("v{}", input.below(3)));
+                driver.on_broadcast(id, &format!("v{}", input.below(3)));
             }
             0 => {
-                let conn = world.next_conn;
-                world.next_conn += 1;
-                world.open.insert(conn);
-                shard.on_open(now, conn);
+                let (conn, outbox) = driver.open_conn();
+                world.open.insert(conn, outbox);
+                driver.on_open(conn, false);
             }
             1..=5 => {
-                if let Some(&conn) = pick_conn(&mut input, &world) {
+                if let Some(conn) = pick_conn(&mut input, &world) {
                     let text = frame_text(&mut input, &world);
-                    shard.on_text(now, conn, &text);
+                    if driver.has_conn(conn) {
+                        driver.on_text(conn, &text);
+                    }
                 }
             }
             6 => {
-                if let Some(&conn) = pick_conn(&mut input, &world) {
+                if let Some(conn) = pick_conn(&mut input, &world) {
                     world.open.remove(&conn);
                     world.closed.insert(conn);
-                    shard.on_closed(now, conn);
+                    driver.on_closed(conn);
                 }
             }
             7 => {
                 now += u64::from(input.byte()) * u64::from(input.byte()) * 10;
-                shard.on_tick(now);
+                runtime.now.set(now);
+                driver.on_tick();
             }
             _ => {
                 // An AS request to an endpoint this shard issued (or junk).
@@ -665,7 +745,6 @@ pub fn shard_frames(data: &[u8]) -> u32 {
                     headers: &headers,
                     body: &body,
                 };
-                let limits = Limits::test_min();
                 let context = DecodeContext {
                     keys: &keys,
                     limits: &limits,
@@ -673,34 +752,37 @@ pub fn shard_frames(data: &[u8]) -> u32 {
                     now_ms: now,
                 };
                 if let Ok(push) = push::decode(&context, &http) {
-                    if push.uaid().shard(shards) == 0 {
-                        request += 1;
-                        shard.on_push(now, request, push);
-                    }
+                    request += 1;
+                    // A refusal (ring full, too many in flight) is an answer too.
+                    let _ = driver.submit_push(push, request);
                 }
             }
         }
-        drain(&mut shard, &mut world, shards);
+        observe(&mut driver, &log, &mut world, shards);
     }
     // Replay: the records alone rebuild the same UAs, and at least every
     // pending message the live shard holds (it may have purged expired ones).
+    let records = log.replay();
     let mut replayed = Shard::new(config, keys, StdRng::seed_from_u64(8));
-    for record in &world.records {
+    for record in &records {
         replayed.apply(record);
     }
-    assert_eq!(replayed.user_agents(), shard.user_agents());
-    assert!(replayed.pending_messages() >= shard.pending_messages());
+    let live = driver.engine();
+    assert_eq!(replayed.user_agents(), live.user_agents());
+    assert!(replayed.pending_messages() >= live.pending_messages());
+    let effects = runtime.effects.borrow();
+    world.outcome |= u32::from(effects.ring_messages > 0) << 17;
     let mut by_uaid: BTreeMap<Uaid, usize> = BTreeMap::new();
-    for record in &world.records {
+    for record in &records {
         *by_uaid.entry(record.uaid()).or_default() += 1;
     }
     world.outcome | (by_uaid.len().min(3) as u32) << 13
 }
 
-fn pick_conn<'w>(input: &mut Input, world: &'w World) -> Option<&'w ConnId> {
+fn pick_conn(input: &mut Input, world: &World) -> Option<ConnId> {
     if world.open.is_empty() {
         return None;
     }
     let n = input.below(world.open.len());
-    world.open.iter().nth(n)
+    world.open.keys().nth(n).copied()
 }
