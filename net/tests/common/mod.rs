@@ -753,8 +753,8 @@ impl Harness {
         }
         self.world.rings.borrow_mut().clear();
         self.world.answers.borrow_mut().clear();
-        for index in 0..self.shards.len() {
-            self.logs[index] = self.logs[index].crash(keep_uncommitted[index]);
+        for (log, keep) in self.logs.iter_mut().zip(keep_uncommitted) {
+            *log = log.crash(*keep);
         }
         let seed = self.rng_seed.wrapping_add(self.now);
         self.shards = (0..self.shards.len())
