@@ -33,7 +33,12 @@ const PORT_RELEASE_WAIT: Duration = Duration::from_secs(3);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs the server until SIGTERM/SIGINT. Errors are printed by the caller.
-pub fn serve(config: ServerConfig) -> Result<(), String> {
+/// `_data_dir_lock`, taken before anything in the data dir was opened, proves
+/// that this process alone uses it; it is held until this returns.
+pub fn serve(
+    config: ServerConfig,
+    _data_dir_lock: herald_store::DataDirLock,
+) -> Result<(), String> {
     herald_store::check_layout(&config.data_dir, config.shards)
         .map_err(|error| format!("data dir {}: {error}", config.data_dir.display()))?;
     refuse_ports_in_use(&[config.ua_listen, config.as_listen])?;

@@ -42,6 +42,12 @@ pub enum StoreError {
         found: usize,
         expected: usize,
     },
+    /// Another process holds the data dir's lock (see [`crate::DataDirLock`]).
+    /// `holder_pid` is what it wrote into the lock file, if that could be read.
+    DataDirLocked {
+        data_dir: String,
+        holder_pid: Option<u32>,
+    },
     /// The data dir's layout (meta file, shard dirs) is unusable.
     Layout { data_dir: String, reason: String },
     /// `compact` was called wrongly (one already running, or an LSN outside
@@ -102,6 +108,22 @@ impl fmt::Display for StoreError {
                 "data dir {data_dir} was created with {found} shards but {expected} were asked for; \
                  UAIDs hash to shards, so a data dir keeps its shard count (run with --shards {found})"
             ),
+            StoreError::DataDirLocked {
+                data_dir,
+                holder_pid,
+            } => {
+                let holder = match holder_pid {
+                    Some(pid) => format!("process {pid}"),
+                    None => "another process".to_owned(),
+                };
+                write!(
+                    f,
+                    "data dir {data_dir} is in use by {holder} (it holds {data_dir}/{}); \
+                     two servers on one data dir would destroy its log, so stop that one \
+                     first or use another --data-dir",
+                    crate::lock::LOCK_FILE_NAME
+                )
+            }
             StoreError::Layout { data_dir, reason } => write!(f, "data dir {data_dir}: {reason}"),
             StoreError::Compaction(reason) => write!(f, "cannot compact: {reason}"),
             StoreError::Closed => write!(f, "the write-ahead log is closed"),

@@ -1,13 +1,15 @@
 //! Herald's durability layer: a write-ahead log per shard.
 //!
 //! # Layout
-//! A data dir holds `herald.meta` (shard count and format version, see
+//! A data dir holds `herald.lock` (held by the one process using it, see
+//! [`DataDirLock`]), `herald.meta` (shard count and format version, see
 //! [`check_layout`]) and one directory per shard, `shard-<n>/`, with numbered
 //! segment files `wal-<first LSN>.log` and snapshot files
 //! `snap-<covered LSN>.snap`. The byte format is in `store/WAL_FORMAT.md`.
 //!
 //! # API (one shard, single-threaded)
 //! ```ignore
+//! let lock = DataDirLock::acquire(data_dir)?;             // first, held for life
 //! check_layout(data_dir, shards)?;                       // once, at startup
 //! let storage = GlommioStorage::new(shard_dir(data_dir, n))?;
 //! let (log, recovered) = Log::open(storage, LogOptions::with_fsync(mode)).await?;
@@ -58,6 +60,7 @@ mod glommio_storage;
 pub mod inspect;
 pub mod layout;
 pub mod limits;
+pub mod lock;
 mod log;
 mod mem_log;
 pub mod record_log;
@@ -69,6 +72,7 @@ pub use glommio_storage::GlommioStorage;
 pub use herald_engine::Lsn;
 pub use inspect::{inspect, InspectSummary};
 pub use layout::{check_layout, shard_dir};
+pub use lock::DataDirLock;
 pub use log::{CompactReport, FsyncMode, Log, LogOptions, LogStats, ProgressFn, Recovered};
 pub use mem_log::MemLog;
 pub use record_log::RecordLog;

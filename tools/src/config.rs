@@ -14,6 +14,7 @@ use serde::Deserialize;
 use herald_engine::identity::KeyMaterial;
 use herald_engine::limits::Limits;
 use herald_net::{FsyncMode, ServerConfig, WakeupRoute};
+use herald_store::DataDirLock;
 
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
@@ -74,7 +75,9 @@ struct FileConfig {
 /// Shards are capped: each holds a mesh ring to every other one.
 const SHARDS_MAX: usize = 256;
 
-pub fn resolve(args: ServeArgs) -> Result<ServerConfig, String> {
+/// The server's configuration, and the data dir's lock, taken before the data
+/// dir is written to (the key file lives there by default).
+pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
     let file = match &args.config {
         Some(path) => {
             let text = fs::read_to_string(path)
@@ -122,13 +125,14 @@ pub fn resolve(args: ServeArgs) -> Result<ServerConfig, String> {
         .iter()
         .map(|route| parse_route(route))
         .collect::<Result<Vec<_>, _>>()?;
+    let lock = DataDirLock::acquire(&data_dir).map_err(|error| error.to_string())?;
     prepare_data_dir(&data_dir)?;
     let keys_file = args
         .keys_file
         .or(file.keys_file)
         .unwrap_or_else(|| data_dir.join("keys"));
     let keys = load_or_create_keys(&keys_file)?;
-    Ok(ServerConfig {
+    let config = ServerConfig {
         ua_listen,
         as_listen,
         endpoint_url,
@@ -142,7 +146,8 @@ pub fn resolve(args: ServeArgs) -> Result<ServerConfig, String> {
             .admin_token
             .or(file.admin_token)
             .filter(|token| !token.is_empty()),
-    })
+    };
+    Ok((config, lock))
 }
 
 fn parse_fsync(text: &str) -> Result<FsyncMode, String> {

@@ -53,11 +53,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Serve(config::ServeArgs::default())) {
-        Command::Serve(args) => config::resolve(args).and_then(|config| {
+        Command::Serve(args) => config::resolve(args).and_then(|(config, data_dir_lock)| {
             if config.fsync == herald_net::FsyncMode::Never {
                 tracing::warn!("--fsync never: acknowledged notifications can be lost in a crash (benchmarks only)");
             }
-            herald_net::serve(config)
+            herald_net::serve(config, data_dir_lock)
         }),
         Command::Push(args) => push::run(args),
         Command::WakeupProxy(args) => wakeup_proxy::run(args),
