@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::server::{Server, Target};
-use crate::stats::{merge_histogram, new_histogram, now_us, Percentiles};
+use herald_bench::server::Fsync;
+use herald_bench::stats::{merge_histogram, new_histogram, now_us, Percentiles};
+
+use crate::server::{Target, UnderTest};
 use crate::worker::{Mix, Role, Spec, TIMELINE_BUCKET_US};
 use crate::workers::Workers;
 
@@ -42,12 +44,12 @@ fn source(index: usize) -> Option<IpAddr> {
 
 /// Worker `index` of `workers` in `role` against `server`, holding its share
 /// of `uas`; the scenario sets the rest of its shape.
-fn worker(role: Role, index: usize, workers: usize, server: &Server, uas: usize) -> Spec {
+fn worker(role: Role, index: usize, workers: usize, server: &UnderTest, uas: usize) -> Spec {
     Spec {
         role,
         id: index,
-        ua: server.ua,
-        push_to: server.push_to,
+        ua: server.ua(),
+        push_to: server.push_to(),
         source: source(index),
         uas: share(uas, workers, index),
         pushers: 1,
@@ -79,7 +81,7 @@ fn sum(reports: &[Value], key: &str) -> u64 {
 
 /// One load run against a fresh server; `rate` 0 = as fast as it answers.
 pub fn load_run(target: Target, shards: usize, args: &LoadArgs, rate: f64) -> Value {
-    let server = Server::start(target, shards);
+    let server = UnderTest::start(target, shards);
     let workers = args.workers.max(1);
     let specs: Vec<Spec> = (0..workers)
         .map(|index| Spec {
@@ -156,8 +158,8 @@ pub struct IdleArgs {
 /// N UAs connect, hello, register and stay idle: the server's RSS per UA over
 /// its empty baseline, the connect + hello + register rate, and that every
 /// UA still gets a notification afterwards.
-pub fn idle_run(fsync: &'static str, shards: usize, args: &IdleArgs) -> Value {
-    let server = Server::start(Target::Herald { fsync }, shards);
+pub fn idle_run(fsync: Fsync, shards: usize, args: &IdleArgs) -> Value {
+    let server = UnderTest::start(Target::Herald { fsync }, shards);
     let baseline = server.rss_bytes();
     let workers = args.workers.max(1);
     let specs: Vec<Spec> = (0..workers)
@@ -228,8 +230,8 @@ pub struct StoredArgs {
 
 /// UAs register and go away, messages are stored for them, then they all
 /// reconnect at once: how fast the stored messages are drained.
-pub fn stored_run(fsync: &'static str, shards: usize, args: &StoredArgs) -> Value {
-    let server = Server::start(Target::Herald { fsync }, shards);
+pub fn stored_run(fsync: Fsync, shards: usize, args: &StoredArgs) -> Value {
+    let server = UnderTest::start(Target::Herald { fsync }, shards);
     let workers = args.workers.max(1);
     let specs: Vec<Spec> = (0..workers)
         .map(|index| Spec {

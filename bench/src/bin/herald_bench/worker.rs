@@ -22,8 +22,9 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::client::{endpoint_path, Push, Pusher, Ua};
-use crate::stats::{new_histogram, now_us, serialize_histogram};
+use herald_bench::client::tasks::{Pusher, Ua};
+use herald_bench::client::{endpoint_path, Push};
+use herald_bench::stats::{new_histogram, now_us, serialize_histogram};
 
 /// Width of one bucket of the delivered-per-time-bucket series.
 pub const TIMELINE_BUCKET_US: u64 = 100_000;
@@ -130,7 +131,7 @@ fn wait_for_orchestrator() -> Value {
 }
 
 fn cpu_seconds() -> f64 {
-    crate::proc::cpu_seconds(std::process::id()).unwrap_or(0.0)
+    herald_bench::proc::cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
 /// A UA as the generator keeps it between phases.
