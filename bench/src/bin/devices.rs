@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use herald_bench::client::threads::{endpoint_address, Pusher, Ua};
+use herald_bench::client::threads::{block_on, endpoint_address, Blocking, Pusher, Ua};
 use herald_bench::client::{endpoint_path, Push};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -112,7 +112,10 @@ impl Mode {
 
 /// Connected-socket samples are taken this often.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Gives up on a connect, write or read (while blocking) after 10 s.
+const BLOCKING: Blocking = Blocking {
+    timeout: Duration::from_secs(10),
+};
 
 fn main() {
     let args = Args::parse();
@@ -606,8 +609,9 @@ impl<'a> Scenario<'a> {
                 .reconnect
                 .record(now.duration_since(woke).as_micros() as u64);
         }
-        let fd = connected.ws.stream().as_raw_fd();
-        if connected.ws.stream().set_nonblocking(true).is_err() {
+        let socket = connected.ws.stream().get_ref();
+        let fd = socket.as_raw_fd();
+        if socket.set_nonblocking(true).is_err() {
             self.error("set_nonblocking".into());
             return;
         }
@@ -664,7 +668,7 @@ impl<'a> Scenario<'a> {
             loop {
                 match ws.take_message() {
                     Ok(Some(message)) => received.push(message),
-                    Ok(None) => match ws.read() {
+                    Ok(None) => match block_on(ws.read()) {
                         Ok(()) => {}
                         Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -700,12 +704,13 @@ impl<'a> Scenario<'a> {
         }
         if !acks.is_empty() {
             if let Some(ws) = self.devices[device].ws.as_mut() {
-                let _ = ws.send(&json!({"messageType": "ack", "updates": acks}));
+                // On a full socket the rest of it waits for the next send.
+                let _ = block_on(ws.send(&json!({"messageType": "ack", "updates": acks})));
             }
         }
         if closed {
             if let Some(ws) = self.devices[device].ws.take() {
-                self.remove(ws.stream().as_raw_fd());
+                self.remove(ws.stream().get_ref().as_raw_fd());
                 self.connected -= 1;
                 self.sleeps += 1;
             }
@@ -778,7 +783,7 @@ fn worker(
 }
 
 fn connect(ua: SocketAddr, mcc: &str, mnc: &str, job: &Job) -> Result<Connected, String> {
-    let mut ws = Ua::open(ua, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    let mut ws = block_on(Ua::open(&BLOCKING, ua)).map_err(|e| format!("connect: {e}"))?;
     let mut hello = json!({"messageType": "hello", "use_webpush": false});
     if let Some(uaid) = &job.uaid {
         hello["uaid"] = json!(uaid);
@@ -787,7 +792,7 @@ fn connect(ua: SocketAddr, mcc: &str, mnc: &str, job: &Job) -> Result<Connected,
         hello["wakeup_hostport"] = json!({"ip": addr.ip().to_string(), "port": addr.port()});
         hello["mobilenetwork"] = json!({"mcc": mcc, "mnc": mnc, "netid": "bench"});
     }
-    let reply = ws.exchange(&hello).map_err(|e| format!("hello: {e}"))?;
+    let reply = block_on(ws.exchange(&hello)).map_err(|e| format!("hello: {e}"))?;
     let expected = if job.wakeup.is_some() { 201 } else { 200 };
     if reply["status"] != expected {
         return Err(format!("hello answered {reply}"));
@@ -799,9 +804,8 @@ fn connect(ua: SocketAddr, mcc: &str, mnc: &str, job: &Job) -> Result<Connected,
     let (mut endpoint, mut channel) = (None, None);
     if job.register {
         let id = channel_id();
-        let reply = ws
-            .exchange(&json!({"messageType": "register", "channelID": id}))
-            .map_err(|e| format!("register: {e}"))?;
+        let register = json!({"messageType": "register", "channelID": id});
+        let reply = block_on(ws.exchange(&register)).map_err(|e| format!("register: {e}"))?;
         endpoint = Some(
             reply["pushEndpoint"]
                 .as_str()
@@ -858,9 +862,9 @@ fn pusher(
     if paths.is_empty() {
         return;
     }
-    let mut pusher = Pusher::new(target, IO_TIMEOUT);
+    let mut pusher = Pusher::new(BLOCKING, target);
     let mut push = |path: &str, version: u64| {
-        let answered = pusher.push(path, Push::SimplePush(version));
+        let answered = block_on(pusher.push(path, Push::SimplePush(version)));
         matches!(answered, Ok(200..=299))
     };
     let mut rng = rand::thread_rng();

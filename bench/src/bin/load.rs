@@ -21,7 +21,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use herald_bench::client::threads::{endpoint_address, Pusher, Ua};
+use herald_bench::client::threads::{block_on, endpoint_address, Blocking, Pusher, Ua};
 use herald_bench::client::{endpoint_path, Push};
 use herald_bench::stats::{new_histogram, now_us};
 use serde_json::json;
@@ -63,21 +63,24 @@ fn main() {
     }
 }
 
-/// Gives up on a connect, write or read that takes longer than this.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Gives up on a connect, write or read that takes longer than 10 s.
+const BLOCKING: Blocking = Blocking {
+    timeout: Duration::from_secs(10),
+};
 /// How long a UA's reader waits before looking at the stop flag again.
 const READ_POLL: Duration = Duration::from_millis(200);
 
 /// A UA that said hello and registered one channel; returns it and the
 /// channel's endpoint.
 fn connect_ua(ua: SocketAddr, index: usize) -> io::Result<(Ua, String)> {
-    let mut socket = Ua::open(ua, IO_TIMEOUT)?;
-    let hello = socket.exchange(&json!({"messageType": "hello", "use_webpush": true}))?;
+    let mut socket = block_on(Ua::open(&BLOCKING, ua))?;
+    let hello = block_on(socket.exchange(&json!({"messageType": "hello", "use_webpush": true})))?;
     if hello["status"] != 200 {
         return Err(io::Error::other(format!("hello refused: {hello}")));
     }
     let channel = format!("{index:08x}-0000-4000-8000-{index:012x}");
-    let register = socket.exchange(&json!({"messageType": "register", "channelID": channel}))?;
+    let register =
+        block_on(socket.exchange(&json!({"messageType": "register", "channelID": channel})))?;
     let endpoint = register["pushEndpoint"]
         .as_str()
         .ok_or_else(|| io::Error::other(format!("register refused: {register}")))?
@@ -92,7 +95,7 @@ fn read_and_ack(mut socket: Ua, delivered: &AtomicU64, stop: &AtomicBool) -> His
     while !stop.load(Ordering::Relaxed) {
         let frame = match socket.take_message() {
             Ok(Some(frame)) => frame,
-            Ok(None) => match socket.read() {
+            Ok(None) => match block_on(socket.read()) {
                 Ok(()) => continue,
                 Err(error)
                     if matches!(
@@ -114,7 +117,7 @@ fn read_and_ack(mut socket: Ua, delivered: &AtomicU64, stop: &AtomicBool) -> His
         }
         delivered.fetch_add(1, Ordering::Relaxed);
         let ack = json!({"messageType": "ack", "updates": [{"channelID": frame["channelID"], "version": frame["version"], "code": 100}]});
-        let _ = socket.send(&ack);
+        let _ = block_on(socket.send(&ack));
     }
     latencies
 }
@@ -130,6 +133,7 @@ fn throughput(ua: SocketAddr, uas: usize, senders: usize, duration: Duration) {
         endpoints.push(endpoint);
         socket
             .stream()
+            .get_ref()
             .set_read_timeout(Some(READ_POLL))
             .expect("read timeout");
         let (delivered, latencies, stop) = (delivered.clone(), latencies.clone(), stop.clone());
@@ -156,12 +160,13 @@ fn throughput(ua: SocketAddr, uas: usize, senders: usize, duration: Duration) {
         .map(|sender| {
             let (paths, accepted, refused) = (paths.clone(), accepted.clone(), refused.clone());
             std::thread::spawn(move || {
-                let mut pusher = Pusher::new(push_to, IO_TIMEOUT);
+                let mut pusher = Pusher::new(BLOCKING, push_to);
                 let mut next = sender;
                 while started.elapsed() < duration {
                     let path = &paths[next % paths.len()];
                     next += senders;
-                    let status = pusher.push(path, Push::WebPush(&now_us().to_be_bytes()));
+                    let stamp = now_us().to_be_bytes();
+                    let status = block_on(pusher.push(path, Push::WebPush(&stamp)));
                     if matches!(status, Ok(201)) {
                         &accepted
                     } else {

@@ -4,44 +4,40 @@
 use std::io::{self, Write};
 use std::net::SocketAddr;
 
-use super::{buffer_read, protocol_error};
+use super::{protocol_error, Buffers, Wire};
 
 /// One keep-alive connection's bytes: the request being sent, and what the
 /// server answered so far.
 #[derive(Default)]
 pub struct AsWire {
-    request: Vec<u8>,
-    input: Vec<u8>,
+    buffers: Buffers,
 }
 
 impl AsWire {
-    /// Builds the request for `push` (buffers are reused).
+    /// Queues the request for `push` (buffers are reused).
     pub fn start(&mut self, host: SocketAddr, path: &str, push: Push<'_>) {
-        write_request(&mut self.request, host, path, push);
-    }
-
-    /// The request to write.
-    pub fn request(&self) -> &[u8] {
-        &self.request
+        write_request(&mut self.buffers.output, host, path, push);
     }
 
     /// A new connection: nothing of the old one's answers counts.
     pub fn reconnected(&mut self) {
-        self.input.clear();
-    }
-
-    /// Bytes read from the socket.
-    pub fn received(&mut self, bytes: &[u8]) -> io::Result<()> {
-        buffer_read(&mut self.input, bytes)
+        self.buffers.input.clear();
     }
 
     /// The answer, once complete; it is taken off the input.
     pub fn take_answer(&mut self) -> io::Result<Option<Answer>> {
-        let answer = parse_answer(&self.input)?;
+        let input = &mut self.buffers.input;
+        let answer = parse_answer(input)?;
         if let Some(answer) = answer {
-            self.input.drain(..answer.length);
+            input.drain(..answer.length);
         }
         Ok(answer)
+    }
+}
+
+impl Wire for AsWire {
+    fn buffers(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }
 
@@ -160,6 +156,30 @@ mod tests {
             })
         );
         assert!(parse_answer(b"HTTP/1.1 2x1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn wire_takes_answers_in_turn() {
+        let mut wire = AsWire::default();
+        wire.start("127.0.0.1:1".parse().unwrap(), "/p", Push::WebPush(&[]));
+        let buffers = wire.buffers();
+        let queued = buffers.output().len();
+        assert!(queued > 0);
+        buffers.sent(queued);
+        assert!(buffers.output().is_empty());
+        buffers
+            .received(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\nHTTP/1.1 4")
+            .unwrap();
+        assert_eq!(wire.take_answer().unwrap().map(|a| a.status), Some(201));
+        assert_eq!(wire.take_answer().unwrap(), None, "the second is partial");
+        wire.buffers()
+            .received(b"13 Content Too Large\r\n\r\n")
+            .unwrap();
+        assert_eq!(wire.take_answer().unwrap().map(|a| a.status), Some(413));
+        wire.buffers().received(b"HTTP/1.1 5").unwrap();
+        wire.reconnected();
+        wire.buffers().received(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        assert_eq!(wire.take_answer().unwrap().map(|a| a.status), Some(200));
     }
 
     #[test]

@@ -1,38 +1,116 @@
-//! The load clients: a WebSocket UA speaking Herald's JSON protocol and a
-//! keep-alive HTTP/1.1 application server (AS).
+//! The load clients: a WebSocket UA speaking Herald's JSON protocol
+//! ([`Ua`]) and a keep-alive HTTP/1.1 application server ([`Pusher`]).
 //!
-//! The bytes on the wire are built and parsed once, without IO
-//! ([`ua_wire`], [`as_wire`]). Two transports carry them: glommio tasks
-//! ([`tasks`], the `herald-bench` generator, which needs thousands of
-//! sockets for little CPU) and std sockets ([`threads`], `herald-load` and
-//! `herald-devices`, which run a thread per client or their own epoll loop).
+//! The bytes on the wire are built and parsed without IO ([`ua_wire`],
+//! [`as_wire`]); [`Ua`] and [`Pusher`] drive them over any async stream.
+//! Two transports open those streams: glommio sockets ([`tasks`], the
+//! `herald-bench` generator, thousands of sockets for little CPU) and std
+//! sockets ([`threads`], `herald-load` and `herald-devices`, which run a
+//! thread per client or their own epoll loop).
 
 pub mod as_wire;
+mod pusher;
 pub mod tasks;
 pub mod threads;
+mod ua;
 pub mod ua_wire;
 
 use std::io;
+use std::net::SocketAddr;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use as_wire::{endpoint_path, Push};
+pub use pusher::Pusher;
+pub use ua::Ua;
 
 /// A server answer or frame bigger than this is a protocol error here.
 pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 /// Bytes taken from a socket per read.
 const READ_CHUNK_BYTES: usize = 4096;
 
+/// How a transport opens a connection.
+pub trait Dial {
+    type Stream: AsyncRead + AsyncWrite + Unpin;
+    fn dial(&self, target: SocketAddr) -> io::Result<Self::Stream>;
+}
+
+/// A connection's bytes: read and not yet taken, queued and not yet
+/// written. Reused from message to message.
+#[derive(Default)]
+pub struct Buffers {
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+impl Buffers {
+    /// Bytes queued for the socket.
+    pub fn output(&self) -> &[u8] {
+        &self.output
+    }
+
+    /// The socket took the first `count` bytes of the output.
+    pub fn sent(&mut self, count: usize) {
+        self.output.drain(..count.min(self.output.len()));
+    }
+
+    /// Bytes read from the socket. Refuses to buffer more than
+    /// [`MESSAGE_BYTES_MAX`] that do not make a whole message.
+    pub fn received(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.input.len() > MESSAGE_BYTES_MAX {
+            return Err(protocol_error(
+                "server sent more than the generator buffers",
+            ));
+        }
+        self.input.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// The protocol side of a connection ([`ua_wire`], [`as_wire`]), around
+/// its buffers.
+pub trait Wire {
+    fn buffers(&mut self) -> &mut Buffers;
+}
+
 fn protocol_error(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
-/// Appends `bytes` read from the socket to `input`, refusing to buffer more
-/// than [`MESSAGE_BYTES_MAX`] that do not make a whole message.
-fn buffer_read(input: &mut Vec<u8>, bytes: &[u8]) -> io::Result<()> {
-    if input.len() > MESSAGE_BYTES_MAX {
-        return Err(protocol_error(
-            "server sent more than the generator buffers",
-        ));
+/// Writes what `wire` has queued, noting each write as it lands: a
+/// non-blocking socket that stops taking bytes (`WouldBlock`) loses none,
+/// the rest stays queued for the next call.
+async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, wire: &mut impl Wire) -> io::Result<()> {
+    let buffers = wire.buffers();
+    while !buffers.output.is_empty() {
+        match stream.write(&buffers.output).await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            written => buffers.sent(written),
+        }
     }
-    input.extend_from_slice(bytes);
     Ok(())
+}
+
+/// Reads once into `wire`; an error on EOF. Reads into a stack chunk and
+/// copies: growing a buffer by the chunk size would zero it every time.
+async fn read_into<S: AsyncRead + Unpin>(stream: &mut S, wire: &mut impl Wire) -> io::Result<()> {
+    let mut chunk = [0u8; READ_CHUNK_BYTES];
+    match stream.read(&mut chunk).await? {
+        0 => Err(io::ErrorKind::UnexpectedEof.into()),
+        read => wire.buffers().received(&chunk[..read]),
+    }
+}
+
+/// Reads until `take` finds in `wire` what it waits for.
+async fn wait_for<S: AsyncRead + Unpin, W: Wire, T>(
+    stream: &mut S,
+    wire: &mut W,
+    mut take: impl FnMut(&mut W) -> io::Result<Option<T>>,
+) -> io::Result<T> {
+    loop {
+        if let Some(found) = take(wire)? {
+            return Ok(found);
+        }
+        read_into(stream, wire).await?;
+    }
 }

@@ -10,15 +10,12 @@ use serde_json::Value;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::{Frame, FrameHeader};
 
-use super::{buffer_read, protocol_error};
+use super::{protocol_error, Buffers, Wire};
 
 pub struct UaWire {
     /// The `Sec-WebSocket-Key` sent, until the upgrade is answered.
     key: Option<String>,
-    /// Bytes read but not yet taken as frames.
-    input: Vec<u8>,
-    /// Bytes queued for the socket.
-    output: Vec<u8>,
+    buffers: Buffers,
 }
 
 impl UaWire {
@@ -32,8 +29,10 @@ impl UaWire {
         );
         UaWire {
             key: Some(key),
-            input: Vec::new(),
-            output: request.into_bytes(),
+            buffers: Buffers {
+                output: request.into_bytes(),
+                ..Buffers::default()
+            },
         }
     }
 
@@ -45,7 +44,7 @@ impl UaWire {
         };
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut response = httparse::Response::new(&mut headers);
-        let length = match response.parse(&self.input) {
+        let length = match response.parse(&self.buffers.input) {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) => return Ok(false),
             Err(error) => return Err(protocol_error(format!("upgrade answer: {error}"))),
@@ -62,14 +61,9 @@ impl UaWire {
                 response.code
             )));
         }
-        self.input.drain(..length);
+        self.buffers.input.drain(..length);
         self.key = None;
         Ok(true)
-    }
-
-    /// Bytes read from the socket.
-    pub fn received(&mut self, bytes: &[u8]) -> io::Result<()> {
-        buffer_read(&mut self.input, bytes)
     }
 
     /// Queues one masked text frame.
@@ -80,25 +74,16 @@ impl UaWire {
             ..FrameHeader::default()
         };
         // Writing into a Vec cannot fail.
-        let _ =
-            Frame::from_payload(header, text.as_bytes().to_vec().into()).format(&mut self.output);
-    }
-
-    /// What is queued for the socket.
-    pub fn output(&self) -> &[u8] {
-        &self.output
-    }
-
-    /// The socket took the first `count` bytes of [`UaWire::output`].
-    pub fn sent(&mut self, count: usize) {
-        self.output.drain(..count.min(self.output.len()));
+        let _ = Frame::from_payload(header, text.as_bytes().to_vec().into())
+            .format(&mut self.buffers.output);
     }
 
     /// The next complete text message read, if any. Control frames are
     /// skipped; a close frame is an error (the server hung up).
     pub fn take_message(&mut self) -> io::Result<Option<Value>> {
+        let input = &mut self.buffers.input;
         loop {
-            let mut cursor = Cursor::new(self.input.as_slice());
+            let mut cursor = Cursor::new(input.as_slice());
             let Some((header, length)) = FrameHeader::parse(&mut cursor)
                 .map_err(|error| protocol_error(format!("frame: {error}")))?
             else {
@@ -109,12 +94,12 @@ impl UaWire {
                 .ok()
                 .and_then(|length| start.checked_add(length))
                 .ok_or_else(|| protocol_error("frame length"))?;
-            if self.input.len() < end {
+            if input.len() < end {
                 return Ok(None);
             }
             let parsed = match header.opcode {
                 OpCode::Data(Data::Text) => Some(
-                    serde_json::from_slice(&self.input[start..end])
+                    serde_json::from_slice(&input[start..end])
                         .map_err(|error| protocol_error(format!("JSON: {error}"))),
                 ),
                 OpCode::Control(Control::Close) => Some(Err(io::Error::new(
@@ -123,11 +108,17 @@ impl UaWire {
                 ))),
                 _ => None,
             };
-            self.input.drain(..end);
+            input.drain(..end);
             if let Some(parsed) = parsed {
                 return parsed.map(Some);
             }
         }
+    }
+}
+
+impl Wire for UaWire {
+    fn buffers(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }
 
@@ -145,14 +136,14 @@ mod tests {
     fn upgraded() -> UaWire {
         let mut wire = UaWire::new("127.0.0.1:1".parse().unwrap());
         wire.key = None;
-        wire.output.clear();
+        wire.buffers.output.clear();
         wire
     }
 
     #[test]
     fn upgrade_needs_the_right_accept_key() {
         let mut wire = UaWire::new("127.0.0.1:1".parse().unwrap());
-        let request = String::from_utf8(wire.output().to_vec()).unwrap();
+        let request = String::from_utf8(wire.buffers().output().to_vec()).unwrap();
         let key = request
             .lines()
             .find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))
@@ -162,16 +153,18 @@ mod tests {
         let answer =
             format!("HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
         let (head, tail) = answer.split_at(20);
-        wire.received(head.as_bytes()).unwrap();
+        wire.buffers().received(head.as_bytes()).unwrap();
         assert!(!wire.take_upgrade().unwrap());
-        wire.received(tail.as_bytes()).unwrap();
-        wire.received(&server_frame(OpCode::Data(Data::Text), b"{}"))
+        wire.buffers().received(tail.as_bytes()).unwrap();
+        wire.buffers()
+            .received(&server_frame(OpCode::Data(Data::Text), b"{}"))
             .unwrap();
         assert!(wire.take_upgrade().unwrap());
         assert_eq!(wire.take_message().unwrap(), Some(serde_json::json!({})));
 
         let mut wrong = UaWire::new("127.0.0.1:1".parse().unwrap());
         wrong
+            .buffers()
             .received(b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x\r\n\r\n")
             .unwrap();
         assert!(wrong.take_upgrade().is_err());
@@ -181,12 +174,14 @@ mod tests {
     fn messages_come_whole_and_close_is_an_error() {
         let mut wire = upgraded();
         let frame = server_frame(OpCode::Data(Data::Text), br#"{"a":1}"#);
-        wire.received(&frame[..3]).unwrap();
+        wire.buffers().received(&frame[..3]).unwrap();
         assert_eq!(wire.take_message().unwrap(), None);
-        wire.received(&frame[3..]).unwrap();
-        wire.received(&server_frame(OpCode::Control(Control::Ping), b""))
+        wire.buffers().received(&frame[3..]).unwrap();
+        wire.buffers()
+            .received(&server_frame(OpCode::Control(Control::Ping), b""))
             .unwrap();
-        wire.received(&server_frame(OpCode::Control(Control::Close), b""))
+        wire.buffers()
+            .received(&server_frame(OpCode::Control(Control::Close), b""))
             .unwrap();
         assert_eq!(
             wire.take_message().unwrap(),
@@ -200,13 +195,14 @@ mod tests {
     fn queued_frames_are_masked_text() {
         let mut wire = upgraded();
         wire.queue("hi");
-        let mut cursor = Cursor::new(wire.output());
+        let mut cursor = Cursor::new(wire.buffers().output());
         let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
         assert_eq!(header.opcode, OpCode::Data(Data::Text));
         assert!(header.mask.is_some(), "client frames are masked");
         assert_eq!(length, 2);
-        let total = wire.output().len();
-        wire.sent(total);
-        assert!(wire.output().is_empty());
+        let buffers = wire.buffers();
+        let total = buffers.output().len();
+        buffers.sent(total);
+        assert!(buffers.output().is_empty());
     }
 }

@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use herald_bench::client::tasks::{Pusher, Ua};
+use herald_bench::client::tasks::{FromSource, Pusher, Ua};
 use herald_bench::client::{endpoint_path, Push};
 use herald_bench::stats::{new_histogram, now_us, serialize_histogram};
 
@@ -149,7 +149,7 @@ fn channel_id(worker: usize, ua: usize) -> String {
 /// Connects, says hello, registers one channel.
 async fn open_ua(spec: &Spec, index: usize) -> std::io::Result<(Ua, Registered)> {
     let kind = spec.mix.kind(index);
-    let mut ua = Ua::open(spec.ua, spec.source).await?;
+    let mut ua = Ua::open(&FromSource(spec.source), spec.ua).await?;
     let hello = if kind == Kind::SimplePush {
         json!({"messageType": "hello", "channelIDs": []})
     } else {
@@ -314,7 +314,7 @@ async fn push_loop(
     }
     let data = [0x5au8; DATA_BYTES];
     let ends_us = load.started_us + (spec.seconds * 1e6) as u64;
-    let mut pusher = Pusher::new(spec.push_to, spec.source);
+    let mut pusher = Pusher::new(FromSource(spec.source), spec.push_to);
     let mut version = now_us();
     for (ua, path, kind) in mine.iter().cycle() {
         let mut now = now_us();
@@ -434,7 +434,7 @@ async fn idle(spec: &Spec) -> Value {
         .map(|lane| {
             let (spec, opened, received) = (spec.clone(), opened.clone(), received.clone());
             spawn_local(async move {
-                let mut pusher = Pusher::new(spec.push_to, spec.source);
+                let mut pusher = Pusher::new(FromSource(spec.source), spec.push_to);
                 for index in (lane..spec.uas).step_by(lanes) {
                     let Some((mut ua, registered)) = opened.borrow_mut()[index].take() else {
                         continue;
@@ -485,7 +485,7 @@ async fn stored(spec: &Spec) -> Value {
         .map(|lane| {
             let (spec, registered, accepted) = (spec.clone(), registered.clone(), accepted.clone());
             spawn_local(async move {
-                let mut pusher = Pusher::new(spec.push_to, spec.source);
+                let mut pusher = Pusher::new(FromSource(spec.source), spec.push_to);
                 let data = [0x5au8; DATA_BYTES];
                 for ua in registered.iter().skip(lane).step_by(lanes) {
                     for _ in 0..spec.messages {
@@ -550,7 +550,7 @@ async fn drain_one(
     registered: &Registered,
     delivered: &Cell<u64>,
 ) -> std::io::Result<()> {
-    let mut ua = Ua::open(spec.ua, spec.source).await?;
+    let mut ua = Ua::open(&FromSource(spec.source), spec.ua).await?;
     let hello = json!({"messageType": "hello", "uaid": registered.uaid, "use_webpush": true});
     ua.send(&hello).await?;
     let mut received = 0;
