@@ -66,116 +66,86 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// AS requests/s and records per fsync for each --fsync mode.
-    Fsync {
-        /// The `--fsync` modes to compare.
-        #[arg(long, value_enum, value_delimiter = ',', default_values = ["batch", "never", "always"])]
-        modes: Vec<Fsync>,
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        #[arg(long, default_value_t = 200)]
-        uas: usize,
-        #[arg(long, default_value_t = 64)]
-        senders: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long, default_value_t = 2)]
-        shards: usize,
-    },
+    Fsync(FsyncArgs),
     /// Writes a data dir with registered channels and pending messages.
-    Gen {
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(long, default_value_t = 2)]
-        shards: usize,
-        #[arg(long, default_value_t = 100_000)]
-        uaids: usize,
-        #[arg(long, default_value_t = 10)]
-        channels_per_uaid: usize,
-        /// Pending Web Push messages, spread round-robin over the UAIDs.
-        #[arg(long, default_value_t = 100_000)]
-        pending: usize,
-        /// Ciphertext bytes per pending message.
-        #[arg(long, default_value_t = 128)]
-        body_bytes: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+    Gen(GenArgs),
     /// Start time and replay rate on an existing data dir.
-    Restart {
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(long, default_value_t = 2)]
-        shards: usize,
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-    },
+    Restart(RestartArgs),
     /// Compaction pauses under load.
-    Compaction {
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(long, default_value_t = 2)]
-        shards: usize,
-        #[arg(long, default_value_t = 2 * 1024 * 1024)]
-        compact_after_bytes: u64,
-        #[arg(long, default_value_t = 200)]
-        uas: usize,
-        #[arg(long, default_value_t = 16)]
-        senders: usize,
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-    },
+    Compaction(CompactionArgs),
+}
+
+#[derive(clap::Args)]
+struct FsyncArgs {
+    /// The `--fsync` modes to compare.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["batch", "never", "always"])]
+    modes: Vec<Fsync>,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[arg(long, default_value_t = 200)]
+    uas: usize,
+    #[arg(long, default_value_t = 64)]
+    senders: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    #[arg(long, default_value_t = 100_000)]
+    uaids: usize,
+    #[arg(long, default_value_t = 10)]
+    channels_per_uaid: usize,
+    /// Pending Web Push messages, spread round-robin over the UAIDs.
+    #[arg(long, default_value_t = 100_000)]
+    pending: usize,
+    /// Ciphertext bytes per pending message.
+    #[arg(long, default_value_t = 128)]
+    body_bytes: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(clap::Args)]
+struct RestartArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+#[derive(clap::Args)]
+struct CompactionArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    compact_after_bytes: u64,
+    #[arg(long, default_value_t = 200)]
+    uas: usize,
+    #[arg(long, default_value_t = 16)]
+    senders: usize,
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
 }
 
 fn main() {
     let cli = Cli::parse();
     let herald = cli.herald.clone().unwrap_or_else(|| sibling("herald"));
-    match cli.command {
-        Cmd::Fsync {
-            modes,
-            runs,
-            uas,
-            senders,
-            seconds,
-            shards,
-        } => fsync_bench(&herald, &modes, runs, uas, senders, seconds, shards),
-        Cmd::Gen {
-            data_dir,
-            shards,
-            uaids,
-            channels_per_uaid,
-            pending,
-            body_bytes,
-            seed,
-        } => generate(
-            &data_dir,
-            shards,
-            uaids,
-            channels_per_uaid,
-            pending,
-            body_bytes,
-            seed,
-        ),
-        Cmd::Restart {
-            data_dir,
-            shards,
-            runs,
-        } => restart_bench(&herald, &data_dir, shards, runs),
-        Cmd::Compaction {
-            data_dir,
-            shards,
-            compact_after_bytes,
-            uas,
-            senders,
-            seconds,
-        } => compaction_bench(
-            &herald,
-            &data_dir,
-            shards,
-            compact_after_bytes,
-            uas,
-            senders,
-            seconds,
-        ),
+    match &cli.command {
+        Cmd::Fsync(args) => fsync_bench(&herald, args),
+        Cmd::Gen(args) => generate(args),
+        Cmd::Restart(args) => restart_bench(&herald, args),
+        Cmd::Compaction(args) => compaction_bench(&herald, args),
     }
 }
 
@@ -301,15 +271,15 @@ fn run_load(ua: SocketAddr, uas: usize, senders: usize, seconds: u64) -> Value {
 // fsync: requests/s per mode
 // ---------------------------------------------------------------------------
 
-fn fsync_bench(
-    herald: &Path,
-    modes: &[Fsync],
-    runs: usize,
-    uas: usize,
-    senders: usize,
-    seconds: u64,
-    shards: usize,
-) {
+fn fsync_bench(herald: &Path, args: &FsyncArgs) {
+    let &FsyncArgs {
+        ref modes,
+        runs,
+        uas,
+        senders,
+        seconds,
+        shards,
+    } = args;
     // Per mode: its name and, per run, three measured series.
     type Series = (String, Vec<f64>, Vec<f64>, Vec<f64>);
     let mut per_mode: Vec<Series> = modes
@@ -366,15 +336,16 @@ fn fsync_bench(
 // gen: a big data dir through the store API
 // ---------------------------------------------------------------------------
 
-fn generate(
-    data_dir: &Path,
-    shards: usize,
-    uaids: usize,
-    channels_per_uaid: usize,
-    pending: usize,
-    body_bytes: usize,
-    seed: u64,
-) {
+fn generate(args: &GenArgs) {
+    let &GenArgs {
+        ref data_dir,
+        shards,
+        uaids,
+        channels_per_uaid,
+        pending,
+        body_bytes,
+        seed,
+    } = args;
     assert!(
         !data_dir.exists()
             || std::fs::read_dir(data_dir)
@@ -535,7 +506,12 @@ fn replay_lines(log: &str, launched: SystemTime) -> Vec<(usize, u64, f64, String
         .collect()
 }
 
-fn restart_bench(herald: &Path, data_dir: &Path, shards: usize, runs: usize) {
+fn restart_bench(herald: &Path, args: &RestartArgs) {
+    let &RestartArgs {
+        ref data_dir,
+        shards,
+        runs,
+    } = args;
     let mut ready = Vec::new();
     let mut all_ready = Vec::new();
     let mut rates = Vec::new();
@@ -595,23 +571,24 @@ fn restart_bench(herald: &Path, data_dir: &Path, shards: usize, runs: usize) {
 // compaction: pauses under load
 // ---------------------------------------------------------------------------
 
-fn compaction_bench(
-    herald: &Path,
-    data_dir: &Path,
-    shards: usize,
-    compact_after_bytes: u64,
-    uas: usize,
-    senders: usize,
-    seconds: u64,
-) {
-    let config = data_dir.with_extension("compaction.toml");
+fn compaction_bench(herald: &Path, args: &CompactionArgs) {
+    let config = args.data_dir.with_extension("compaction.toml");
     std::fs::write(
         &config,
-        format!("[limits]\nwal_compact_after_bytes = {compact_after_bytes}\n"),
+        format!(
+            "[limits]\nwal_compact_after_bytes = {}\n",
+            args.compact_after_bytes
+        ),
     )
     .expect("write config");
-    let server = start_herald(herald, data_dir, shards, Fsync::Batch, Some(&config));
-    let load = run_load(server.ua, uas, senders, seconds);
+    let server = start_herald(
+        herald,
+        &args.data_dir,
+        args.shards,
+        Fsync::Batch,
+        Some(&config),
+    );
+    let load = run_load(server.ua, args.uas, args.senders, args.seconds);
     // Let a compaction that started at the end of the load finish (bounded).
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut pause_max = metric_max(&server, "herald_wal_compaction_pause_us_max");
@@ -647,7 +624,7 @@ fn compaction_bench(
     let replay = replay_lines(&log, UNIX_EPOCH);
     println!(
         "{}",
-        json!({"compact_after_bytes": compact_after_bytes, "load": load,
+        json!({"compact_after_bytes": args.compact_after_bytes, "load": load,
                "state_at_start": replay.iter().map(|(shard, records, _, summary)| json!({"shard": shard, "records": records, "state": summary})).collect::<Vec<_>>(),
                "compactions": lines, "metric_pause_us_max": pause_max, "metric_compactions": compactions,
                "max_pause_us": pauses.iter().cloned().fold(f64::NAN, f64::max),
