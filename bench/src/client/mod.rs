@@ -114,3 +114,72 @@ async fn wait_for<S: AsyncRead + Unpin, W: Wire, T>(
         read_into(stream, wire).await?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::block_on;
+    use futures_lite::io::AssertAsync;
+
+    /// A socket that takes `room` more bytes, then says `WouldBlock`.
+    struct Filling {
+        taken: Vec<u8>,
+        room: usize,
+    }
+
+    impl io::Write for Filling {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            let count = bytes.len().min(self.room).min(3);
+            if count == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.room -= count;
+            self.taken.extend_from_slice(&bytes[..count]);
+            Ok(count)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct Plain(Buffers);
+
+    impl Wire for Plain {
+        fn buffers(&mut self) -> &mut Buffers {
+            &mut self.0
+        }
+    }
+
+    #[test]
+    fn a_full_socket_keeps_the_rest_queued() {
+        let mut wire = Plain::default();
+        wire.0.output = b"0123456789".to_vec();
+        let mut socket = AssertAsync::new(Filling {
+            taken: Vec::new(),
+            room: 4,
+        });
+        let error = block_on(write_out(&mut socket, &mut wire)).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(socket.get_ref().taken, b"0123");
+        assert_eq!(wire.0.output(), b"456789");
+        socket.get_mut().room = 100;
+        block_on(write_out(&mut socket, &mut wire)).unwrap();
+        assert_eq!(socket.get_ref().taken, b"0123456789");
+        assert!(wire.0.output().is_empty());
+    }
+
+    #[test]
+    fn eof_and_oversized_input_are_errors() {
+        let mut wire = Plain::default();
+        let mut empty = AssertAsync::new(io::Cursor::new(Vec::<u8>::new()));
+        let error = block_on(read_into(&mut empty, &mut wire)).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        let mut some = AssertAsync::new(io::Cursor::new(b"abc".to_vec()));
+        block_on(read_into(&mut some, &mut wire)).unwrap();
+        assert_eq!(wire.0.input, b"abc");
+        wire.0.input = vec![0; MESSAGE_BYTES_MAX + 1];
+        assert!(wire.0.received(b"x").is_err());
+    }
+}
