@@ -14,6 +14,7 @@ pub mod record;
 pub mod shard;
 pub mod ua;
 pub mod vapid;
+pub mod wakeup_plan;
 
 /// Unix time in milliseconds. Always passed in, never read from a clock here.
 pub type Millis = u64;

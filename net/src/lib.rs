@@ -23,8 +23,6 @@ mod wakeup_http;
 pub mod wakeup_metrics;
 // Public (undocumented) only so `bench/` can time the wakeup core's parts.
 #[doc(hidden)]
-pub mod wakeup_plan;
-#[doc(hidden)]
 pub mod wakeup_udp;
 pub mod websocket;
 

@@ -19,7 +19,7 @@
 //!   byte on a connected loopback UDP socket pair — only when the core has
 //!   said it is parked, so a busy core costs the shards no syscall at all.
 //! - The decisions (coalescing, backoff, urgency order, per-network token
-//!   buckets) live in [`crate::wakeup_plan`], without IO, and are unit-tested.
+//!   buckets) live in [`herald_engine::wakeup_plan`], without IO, and are unit-tested.
 //! - A turn: drain the ring, ask the planner for up to [`BATCH_MAX`] sends,
 //!   hand UDP ones to one `sendmmsg` per family, queue proxy ones to their
 //!   connection task, publish metrics, then park until the next retry or
@@ -34,11 +34,12 @@ use std::time::{Duration, Instant};
 use glommio::channels::local_channel::LocalSender;
 use glommio::timer::sleep;
 
+use herald_engine::wakeup_plan::{Dispatch, Ms, PlanLimits, PlanStats, Planner, WakeOutcome};
+
 use crate::shared::Shared;
 use crate::wakeup_client::{Inner, Request, WakeupCore};
 use crate::wakeup_http::{self, ProxyUrl};
 use crate::wakeup_metrics::{reason, WakeupMetrics};
-use crate::wakeup_plan::{Dispatch, Ms, PlanLimits, PlanStats, Planner, WakeOutcome};
 use crate::wakeup_udp::{Sent, UdpSender};
 use crate::WakeupRoute;
 

@@ -16,7 +16,7 @@
 //! (non-blocking); a small pool of worker threads does the blocking part of a
 //! (re)connect — TCP connect, WebSocket handshake, hello, register — and hands
 //! the socket back through a queue + eventfd. Pushers are separate threads
-//! with keep-alive HTTP agents. Runs are bounded: the stream lasts
+//! with keep-alive HTTP connections. Runs are bounded: the stream lasts
 //! `--duration-s`, the drain at most `--drain-s`.
 //!
 //! File descriptors: `sleep` holds one UDP socket per device plus the TCP
@@ -26,17 +26,19 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
+use herald_bench::client::threads::{block_on, endpoint_address, Blocking, Pusher, Ua};
+use herald_bench::client::{endpoint_path, Push};
+use rand::Rng;
 use serde_json::{json, Value};
-use tungstenite::{Message, WebSocket};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -50,11 +52,9 @@ struct Args {
     /// Simulated phones.
     #[arg(long, default_value_t = 2000)]
     devices: usize,
-    /// always | sleep | both | burst (sleeping devices that never answer:
-    /// every device is pushed once, as fast as the pushers go, to measure
-    /// the datagram rate; retries are not counted)
-    #[arg(long, default_value = "both")]
-    mode: String,
+    /// The scenario(s) to run.
+    #[arg(long, value_enum, default_value_t = Mode::Both)]
+    mode: Mode,
     /// Notifications per second during the stream.
     #[arg(long, default_value_t = 200)]
     rate: u32,
@@ -84,35 +84,61 @@ struct Args {
     summary: String,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+enum Mode {
+    /// Every device keeps its WebSocket open.
+    Always,
+    /// Every device sleeps with a UDP wakeup and reconnects when woken.
+    Sleep,
+    /// `always`, then `sleep`, and the keep-alives sleeping avoided.
+    Both,
+    /// Sleeping devices that never answer: every device is pushed once, as
+    /// fast as the pushers go, to measure the datagram rate; retries are not
+    /// counted.
+    Burst,
+}
+
+impl Mode {
+    /// Its name in the summary and the CSV.
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Always => "always",
+            Mode::Sleep => "sleep",
+            Mode::Both => "both",
+            Mode::Burst => "burst",
+        }
+    }
+}
+
 /// Connected-socket samples are taken this often.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Gives up on a connect, write or read (while blocking) after 10 s.
+const BLOCKING: Blocking = Blocking {
+    timeout: Duration::from_secs(10),
+};
 
 fn main() {
     let args = Args::parse();
     raise_fd_limit();
-    let modes: Vec<&str> = match args.mode.as_str() {
-        "both" => vec!["always", "sleep"],
-        "always" => vec!["always"],
-        "sleep" => vec!["sleep"],
-        "burst" => vec!["burst"],
-        other => {
-            eprintln!("--mode must be always, sleep, both or burst, got {other:?}");
-            std::process::exit(2);
-        }
+    let modes = match args.mode {
+        Mode::Both => vec![Mode::Always, Mode::Sleep],
+        one => vec![one],
     };
     let mut results = vec![];
     for mode in modes {
         eprintln!(
-            "== scenario {mode}: {} devices, {} notifications/s for {} s",
-            args.devices, args.rate, args.duration_s
+            "== scenario {}: {} devices, {} notifications/s for {} s",
+            mode.name(),
+            args.devices,
+            args.rate,
+            args.duration_s
         );
-        let result = Scenario::run(&args, mode != "always", mode == "burst");
+        let result = Scenario::run(&args, mode != Mode::Always, mode == Mode::Burst);
         eprintln!(
             "{}",
             serde_json::to_string_pretty(&result.summary).unwrap_or_default()
         );
-        results.push((mode, result));
+        results.push((mode.name(), result));
     }
     write_csv(&args.csv, &results);
     let summary: serde_json::Map<String, Value> = results
@@ -191,7 +217,7 @@ struct Done {
 }
 
 struct Connected {
-    ws: WebSocket<TcpStream>,
+    ws: Ua,
     uaid: String,
     endpoint: Option<String>,
     channel: Option<String>,
@@ -209,7 +235,7 @@ struct Device {
     uaid: String,
     channel: String,
     udp: Option<UdpSocket>,
-    ws: Option<WebSocket<TcpStream>>,
+    ws: Option<Ua>,
     woke_at: Option<Instant>,
 }
 
@@ -583,8 +609,9 @@ impl<'a> Scenario<'a> {
                 .reconnect
                 .record(now.duration_since(woke).as_micros() as u64);
         }
-        let fd = connected.ws.get_ref().as_raw_fd();
-        if connected.ws.get_ref().set_nonblocking(true).is_err() {
+        let socket = connected.ws.stream().get_ref();
+        let fd = socket.as_raw_fd();
+        if socket.set_nonblocking(true).is_err() {
             self.error("set_nonblocking".into());
             return;
         }
@@ -592,7 +619,7 @@ impl<'a> Scenario<'a> {
         slot.state = State::Connected;
         self.connected += 1;
         self.add(fd, token(device, true));
-        // Frames may already sit in tungstenite's buffer: read them now.
+        // Frames may already sit in the UA's buffer: take them now.
         self.on_ws(device);
     }
 
@@ -639,15 +666,19 @@ impl<'a> Scenario<'a> {
         let mut received = vec![];
         if let Some(ws) = self.devices[device].ws.as_mut() {
             loop {
-                match ws.read() {
-                    Ok(Message::Text(text)) => received.push(text.to_string()),
-                    Ok(Message::Close(_)) => {
-                        closed = true;
-                        // Let tungstenite send its close reply; EOF follows.
-                        let _ = ws.flush();
-                    }
-                    Ok(_) => {}
-                    Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => break,
+                match ws.take_message() {
+                    Ok(Some(message)) => received.push(message),
+                    Ok(None) => match block_on(ws.read()) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            closed = true;
+                            break;
+                        }
+                    },
+                    // Herald's close frame (put to sleep with 4774) or a
+                    // broken stream: the socket is done.
                     Err(_) => {
                         closed = true;
                         break;
@@ -656,10 +687,7 @@ impl<'a> Scenario<'a> {
             }
         }
         let now = Instant::now();
-        for text in received {
-            let Ok(value) = serde_json::from_str::<Value>(&text) else {
-                continue;
-            };
+        for value in received {
             if value["messageType"] != "notification" {
                 continue;
             }
@@ -676,13 +704,13 @@ impl<'a> Scenario<'a> {
         }
         if !acks.is_empty() {
             if let Some(ws) = self.devices[device].ws.as_mut() {
-                let ack = json!({"messageType": "ack", "updates": acks}).to_string();
-                let _ = ws.send(Message::text(ack));
+                // On a full socket the rest of it waits for the next send.
+                let _ = block_on(ws.send(&json!({"messageType": "ack", "updates": acks})));
             }
         }
         if closed {
             if let Some(ws) = self.devices[device].ws.take() {
-                self.remove(ws.get_ref().as_raw_fd());
+                self.remove(ws.stream().get_ref().as_raw_fd());
                 self.connected -= 1;
                 self.sleeps += 1;
             }
@@ -755,12 +783,7 @@ fn worker(
 }
 
 fn connect(ua: SocketAddr, mcc: &str, mnc: &str, job: &Job) -> Result<Connected, String> {
-    let stream =
-        TcpStream::connect_timeout(&ua, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
-    stream.set_nodelay(true).ok();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).ok();
-    let (mut ws, _) = tungstenite::client(format!("ws://{ua}/"), stream)
-        .map_err(|e| format!("handshake: {e}"))?;
+    let mut ws = block_on(Ua::open(&BLOCKING, ua)).map_err(|e| format!("connect: {e}"))?;
     let mut hello = json!({"messageType": "hello", "use_webpush": false});
     if let Some(uaid) = &job.uaid {
         hello["uaid"] = json!(uaid);
@@ -769,9 +792,7 @@ fn connect(ua: SocketAddr, mcc: &str, mnc: &str, job: &Job) -> Result<Connected,
         hello["wakeup_hostport"] = json!({"ip": addr.ip().to_string(), "port": addr.port()});
         hello["mobilenetwork"] = json!({"mcc": mcc, "mnc": mnc, "netid": "bench"});
     }
-    ws.send(Message::text(hello.to_string()))
-        .map_err(|e| format!("hello: {e}"))?;
-    let reply = read_json(&mut ws)?;
+    let reply = block_on(ws.exchange(&hello)).map_err(|e| format!("hello: {e}"))?;
     let expected = if job.wakeup.is_some() { 201 } else { 200 };
     if reply["status"] != expected {
         return Err(format!("hello answered {reply}"));
@@ -783,11 +804,8 @@ fn connect(ua: SocketAddr, mcc: &str, mnc: &str, job: &Job) -> Result<Connected,
     let (mut endpoint, mut channel) = (None, None);
     if job.register {
         let id = channel_id();
-        ws.send(Message::text(
-            json!({"messageType": "register", "channelID": id}).to_string(),
-        ))
-        .map_err(|e| format!("register: {e}"))?;
-        let reply = read_json(&mut ws)?;
+        let register = json!({"messageType": "register", "channelID": id});
+        let reply = block_on(ws.exchange(&register)).map_err(|e| format!("register: {e}"))?;
         endpoint = Some(
             reply["pushEndpoint"]
                 .as_str()
@@ -804,21 +822,9 @@ fn connect(ua: SocketAddr, mcc: &str, mnc: &str, job: &Job) -> Result<Connected,
     })
 }
 
-fn read_json(ws: &mut WebSocket<TcpStream>) -> Result<Value, String> {
-    loop {
-        match ws.read().map_err(|e| format!("read: {e}"))? {
-            Message::Text(text) => {
-                return serde_json::from_str(&text).map_err(|e| format!("json: {e}"))
-            }
-            Message::Close(frame) => return Err(format!("closed: {frame:?}")),
-            _ => continue,
-        }
-    }
-}
-
+/// A random (version 4) UUID: the bench needs spread, not secrecy.
 fn channel_id() -> String {
-    let n = next_random();
-    let m = next_random();
+    let (n, m): (u64, u64) = rand::random();
     format!(
         "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
         n >> 32,
@@ -827,31 +833,6 @@ fn channel_id() -> String {
         m >> 52,
         m & 0xffff_ffff_ffff
     )
-}
-
-/// A small xorshift generator; the bench needs spread, not secrecy.
-fn next_random() -> u64 {
-    thread_local! {
-        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(seed());
-    }
-    STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        x
-    })
-}
-
-fn seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
-    let thread = std::thread::current().id();
-    let mut hash = std::collections::hash_map::DefaultHasher::new();
-    std::hash::Hash::hash(&thread, &mut hash);
-    (nanos ^ std::hash::Hasher::finish(&hash)) | 1
 }
 
 /// Pushes SimplePush versions to random devices at `rate` per second.
@@ -869,22 +850,32 @@ fn pusher(
     if endpoints.is_empty() || rate <= 0.0 {
         return;
     }
-    let agent = ureq::AgentBuilder::new().timeout(IO_TIMEOUT).build();
+    // Every endpoint names the same AS listener; pushes go by path.
+    let Ok(target) = endpoint_address(&endpoints[0].1) else {
+        errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let paths: Vec<(usize, String)> = endpoints
+        .iter()
+        .filter_map(|(device, endpoint)| Some((*device, endpoint_path(endpoint).ok()?)))
+        .collect();
+    if paths.is_empty() {
+        return;
+    }
+    let mut pusher = Pusher::new(BLOCKING, target);
+    let mut push = |path: &str, version: u64| {
+        let answered = block_on(pusher.push(path, Push::SimplePush(version)));
+        matches!(answered, Ok(200..=299))
+    };
+    let mut rng = rand::thread_rng();
     if let Some((index, count)) = burst {
         // Every device once, this pusher's share, unpaced; nothing is booked
         // because deaf devices never take delivery.
-        for (_, endpoint) in endpoints.iter().skip(index).step_by(count) {
+        for (_, path) in paths.iter().skip(index).step_by(count) {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            let result = agent
-                .put(endpoint)
-                .set("Content-Type", "application/x-www-form-urlencoded")
-                .send_string("version=1");
-            match result {
-                Ok(_) => pushed.fetch_add(1, Ordering::Relaxed),
-                Err(_) => errors.fetch_add(1, Ordering::Relaxed),
-            };
+            if push(path, 1) { pushed } else { errors }.fetch_add(1, Ordering::Relaxed);
         }
         return;
     }
@@ -896,7 +887,7 @@ fn pusher(
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let (device, endpoint) = &endpoints[(next_random() % endpoints.len() as u64) as usize];
+        let (device, path) = &paths[rng.gen_range(0..paths.len())];
         let at = Instant::now();
         let Ok(version) = book.lock().map(|mut book| {
             book.next_version += 1;
@@ -909,20 +900,13 @@ fn pusher(
         }) else {
             return;
         };
-        match agent
-            .put(endpoint)
-            .set("Content-Type", "application/x-www-form-urlencoded")
-            .send_string(&format!("version={version}"))
-        {
-            Ok(_) => {
-                pushed.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                errors.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut book) = book.lock() {
-                    if let Some(list) = book.outstanding.get_mut(device) {
-                        list.retain(|(v, _)| *v != version);
-                    }
+        if push(path, version) {
+            pushed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            errors.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut book) = book.lock() {
+                if let Some(list) = book.outstanding.get_mut(device) {
+                    list.retain(|(v, _)| *v != version);
                 }
             }
         }

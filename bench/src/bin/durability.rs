@@ -34,15 +34,18 @@
 //!   `herald-durability compaction --data-dir /tmp/herald-1m \
 //!   --compact-after-bytes 2097152 --seconds 20`
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+
+use herald_bench::server::{self, http_get, sibling, temp_dir, Fsync, Ready, Server};
+use herald_bench::stats::median;
 
 use herald_engine::identity::{KeyMaterial, Keys};
 use herald_engine::message::{MessageBody, Registration, StoredMessage, Urgency};
@@ -63,285 +66,137 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// AS requests/s and records per fsync for each --fsync mode.
-    Fsync {
-        #[arg(long, default_value = "batch,never,always")]
-        modes: String,
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        #[arg(long, default_value_t = 200)]
-        uas: usize,
-        #[arg(long, default_value_t = 64)]
-        senders: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long, default_value_t = 2)]
-        shards: usize,
-    },
+    Fsync(FsyncArgs),
     /// Writes a data dir with registered channels and pending messages.
-    Gen {
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(long, default_value_t = 2)]
-        shards: usize,
-        #[arg(long, default_value_t = 100_000)]
-        uaids: usize,
-        #[arg(long, default_value_t = 10)]
-        channels_per_uaid: usize,
-        /// Pending Web Push messages, spread round-robin over the UAIDs.
-        #[arg(long, default_value_t = 100_000)]
-        pending: usize,
-        /// Ciphertext bytes per pending message.
-        #[arg(long, default_value_t = 128)]
-        body_bytes: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+    Gen(GenArgs),
     /// Start time and replay rate on an existing data dir.
-    Restart {
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(long, default_value_t = 2)]
-        shards: usize,
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-    },
+    Restart(RestartArgs),
     /// Compaction pauses under load.
-    Compaction {
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(long, default_value_t = 2)]
-        shards: usize,
-        #[arg(long, default_value_t = 2 * 1024 * 1024)]
-        compact_after_bytes: u64,
-        #[arg(long, default_value_t = 200)]
-        uas: usize,
-        #[arg(long, default_value_t = 16)]
-        senders: usize,
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-    },
+    Compaction(CompactionArgs),
+}
+
+#[derive(clap::Args)]
+struct FsyncArgs {
+    /// The `--fsync` modes to compare.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["batch", "never", "always"])]
+    modes: Vec<Fsync>,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[arg(long, default_value_t = 200)]
+    uas: usize,
+    #[arg(long, default_value_t = 64)]
+    senders: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    #[arg(long, default_value_t = 100_000)]
+    uaids: usize,
+    #[arg(long, default_value_t = 10)]
+    channels_per_uaid: usize,
+    /// Pending Web Push messages, spread round-robin over the UAIDs.
+    #[arg(long, default_value_t = 100_000)]
+    pending: usize,
+    /// Ciphertext bytes per pending message.
+    #[arg(long, default_value_t = 128)]
+    body_bytes: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(clap::Args)]
+struct RestartArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+#[derive(clap::Args)]
+struct CompactionArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    compact_after_bytes: u64,
+    #[arg(long, default_value_t = 200)]
+    uas: usize,
+    #[arg(long, default_value_t = 16)]
+    senders: usize,
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
 }
 
 fn main() {
     let cli = Cli::parse();
     let herald = cli.herald.clone().unwrap_or_else(|| sibling("herald"));
-    match cli.command {
-        Cmd::Fsync {
-            modes,
-            runs,
-            uas,
-            senders,
-            seconds,
-            shards,
-        } => fsync_bench(&herald, &modes, runs, uas, senders, seconds, shards),
-        Cmd::Gen {
-            data_dir,
-            shards,
-            uaids,
-            channels_per_uaid,
-            pending,
-            body_bytes,
-            seed,
-        } => generate(
-            &data_dir,
-            shards,
-            uaids,
-            channels_per_uaid,
-            pending,
-            body_bytes,
-            seed,
-        ),
-        Cmd::Restart {
-            data_dir,
-            shards,
-            runs,
-        } => restart_bench(&herald, &data_dir, shards, runs),
-        Cmd::Compaction {
-            data_dir,
-            shards,
-            compact_after_bytes,
-            uas,
-            senders,
-            seconds,
-        } => compaction_bench(
-            &herald,
-            &data_dir,
-            shards,
-            compact_after_bytes,
-            uas,
-            senders,
-            seconds,
-        ),
+    match &cli.command {
+        Cmd::Fsync(args) => fsync_bench(&herald, args),
+        Cmd::Gen(args) => generate(args),
+        Cmd::Restart(args) => restart_bench(&herald, args),
+        Cmd::Compaction(args) => compaction_bench(&herald, args),
     }
 }
 
 // ---------------------------------------------------------------------------
-// helpers: processes, HTTP, logs
+// helpers: the server, metrics, logs
 // ---------------------------------------------------------------------------
 
-fn sibling(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent().expect("exe dir").join(name)
+/// Replaying a big data dir (`gen --uaids 100000 …`) takes a while.
+const START_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `herald serve` on `data_dir`, its log beside it, ready once `/health`
+/// answers.
+fn start_herald(
+    herald: &Path,
+    data_dir: &Path,
+    shards: usize,
+    fsync: Fsync,
+    config: Option<&Path>,
+) -> Server {
+    let mut command = server::herald_serve(Some(herald), data_dir, shards, fsync);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let log = data_dir.with_extension("herald.log");
+    Server::start(command, Ready::Health, &log, START_TIMEOUT)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("free port")
+/// Sum of every sample of a counter (with or without `_total`) on /metrics.
+fn metric_sum(server: &Server, prefix: &str) -> f64 {
+    let (_, text) = http_get(server.as_addr, "/metrics").expect("GET /metrics");
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.split(['{', ' ']).next() == Some(prefix)
+                || line.starts_with(&format!("{prefix}_total"))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
+/// Largest sample of a gauge on /metrics.
+fn metric_max(server: &Server, name: &str) -> f64 {
+    let (_, text) = http_get(server.as_addr, "/metrics").expect("GET /metrics");
+    text.lines()
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max)
 }
 
-/// A running `herald serve`; SIGTERM (then SIGKILL) on drop.
-struct Herald {
-    child: Child,
-    ua: SocketAddr,
-    as_addr: SocketAddr,
-    log: PathBuf,
-    launched: SystemTime,
-    ready_after: Duration,
-}
-
-impl Herald {
-    fn start(
-        herald: &Path,
-        data_dir: &Path,
-        shards: usize,
-        fsync: &str,
-        config: Option<&Path>,
-    ) -> Herald {
-        let ua: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let as_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = data_dir.with_extension("herald.log");
-        let file = std::fs::File::create(&log).expect("create log file");
-        let mut command = Command::new(herald);
-        command.arg("serve");
-        if let Some(config) = config {
-            command.arg("--config").arg(config);
-        }
-        command
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--shards")
-            .arg(shards.to_string())
-            .arg("--fsync")
-            .arg(fsync)
-            .arg("--ua-listen")
-            .arg(ua.to_string())
-            .arg("--as-listen")
-            .arg(as_addr.to_string())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file));
-        let launched = SystemTime::now();
-        let started = Instant::now();
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|error| panic!("spawn {}: {error}", herald.display()));
-        let deadline = started + Duration::from_secs(300);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "herald exited at start ({status}):\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if http_get(as_addr, "/health").is_some_and(|(status, _)| status == 200) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "herald not healthy within 300 s");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Herald {
-            child,
-            ua,
-            as_addr,
-            log,
-            launched,
-            ready_after: started.elapsed(),
-        }
-    }
-
-    fn metric_sum(&self, prefix: &str) -> f64 {
-        let (_, text) = http_get(self.as_addr, "/metrics").expect("GET /metrics");
-        text.lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter(|line| {
-                line.split(['{', ' ']).next() == Some(prefix)
-                    || line.starts_with(&format!("{prefix}_total"))
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn metric_max(&self, name: &str) -> f64 {
-        let (_, text) = http_get(self.as_addr, "/metrics").expect("GET /metrics");
-        text.lines()
-            .filter(|line| line.split(['{', ' ']).next() == Some(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .fold(0.0, f64::max)
-    }
-
-    fn log_text(&self) -> String {
-        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
-    }
-
-    fn stop(mut self) {
-        self.terminate();
-    }
-
-    fn terminate(&mut self) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Herald {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.terminate();
-        }
-    }
-}
-
-/// `GET path` over a fresh connection: (status, body).
-fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+fn log_text(server: &Server) -> String {
+    strip_ansi(&server.log_text())
 }
 
 fn strip_ansi(text: &str) -> String {
@@ -412,48 +267,34 @@ fn run_load(ua: SocketAddr, uas: usize, senders: usize, seconds: u64) -> Value {
     serde_json::from_str(text.lines().last().unwrap_or("")).expect("herald-load JSON report")
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "herald-durability-{tag}-{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
 // ---------------------------------------------------------------------------
 // fsync: requests/s per mode
 // ---------------------------------------------------------------------------
 
-fn fsync_bench(
-    herald: &Path,
-    modes: &str,
-    runs: usize,
-    uas: usize,
-    senders: usize,
-    seconds: u64,
-    shards: usize,
-) {
-    let modes: Vec<&str> = modes.split(',').collect();
+fn fsync_bench(herald: &Path, args: &FsyncArgs) {
+    let &FsyncArgs {
+        ref modes,
+        runs,
+        uas,
+        senders,
+        seconds,
+        shards,
+    } = args;
     // Per mode: its name and, per run, three measured series.
     type Series = (String, Vec<f64>, Vec<f64>, Vec<f64>);
-    let mut per_mode: Vec<Series> = Vec::new();
-    for mode in &modes {
-        per_mode.push((mode.to_string(), vec![], vec![], vec![]));
-    }
+    let mut per_mode: Vec<Series> = modes
+        .iter()
+        .map(|mode| (mode.as_str().to_owned(), vec![], vec![], vec![]))
+        .collect();
     // Interleave modes so that drift of the machine hits all of them alike.
     for run in 0..runs {
         for (slot, mode) in modes.iter().enumerate() {
-            let root = temp_dir(mode);
+            let root = temp_dir(&format!("herald-durability-{}", mode.as_str()));
             let data = root.join("data");
-            let server = Herald::start(herald, &data, shards, mode, None);
+            let server = start_herald(herald, &data, shards, *mode, None);
             let report = run_load(server.ua, uas, senders, seconds);
-            let fsyncs = server.metric_sum("herald_wal_fsyncs");
-            let records = server.metric_sum("herald_wal_records_synced");
+            let fsyncs = metric_sum(&server, "herald_wal_fsyncs");
+            let records = metric_sum(&server, "herald_wal_records_synced");
             server.stop();
             let _ = std::fs::remove_dir_all(&root);
             let per_s = report["accepted_per_s"].as_f64().unwrap_or(0.0);
@@ -464,7 +305,7 @@ fn fsync_bench(
             };
             println!(
                 "{}",
-                json!({"run": run, "fsync": mode, "accepted_per_s": per_s, "refused": report["refused"],
+                json!({"run": run, "fsync": mode.as_str(), "accepted_per_s": per_s, "refused": report["refused"],
                        "latency_us_p50": report["latency_us_p50"], "latency_us_p99": report["latency_us_p99"],
                        "wal_fsyncs": fsyncs, "wal_records_synced": records, "records_per_fsync": batch})
             );
@@ -476,10 +317,10 @@ fn fsync_bench(
         }
     }
     let never = per_mode
-        .iter_mut()
-        .find(|(mode, ..)| mode == "never")
-        .map(|(_, rates, ..)| median(&mut rates.clone()));
-    for (mode, rates, batches, p50) in &mut per_mode {
+        .iter()
+        .find(|(mode, ..)| mode == Fsync::Never.as_str())
+        .map(|(_, rates, ..)| median(rates));
+    for (mode, rates, batches, p50) in &per_mode {
         let rate = median(rates);
         println!(
             "{}",
@@ -495,15 +336,16 @@ fn fsync_bench(
 // gen: a big data dir through the store API
 // ---------------------------------------------------------------------------
 
-fn generate(
-    data_dir: &Path,
-    shards: usize,
-    uaids: usize,
-    channels_per_uaid: usize,
-    pending: usize,
-    body_bytes: usize,
-    seed: u64,
-) {
+fn generate(args: &GenArgs) {
+    let &GenArgs {
+        ref data_dir,
+        shards,
+        uaids,
+        channels_per_uaid,
+        pending,
+        body_bytes,
+        seed,
+    } = args;
     assert!(
         !data_dir.exists()
             || std::fs::read_dir(data_dir)
@@ -538,8 +380,9 @@ fn generate(
         // This shard's share of UAIDs and of pending messages.
         let my_uaids = uaids / shards + usize::from(shard < uaids % shards);
         let my_pending = pending / shards + usize::from(shard < pending % shards);
-        let mut shard_rng =
-            rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(1000).wrapping_add(shard as u64));
+        // Each shard's generator is seeded from the run's, in shard order, so
+        // that one --seed always writes the same data dir.
+        let mut shard_rng = rand::rngs::StdRng::seed_from_u64(rng.gen());
         let keys = keys.clone();
         let dir = data_dir.to_path_buf();
         let shard_started = Instant::now();
@@ -570,7 +413,7 @@ fn generate(
                     let mut mine = Vec::with_capacity(channels_per_uaid);
                     for _ in 0..channels_per_uaid {
                         let mut id = [0u8; 16];
-                        rand::RngCore::fill_bytes(&mut shard_rng, &mut id);
+                        shard_rng.fill(&mut id);
                         id[6] = (id[6] & 0x0f) | 0x40; // UUID v4
                         id[8] = (id[8] & 0x3f) | 0x80;
                         let channel = ChannelId(id);
@@ -593,7 +436,7 @@ fn generate(
                     let owner = index % my_uaids.max(1);
                     seqs[owner] += 1;
                     let mut data = vec![0u8; body_bytes];
-                    rand::RngCore::fill_bytes(&mut shard_rng, &mut data);
+                    shard_rng.fill(data.as_mut_slice());
                     let channel =
                         channels[owner][index / my_uaids.max(1) % channels_per_uaid.max(1)];
                     append(&Record::MessageStored(StoredMessage {
@@ -663,20 +506,25 @@ fn replay_lines(log: &str, launched: SystemTime) -> Vec<(usize, u64, f64, String
         .collect()
 }
 
-fn restart_bench(herald: &Path, data_dir: &Path, shards: usize, runs: usize) {
+fn restart_bench(herald: &Path, args: &RestartArgs) {
+    let &RestartArgs {
+        ref data_dir,
+        shards,
+        runs,
+    } = args;
     let mut ready = Vec::new();
     let mut all_ready = Vec::new();
     let mut rates = Vec::new();
     for run in 0..runs {
-        let server = Herald::start(herald, data_dir, shards, "batch", None);
+        let server = start_herald(herald, data_dir, shards, Fsync::Batch, None);
         let ready_s = server.ready_after.as_secs_f64();
         // /health is served by the first shard that finished its replay
         // (SO_REUSEPORT): wait (bounded) for the "ready" line of all shards.
         let deadline = Instant::now() + Duration::from_secs(300);
-        let mut log = server.log_text();
+        let mut log = log_text(&server);
         while !log.contains("herald_net::runtime: ready") && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
-            log = server.log_text();
+            log = log_text(&server);
         }
         let all_ready_s = log
             .lines()
@@ -685,14 +533,7 @@ fn restart_bench(herald: &Path, data_dir: &Path, shards: usize, runs: usize) {
             .and_then(|at| at.duration_since(server.launched).ok())
             .map(|elapsed| elapsed.as_secs_f64());
         let shards_seen = replay_lines(&log, server.launched);
-        let rss = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
-            .ok()
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find_map(|line| line.strip_prefix("VmRSS:"))
-                    .map(|value| value.trim().to_string())
-            });
+        let rss_bytes = herald_bench::proc::rss_bytes(server.pid());
         server.stop();
         let per_shard: Vec<Value> = shards_seen
             .iter()
@@ -713,16 +554,16 @@ fn restart_bench(herald: &Path, data_dir: &Path, shards: usize, runs: usize) {
         println!(
             "{}",
             json!({"run": run, "launch_to_health_s": ready_s, "launch_to_all_shards_ready_s": all_ready_s,
-                   "rss": rss, "per_shard": per_shard})
+                   "rss_bytes": rss_bytes, "per_shard": per_shard})
         );
     }
     println!(
         "{}",
-        json!({"summary": "restart", "runs": runs, "median_launch_to_health_s": median(&mut ready.clone()),
+        json!({"summary": "restart", "runs": runs, "median_launch_to_health_s": median(&ready),
                "all_launch_to_health_s": ready,
-               "median_launch_to_all_shards_ready_s": median(&mut all_ready.clone()),
+               "median_launch_to_all_shards_ready_s": median(&all_ready),
                "all_launch_to_all_shards_ready_s": all_ready,
-               "median_records_per_s_per_shard": median(&mut rates)})
+               "median_records_per_s_per_shard": median(&rates)})
     );
 }
 
@@ -730,29 +571,30 @@ fn restart_bench(herald: &Path, data_dir: &Path, shards: usize, runs: usize) {
 // compaction: pauses under load
 // ---------------------------------------------------------------------------
 
-fn compaction_bench(
-    herald: &Path,
-    data_dir: &Path,
-    shards: usize,
-    compact_after_bytes: u64,
-    uas: usize,
-    senders: usize,
-    seconds: u64,
-) {
-    let config = data_dir.with_extension("compaction.toml");
+fn compaction_bench(herald: &Path, args: &CompactionArgs) {
+    let config = args.data_dir.with_extension("compaction.toml");
     std::fs::write(
         &config,
-        format!("[limits]\nwal_compact_after_bytes = {compact_after_bytes}\n"),
+        format!(
+            "[limits]\nwal_compact_after_bytes = {}\n",
+            args.compact_after_bytes
+        ),
     )
     .expect("write config");
-    let server = Herald::start(herald, data_dir, shards, "batch", Some(&config));
-    let load = run_load(server.ua, uas, senders, seconds);
+    let server = start_herald(
+        herald,
+        &args.data_dir,
+        args.shards,
+        Fsync::Batch,
+        Some(&config),
+    );
+    let load = run_load(server.ua, args.uas, args.senders, args.seconds);
     // Let a compaction that started at the end of the load finish (bounded).
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut pause_max = server.metric_max("herald_wal_compaction_pause_us_max");
-    let mut compactions = server.metric_sum("herald_wal_compactions");
+    let mut pause_max = metric_max(&server, "herald_wal_compaction_pause_us_max");
+    let mut compactions = metric_sum(&server, "herald_wal_compactions");
     loop {
-        let log = server.log_text();
+        let log = log_text(&server);
         let done = log
             .lines()
             .filter(|line| line.contains("WAL compacted"))
@@ -761,10 +603,10 @@ fn compaction_bench(
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
-        pause_max = server.metric_max("herald_wal_compaction_pause_us_max");
-        compactions = server.metric_sum("herald_wal_compactions");
+        pause_max = metric_max(&server, "herald_wal_compaction_pause_us_max");
+        compactions = metric_sum(&server, "herald_wal_compactions");
     }
-    let log = server.log_text();
+    let log = log_text(&server);
     server.stop();
     let mut pauses = Vec::new();
     let mut lines = Vec::new();
@@ -782,10 +624,10 @@ fn compaction_bench(
     let replay = replay_lines(&log, UNIX_EPOCH);
     println!(
         "{}",
-        json!({"compact_after_bytes": compact_after_bytes, "load": load,
+        json!({"compact_after_bytes": args.compact_after_bytes, "load": load,
                "state_at_start": replay.iter().map(|(shard, records, _, summary)| json!({"shard": shard, "records": records, "state": summary})).collect::<Vec<_>>(),
                "compactions": lines, "metric_pause_us_max": pause_max, "metric_compactions": compactions,
                "max_pause_us": pauses.iter().cloned().fold(f64::NAN, f64::max),
-               "median_pause_us": median(&mut pauses)})
+               "median_pause_us": median(&pauses)})
     );
 }

@@ -11,16 +11,20 @@
 //! Every run is bounded in count and time and talks only to the addresses given
 //! (loopback in all documented commands).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use serde_json::{json, Value};
-use tungstenite::{Message, WebSocket};
+use herald_bench::client::threads::{block_on, endpoint_address, Blocking, Pusher, Ua};
+use herald_bench::client::{endpoint_path, Push};
+use herald_bench::stats::{new_histogram, now_us};
+use serde_json::json;
 
 #[derive(Parser)]
 #[command(about = "Load generator for Herald (loopback only)")]
@@ -35,13 +39,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Throughput {
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = at_least_one())]
         uas: usize,
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = at_least_one())]
         senders: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+}
+
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 fn main() {
@@ -55,111 +63,121 @@ fn main() {
     }
 }
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_micros() as u64)
-}
+/// Gives up on a connect, write or read that takes longer than 10 s.
+const BLOCKING: Blocking = Blocking {
+    timeout: Duration::from_secs(10),
+};
+/// How long a UA's reader waits before looking at the stop flag again.
+const READ_POLL: Duration = Duration::from_millis(200);
 
-type Socket = WebSocket<TcpStream>;
-
-/// Connects and says hello as a Web Push UA with a fresh UAID.
-fn hello_ua(ua: SocketAddr) -> Socket {
-    let stream = TcpStream::connect(ua).expect("connect to the UA listener");
-    let (mut socket, _) =
-        tungstenite::client(format!("ws://{ua}/"), stream).expect("WebSocket upgrade");
-    send(
-        &mut socket,
-        json!({"messageType": "hello", "use_webpush": true}),
-    );
-    let hello = recv(&mut socket);
-    assert_eq!(hello["status"], 200, "hello refused: {hello}");
-    socket
-}
-
-/// A UA that said hello and registered one channel; returns it and the endpoint.
-fn connect_ua(ua: SocketAddr, index: usize) -> (Socket, String) {
-    let mut socket = hello_ua(ua);
-    let channel = format!("{:08x}-0000-4000-8000-{:012x}", index, index);
-    send(
-        &mut socket,
-        json!({"messageType": "register", "channelID": channel}),
-    );
-    let register = recv(&mut socket);
+/// A UA that said hello and registered one channel; returns it and the
+/// channel's endpoint.
+fn connect_ua(ua: SocketAddr, index: usize) -> io::Result<(Ua, String)> {
+    let mut socket = block_on(Ua::open(&BLOCKING, ua))?;
+    let hello = block_on(socket.exchange(&json!({"messageType": "hello", "use_webpush": true})))?;
+    if hello["status"] != 200 {
+        return Err(io::Error::other(format!("hello refused: {hello}")));
+    }
+    let channel = format!("{index:08x}-0000-4000-8000-{index:012x}");
+    let register =
+        block_on(socket.exchange(&json!({"messageType": "register", "channelID": channel})))?;
     let endpoint = register["pushEndpoint"]
         .as_str()
-        .expect("pushEndpoint")
+        .ok_or_else(|| io::Error::other(format!("register refused: {register}")))?
         .to_owned();
-    (socket, endpoint)
+    Ok((socket, endpoint))
 }
 
-fn send(socket: &mut Socket, value: Value) {
-    socket
-        .send(Message::text(value.to_string()))
-        .expect("send frame");
-}
-
-fn recv(socket: &mut Socket) -> Value {
-    loop {
-        match socket.read().expect("read frame") {
-            Message::Text(text) => return serde_json::from_str(&text).expect("JSON frame"),
-            Message::Close(_) => panic!("server closed the socket"),
-            _ => continue,
+/// Reads notifications until `stop`, acks each, records its latency from
+/// the send time carried in its data.
+fn read_and_ack(mut socket: Ua, delivered: &AtomicU64, stop: &AtomicBool) -> Histogram<u64> {
+    let mut latencies = new_histogram();
+    while !stop.load(Ordering::Relaxed) {
+        let frame = match socket.take_message() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => match block_on(socket.read()) {
+                Ok(()) => continue,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(_) => break,
+            },
+            Err(_) => break,
+        };
+        if frame["messageType"] != "notification" {
+            continue;
         }
+        if let Some(sent_us) = frame["data"].as_str().and_then(decode_timestamp) {
+            let _ = latencies.record(now_us().saturating_sub(sent_us).max(1));
+        }
+        delivered.fetch_add(1, Ordering::Relaxed);
+        let ack = json!({"messageType": "ack", "updates": [{"channelID": frame["channelID"], "version": frame["version"], "code": 100}]});
+        let _ = block_on(socket.send(&ack));
     }
+    latencies
 }
 
 fn throughput(ua: SocketAddr, uas: usize, senders: usize, duration: Duration) {
     let mut endpoints = Vec::with_capacity(uas);
     let delivered = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
-    ));
+    let latencies = Arc::new(Mutex::new(new_histogram()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
     for index in 0..uas {
-        let (mut socket, endpoint) = connect_ua(ua, index);
+        let (socket, endpoint) = connect_ua(ua, index).expect("connect a UA");
         endpoints.push(endpoint);
         socket
-            .get_mut()
-            .set_read_timeout(Some(Duration::from_millis(200)))
+            .stream()
+            .get_ref()
+            .set_read_timeout(Some(READ_POLL))
             .expect("read timeout");
         let (delivered, latencies, stop) = (delivered.clone(), latencies.clone(), stop.clone());
         readers.push(std::thread::spawn(move || {
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(Message::Text(text)) = socket.read() else { continue };
-                let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
-                if frame["messageType"] != "notification" {
-                    continue;
-                }
-                if let Some(sent_us) = frame["data"].as_str().and_then(decode_timestamp) {
-                    let _ = local.record(now_us().saturating_sub(sent_us).max(1));
-                }
-                delivered.fetch_add(1, Ordering::Relaxed);
-                let ack = json!({"messageType": "ack", "updates": [{"channelID": frame["channelID"], "version": frame["version"], "code": 100}]});
-                let _ = socket.send(Message::text(ack.to_string()));
-            }
-            latencies.lock().expect("histogram lock").add(&local).expect("merge histograms");
+            let local = read_and_ack(socket, &delivered, &stop);
+            latencies
+                .lock()
+                .expect("histogram lock")
+                .add(&local)
+                .expect("merge histograms");
         }));
     }
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
+    let push_to = endpoint_address(&endpoints[0]).expect("the endpoints' AS address");
+    let paths: Arc<Vec<String>> = Arc::new(
+        endpoints
+            .iter()
+            .map(|endpoint| endpoint_path(endpoint).expect("an http endpoint"))
+            .collect(),
+    );
     let started = Instant::now();
-    let endpoints = Arc::new(endpoints);
     let sender_threads: Vec<_> = (0..senders)
         .map(|sender| {
-            let (endpoints, accepted, refused) =
-                (endpoints.clone(), accepted.clone(), refused.clone());
+            let (paths, accepted, refused) = (paths.clone(), accepted.clone(), refused.clone());
             std::thread::spawn(move || {
-                let mut connection: Option<BufReader<TcpStream>> = None;
+                let mut pusher = Pusher::new(BLOCKING, push_to);
                 let mut next = sender;
                 while started.elapsed() < duration {
-                    let endpoint = &endpoints[next % endpoints.len()];
+                    let path = &paths[next % paths.len()];
                     next += senders;
-                    let status = post(&mut connection, endpoint, &now_us().to_be_bytes());
-                    if status == 201 { &accepted } else { &refused }
-                        .fetch_add(1, Ordering::Relaxed);
+                    let stamp = now_us().to_be_bytes();
+                    let status = block_on(pusher.push(path, Push::WebPush(&stamp)));
+                    if matches!(status, Ok(201)) {
+                        &accepted
+                    } else {
+                        &refused
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                    if status.is_err() {
+                        // The server is gone or refusing connections: do
+                        // not spin on it.
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                 }
             })
         })
@@ -196,74 +214,8 @@ fn throughput(ua: SocketAddr, uas: usize, senders: usize, duration: Duration) {
     println!("{report}");
 }
 
+/// The send time a pusher put in the data (base64url, as Herald relays it).
 fn decode_timestamp(data: &str) -> Option<u64> {
-    use std::convert::TryInto;
-    let bytes = base64_url_decode(data)?;
+    let bytes = URL_SAFE_NO_PAD.decode(data.trim_end_matches('=')).ok()?;
     Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
-}
-
-/// Tiny base64url decoder: the bench must not depend on Herald's crates.
-fn base64_url_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |byte: u8| match byte {
-        b'A'..=b'Z' => Some(byte - b'A'),
-        b'a'..=b'z' => Some(byte - b'a' + 26),
-        b'0'..=b'9' => Some(byte - b'0' + 52),
-        b'-' => Some(62),
-        b'_' => Some(63),
-        _ => None,
-    };
-    let mut out = Vec::new();
-    let mut accumulator = 0u32;
-    let mut bits = 0;
-    for byte in text.bytes().filter(|byte| *byte != b'=') {
-        accumulator = (accumulator << 6) | value(byte)? as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((accumulator >> bits) as u8);
-        }
-    }
-    Some(out)
-}
-
-/// One Web Push POST over a keep-alive connection; returns the status.
-fn post(connection: &mut Option<BufReader<TcpStream>>, endpoint: &str, body: &[u8]) -> u16 {
-    let rest = endpoint.strip_prefix("http://").expect("http endpoint");
-    let (host, path) = rest.split_at(rest.find('/').expect("endpoint path"));
-    if connection.is_none() {
-        let stream = TcpStream::connect(host).expect("connect to the AS listener");
-        stream.set_nodelay(true).expect("nodelay");
-        *connection = Some(BufReader::new(stream));
-    }
-    let reader = connection.as_mut().expect("connection just made");
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let stream = reader.get_mut();
-    stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body))
-        .expect("send request");
-    let mut status_line = String::new();
-    reader.read_line(&mut status_line).expect("status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("header line");
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = value.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).expect("response body");
-    status
 }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use herald_engine::message::{Urgency, WakeupInfo};
+use herald_engine::wakeup_plan::{Dispatch, PlanLimits, Planner};
 use herald_engine::Uaid;
-use herald_net::wakeup_plan::{Dispatch, PlanLimits, Planner};
 use herald_net::wakeup_udp::{Sent, UdpSender};
 
 #[derive(Parser, Debug)]

@@ -11,23 +11,21 @@
 //! ```
 //! Everything talks to 127.0.0.1 only and every run is bounded in time.
 
-mod client;
 mod plot;
-mod proc;
 mod scenarios;
 mod server;
-mod stats;
 mod worker;
 mod workers;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use herald_bench::server::Fsync;
+use herald_bench::stats::Spread;
 use serde_json::{json, Value};
 
 use scenarios::{IdleArgs, LoadArgs, StoredArgs};
 use server::Target;
-use stats::Spread;
 
 #[derive(Parser)]
 #[command(about = "Herald's benchmark harness (loopback only)")]
@@ -76,23 +74,6 @@ enum Command {
     /// A generator process (started by the scenarios).
     #[command(hide = true)]
     Worker { spec: String },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Fsync {
-    Batch,
-    Never,
-    Always,
-}
-
-impl Fsync {
-    fn as_str(self) -> &'static str {
-        match self {
-            Fsync::Batch => "batch",
-            Fsync::Never => "never",
-            Fsync::Always => "always",
-        }
-    }
 }
 
 fn main() {
@@ -147,7 +128,7 @@ fn main() {
 
 fn idle(cli: &Cli, args: &IdleArgs) {
     let runs = repeat(cli, |fsync, run| {
-        let mut figures = scenarios::idle_run(fsync.as_str(), cli.shards, args);
+        let mut figures = scenarios::idle_run(fsync, cli.shards, args);
         figures["run"] = json!(run);
         figures
     });
@@ -186,14 +167,7 @@ fn load_params(args: &LoadArgs) -> Value {
 
 fn throughput(cli: &Cli, args: &LoadArgs) {
     let runs = repeat(cli, |fsync, run| {
-        let mut figures = scenarios::load_run(
-            Target::Herald {
-                fsync: fsync.as_str(),
-            },
-            cli.shards,
-            args,
-            0.0,
-        );
+        let mut figures = scenarios::load_run(Target::Herald { fsync }, cli.shards, args, 0.0);
         figures["run"] = json!(run);
         figures
     });
@@ -234,9 +208,7 @@ fn latency(cli: &Cli, args: &LoadArgs, percents: &[f64], peak: Option<f64>) {
     let mut runs = Vec::new();
     let mut floor_peak = None;
     for fsync in &cli.fsync {
-        let target = Target::Herald {
-            fsync: fsync.as_str(),
-        };
+        let target = Target::Herald { fsync: *fsync };
         let peak = peak
             .or_else(|| {
                 throughput.as_ref()?["summary"][target.label()]["delivered_per_s"]["median"]
@@ -288,7 +260,7 @@ fn paced_runs(
 
 fn stored(cli: &Cli, args: &StoredArgs) {
     let runs = repeat(cli, |fsync, run| {
-        let mut figures = scenarios::stored_run(fsync.as_str(), cli.shards, args);
+        let mut figures = scenarios::stored_run(fsync, cli.shards, args);
         figures["run"] = json!(run);
         figures
     });

@@ -72,7 +72,7 @@ fn latency_plot(latency: &Value, path: &Path) {
                     })
                     .filter_map(|run| run["to_ua"][key].as_f64())
                     .collect();
-                (load, crate::stats::Spread::of(&values).median)
+                (load, herald_bench::stats::median(&values))
             })
             .collect()
     };

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::server::{Server, Target};
-use crate::stats::{merge_histogram, new_histogram, now_us, Percentiles};
+use herald_bench::server::Fsync;
+use herald_bench::stats::{merge_histogram, new_histogram, now_us, Percentiles};
+
+use crate::server::{Target, UnderTest};
 use crate::worker::{Mix, Role, Spec, TIMELINE_BUCKET_US};
 use crate::workers::Workers;
 
@@ -42,12 +44,12 @@ fn source(index: usize) -> Option<IpAddr> {
 
 /// Worker `index` of `workers` in `role` against `server`, holding its share
 /// of `uas`; the scenario sets the rest of its shape.
-fn worker(role: Role, index: usize, workers: usize, server: &Server, uas: usize) -> Spec {
+fn worker(role: Role, index: usize, workers: usize, server: &UnderTest, uas: usize) -> Spec {
     Spec {
         role,
         id: index,
-        ua: server.ua,
-        push_to: server.push_to,
+        ua: server.ua(),
+        push_to: server.push_to(),
         source: source(index),
         uas: share(uas, workers, index),
         pushers: 1,
@@ -77,9 +79,23 @@ fn sum(reports: &[Value], key: &str) -> u64 {
         .sum()
 }
 
+/// Seconds from the earliest `start` (µs) to the latest `end` (µs) of the
+/// workers' reports: a phase as all workers together took it.
+fn span_s(reports: &[Value], start: &str, end: &str) -> f64 {
+    let first = reports
+        .iter()
+        .filter_map(|report| report[start].as_u64())
+        .min();
+    let last = reports
+        .iter()
+        .filter_map(|report| report[end].as_u64())
+        .max();
+    last.unwrap_or(0).saturating_sub(first.unwrap_or(0)) as f64 / 1e6
+}
+
 /// One load run against a fresh server; `rate` 0 = as fast as it answers.
 pub fn load_run(target: Target, shards: usize, args: &LoadArgs, rate: f64) -> Value {
-    let server = Server::start(target, shards);
+    let server = UnderTest::start(target, shards);
     let workers = args.workers.max(1);
     let specs: Vec<Spec> = (0..workers)
         .map(|index| Spec {
@@ -156,8 +172,8 @@ pub struct IdleArgs {
 /// N UAs connect, hello, register and stay idle: the server's RSS per UA over
 /// its empty baseline, the connect + hello + register rate, and that every
 /// UA still gets a notification afterwards.
-pub fn idle_run(fsync: &'static str, shards: usize, args: &IdleArgs) -> Value {
-    let server = Server::start(Target::Herald { fsync }, shards);
+pub fn idle_run(fsync: Fsync, shards: usize, args: &IdleArgs) -> Value {
+    let server = UnderTest::start(Target::Herald { fsync }, shards);
     let baseline = server.rss_bytes();
     let workers = args.workers.max(1);
     let specs: Vec<Spec> = (0..workers)
@@ -180,23 +196,14 @@ pub fn idle_run(fsync: &'static str, shards: usize, args: &IdleArgs) -> Value {
     processes.finish();
     server.stop();
     let uas = sum(&connected, "uas");
-    let first = connected
-        .iter()
-        .filter_map(|report| report["connect_start_us"].as_u64())
-        .min()
-        .unwrap_or(0);
-    let last = connected
-        .iter()
-        .filter_map(|report| report["connect_end_us"].as_u64())
-        .max()
-        .unwrap_or(0);
+    let connect_s = span_s(&connected, "connect_start_us", "connect_end_us");
     json!({
         "target": Target::Herald { fsync }.label(),
         "uas": uas,
         "rss_empty_bytes": baseline,
         "rss_loaded_bytes": loaded,
         "rss_bytes_per_idle_ua": loaded.saturating_sub(baseline) as f64 / uas.max(1) as f64,
-        "connects_per_s": uas as f64 / ((last.saturating_sub(first)) as f64 / 1e6).max(1e-6),
+        "connects_per_s": uas as f64 / connect_s.max(1e-6),
         // CPU per connect + hello + register, on each side of the socket.
         "server_us_per_connect": server_connect_cpu * 1e6 / uas.max(1) as f64,
         "generator_us_per_connect": connected
@@ -228,8 +235,8 @@ pub struct StoredArgs {
 
 /// UAs register and go away, messages are stored for them, then they all
 /// reconnect at once: how fast the stored messages are drained.
-pub fn stored_run(fsync: &'static str, shards: usize, args: &StoredArgs) -> Value {
-    let server = Server::start(Target::Herald { fsync }, shards);
+pub fn stored_run(fsync: Fsync, shards: usize, args: &StoredArgs) -> Value {
+    let server = UnderTest::start(Target::Herald { fsync }, shards);
     let workers = args.workers.max(1);
     let specs: Vec<Spec> = (0..workers)
         .map(|index| Spec {
@@ -257,22 +264,13 @@ pub fn stored_run(fsync: &'static str, shards: usize, args: &StoredArgs) -> Valu
         .max()
         .unwrap_or(start_us);
     let drain_s = (end_us.saturating_sub(start_us)) as f64 / 1e6;
-    let push_first = stored
-        .iter()
-        .filter_map(|report| report["push_start_us"].as_u64())
-        .min()
-        .unwrap_or(0);
-    let push_last = stored
-        .iter()
-        .filter_map(|report| report["push_end_us"].as_u64())
-        .max()
-        .unwrap_or(0);
+    let push_s = span_s(&stored, "push_start_us", "push_end_us");
     let accepted = sum(&stored, "accepted");
     json!({
         "target": Target::Herald { fsync }.label(),
         "uas": sum(&connected, "uas"),
         "stored": accepted,
-        "stored_per_s": accepted as f64 / ((push_last.saturating_sub(push_first)) as f64 / 1e6).max(1e-6),
+        "stored_per_s": accepted as f64 / push_s.max(1e-6),
         "delivered": delivered,
         "drain_s": drain_s,
         "drained_per_s": delivered as f64 / drain_s.max(1e-6),

@@ -12,6 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -22,8 +23,9 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::client::{endpoint_path, Push, Pusher, Ua};
-use crate::stats::{new_histogram, now_us, serialize_histogram};
+use herald_bench::client::tasks::{FromSource, Pusher, Ua};
+use herald_bench::client::{endpoint_path, Push};
+use herald_bench::stats::{new_histogram, now_us, serialize_histogram};
 
 /// Width of one bucket of the delivered-per-time-bucket series.
 pub const TIMELINE_BUCKET_US: u64 = 100_000;
@@ -130,7 +132,7 @@ fn wait_for_orchestrator() -> Value {
 }
 
 fn cpu_seconds() -> f64 {
-    crate::proc::cpu_seconds(std::process::id()).unwrap_or(0.0)
+    herald_bench::proc::cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
 /// A UA as the generator keeps it between phases.
@@ -148,7 +150,7 @@ fn channel_id(worker: usize, ua: usize) -> String {
 /// Connects, says hello, registers one channel.
 async fn open_ua(spec: &Spec, index: usize) -> std::io::Result<(Ua, Registered)> {
     let kind = spec.mix.kind(index);
-    let mut ua = Ua::open(spec.ua, spec.source).await?;
+    let mut ua = Ua::open(&FromSource(spec.source), spec.ua).await?;
     let hello = if kind == Kind::SimplePush {
         json!({"messageType": "hello", "channelIDs": []})
     } else {
@@ -179,6 +181,18 @@ async fn open_ua(spec: &Spec, index: usize) -> std::io::Result<(Ua, Registered)>
     ))
 }
 
+/// Runs `lane(0)` … `lane(lanes - 1)` as tasks and waits for them all.
+async fn in_lanes<F, Lane>(lanes: usize, lane: F)
+where
+    F: Fn(usize) -> Lane,
+    Lane: Future<Output = ()> + 'static,
+{
+    let tasks: Vec<_> = (0..lanes).map(|index| spawn_local(lane(index))).collect();
+    for task in tasks {
+        task.await;
+    }
+}
+
 type Opened = Vec<Option<(Ua, Registered)>>;
 
 /// Opens `spec.uas` UAs, `spec.concurrency` at a time. Returns them with the
@@ -187,22 +201,18 @@ async fn open_all(spec: &Spec) -> (Opened, u64, u64) {
     let opened: Rc<RefCell<Opened>> = Rc::new(RefCell::new((0..spec.uas).map(|_| None).collect()));
     let started = now_us();
     let lanes = spec.concurrency.clamp(1, spec.uas.max(1));
-    let tasks: Vec<_> = (0..lanes)
-        .map(|lane| {
-            let (spec, opened) = (spec.clone(), opened.clone());
-            spawn_local(async move {
-                for index in (lane..spec.uas).step_by(lanes) {
-                    match open_ua(&spec, index).await {
-                        Ok(ua) => opened.borrow_mut()[index] = Some(ua),
-                        Err(error) => eprintln!("worker {}: UA {index}: {error}", spec.id),
-                    }
+    in_lanes(lanes, |lane| {
+        let (spec, opened) = (spec.clone(), opened.clone());
+        async move {
+            for index in (lane..spec.uas).step_by(lanes) {
+                match open_ua(&spec, index).await {
+                    Ok(ua) => opened.borrow_mut()[index] = Some(ua),
+                    Err(error) => eprintln!("worker {}: UA {index}: {error}", spec.id),
                 }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await;
-    }
+            }
+        }
+    })
+    .await;
     let finished = now_us();
     let opened = Rc::try_unwrap(opened)
         .ok()
@@ -313,7 +323,7 @@ async fn push_loop(
     }
     let data = [0x5au8; DATA_BYTES];
     let ends_us = load.started_us + (spec.seconds * 1e6) as u64;
-    let mut pusher = Pusher::new(spec.push_to, spec.source);
+    let mut pusher = Pusher::new(FromSource(spec.source), spec.push_to);
     let mut version = now_us();
     for (ua, path, kind) in mine.iter().cycle() {
         let mut now = now_us();
@@ -383,12 +393,10 @@ async fn load(spec: &Spec) -> Value {
     let wait = load.started_us.saturating_sub(now_us());
     sleep(Duration::from_micros(wait)).await;
     let cpu_before = cpu_seconds();
-    let pushers: Vec<_> = (0..spec.pushers)
-        .map(|lane| spawn_local(push_loop(spec.clone(), lane, targets.clone(), load.clone())))
-        .collect();
-    for pusher in pushers {
-        pusher.await;
-    }
+    in_lanes(spec.pushers, |lane| {
+        push_loop(spec.clone(), lane, targets.clone(), load.clone())
+    })
+    .await;
     let pushed_until = now_us();
     let settle_deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
     while load.delivered.get() < load.accepted.get() && std::time::Instant::now() < settle_deadline
@@ -429,35 +437,31 @@ async fn idle(spec: &Spec) -> Value {
     let opened = Rc::new(RefCell::new(opened));
     let received = Rc::new(Cell::new(0u64));
     let lanes = spec.pushers.max(1);
-    let tasks: Vec<_> = (0..lanes)
-        .map(|lane| {
-            let (spec, opened, received) = (spec.clone(), opened.clone(), received.clone());
-            spawn_local(async move {
-                let mut pusher = Pusher::new(spec.push_to, spec.source);
-                for index in (lane..spec.uas).step_by(lanes) {
-                    let Some((mut ua, registered)) = opened.borrow_mut()[index].take() else {
-                        continue;
-                    };
-                    let pushed = pusher.push(&registered.path, Push::WebPush(&[])).await;
-                    if !matches!(pushed, Ok(201)) {
-                        continue;
-                    }
-                    let answer = glommio::timer::timeout(Duration::from_secs(10), async {
-                        receive_one(&mut ua)
-                            .await
-                            .map_err(glommio::GlommioError::from)
-                    })
-                    .await;
-                    if answer.is_ok() {
-                        received.set(received.get() + 1);
-                    }
+    in_lanes(lanes, |lane| {
+        let (spec, opened, received) = (spec.clone(), opened.clone(), received.clone());
+        async move {
+            let mut pusher = Pusher::new(FromSource(spec.source), spec.push_to);
+            for index in (lane..spec.uas).step_by(lanes) {
+                let Some((mut ua, registered)) = opened.borrow_mut()[index].take() else {
+                    continue;
+                };
+                let pushed = pusher.push(&registered.path, Push::WebPush(&[])).await;
+                if !matches!(pushed, Ok(201)) {
+                    continue;
                 }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await;
-    }
+                let answer = glommio::timer::timeout(Duration::from_secs(10), async {
+                    receive_one(&mut ua)
+                        .await
+                        .map_err(glommio::GlommioError::from)
+                })
+                .await;
+                if answer.is_ok() {
+                    received.set(received.get() + 1);
+                }
+            }
+        }
+    })
+    .await;
     json!({"phase": "done", "verified": received.get()})
 }
 
@@ -480,25 +484,21 @@ async fn stored(spec: &Spec) -> Value {
     let accepted = Rc::new(Cell::new(0u64));
     let push_started = now_us();
     let lanes = spec.pushers.max(1);
-    let tasks: Vec<_> = (0..lanes)
-        .map(|lane| {
-            let (spec, registered, accepted) = (spec.clone(), registered.clone(), accepted.clone());
-            spawn_local(async move {
-                let mut pusher = Pusher::new(spec.push_to, spec.source);
-                let data = [0x5au8; DATA_BYTES];
-                for ua in registered.iter().skip(lane).step_by(lanes) {
-                    for _ in 0..spec.messages {
-                        if matches!(pusher.push(&ua.path, Push::WebPush(&data)).await, Ok(201)) {
-                            accepted.set(accepted.get() + 1);
-                        }
+    in_lanes(lanes, |lane| {
+        let (spec, registered, accepted) = (spec.clone(), registered.clone(), accepted.clone());
+        async move {
+            let mut pusher = Pusher::new(FromSource(spec.source), spec.push_to);
+            let data = [0x5au8; DATA_BYTES];
+            for ua in registered.iter().skip(lane).step_by(lanes) {
+                for _ in 0..spec.messages {
+                    if matches!(pusher.push(&ua.path, Push::WebPush(&data)).await, Ok(201)) {
+                        accepted.set(accepted.get() + 1);
                     }
                 }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await;
-    }
+            }
+        }
+    })
+    .await;
     report(&json!({
         "phase": "stored",
         "accepted": accepted.get(),
@@ -511,29 +511,25 @@ async fn stored(spec: &Spec) -> Value {
     let delivered = Rc::new(Cell::new(0u64));
     let last_delivery = Rc::new(Cell::new(0u64));
     let lanes = spec.concurrency.clamp(1, registered.len().max(1));
-    let tasks: Vec<_> = (0..lanes)
-        .map(|lane| {
-            let (spec, registered) = (spec.clone(), registered.clone());
-            let (delivered, last_delivery) = (delivered.clone(), last_delivery.clone());
-            spawn_local(async move {
-                for ua in registered.iter().skip(lane).step_by(lanes) {
-                    let drained = glommio::timer::timeout(Duration::from_secs(60), async {
-                        drain_one(&spec, ua, &delivered)
-                            .await
-                            .map_err(glommio::GlommioError::from)
-                    })
-                    .await;
-                    if let Err(error) = drained {
-                        eprintln!("worker {}: reconnect of {}: {error}", spec.id, ua.uaid);
-                    }
-                    last_delivery.set(last_delivery.get().max(now_us()));
+    in_lanes(lanes, |lane| {
+        let (spec, registered) = (spec.clone(), registered.clone());
+        let (delivered, last_delivery) = (delivered.clone(), last_delivery.clone());
+        async move {
+            for ua in registered.iter().skip(lane).step_by(lanes) {
+                let drained = glommio::timer::timeout(Duration::from_secs(60), async {
+                    drain_one(&spec, ua, &delivered)
+                        .await
+                        .map_err(glommio::GlommioError::from)
+                })
+                .await;
+                if let Err(error) = drained {
+                    eprintln!("worker {}: reconnect of {}: {error}", spec.id, ua.uaid);
                 }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await;
-    }
+                last_delivery.set(last_delivery.get().max(now_us()));
+            }
+        }
+    })
+    .await;
     json!({
         "phase": "done",
         "delivered": delivered.get(),
@@ -549,7 +545,7 @@ async fn drain_one(
     registered: &Registered,
     delivered: &Cell<u64>,
 ) -> std::io::Result<()> {
-    let mut ua = Ua::open(spec.ua, spec.source).await?;
+    let mut ua = Ua::open(&FromSource(spec.source), spec.ua).await?;
     let hello = json!({"messageType": "hello", "uaid": registered.uaid, "use_webpush": true});
     ua.send(&hello).await?;
     let mut received = 0;

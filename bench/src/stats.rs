@@ -1,4 +1,5 @@
-//! Latency histograms (hdrhistogram, microseconds) and run summaries.
+//! Latency histograms (hdrhistogram, microseconds), wall-clock stamps and
+//! summaries of several runs.
 
 use base64::Engine;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
@@ -65,6 +66,12 @@ pub struct Spread {
     pub max: f64,
 }
 
+/// The median of `values` (the mean of the middle two for an even count);
+/// NaN for none.
+pub fn median(values: &[f64]) -> f64 {
+    Spread::of(values).median
+}
+
 impl Spread {
     pub fn of(values: &[f64]) -> Spread {
         let mut sorted = values.to_vec();
@@ -90,5 +97,32 @@ impl std::fmt::Display for Spread {
             "{:.*} ({:.*}–{:.*})",
             precision, self.median, precision, self.min, precision, self.max
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_range() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        let spread = Spread::of(&[5.0, 1.0, 9.0]);
+        assert_eq!((spread.median, spread.min, spread.max), (5.0, 1.0, 9.0));
+    }
+
+    #[test]
+    fn histograms_survive_the_trip_between_processes() {
+        let mut sent = new_histogram();
+        for us in [10, 20, 5_000] {
+            sent.record(us).unwrap();
+        }
+        let mut total = new_histogram();
+        merge_histogram(&mut total, &serialize_histogram(&sent));
+        merge_histogram(&mut total, "not base64!");
+        assert_eq!(total.len(), 3);
+        assert_eq!(total.max(), sent.max());
     }
 }

@@ -2,7 +2,8 @@
 //! datagram next, when a silent one is tried again, and when we give up.
 //!
 //! Time is passed in (milliseconds on the core's monotonic clock) so every rule
-//! here is unit-tested deterministically, like the engine's shard.
+//! here is unit-tested deterministically, like the shard. The wakeup core in
+//! `net/` owns the sockets and the clock and calls in here.
 //!
 //! Shape of the state:
 //! - one [`Entry`] per UAID that has a wakeup in flight. A second request for
@@ -23,9 +24,10 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 
 use ahash::AHashMap;
-use herald_engine::limits::Limits;
-use herald_engine::message::{Urgency, WakeupInfo};
-use herald_engine::Uaid;
+
+use crate::limits::Limits;
+use crate::message::{Urgency, WakeupInfo};
+use crate::Uaid;
 
 /// Monotonic milliseconds on the wakeup core's clock.
 pub type Ms = u64;
