@@ -11,8 +11,8 @@ use crate::as_client::http;
 use crate::metrics::{metric_name, parse_prometheus};
 use crate::process::{herald_bin, send_signal, wait_child, wait_health, wait_tcp};
 use crate::ua::WsClient;
-use crate::util::{free_port, TempDir};
-use crate::READY_DEADLINE;
+use crate::util::{free_port, wait_until, TempDir};
+use crate::{DEADLINE, READY_DEADLINE};
 
 /// How to start a server. Build with `ServerOptions::new().shards(4).limit(..)`.
 #[derive(Clone, Debug)]
@@ -376,6 +376,17 @@ impl Server {
             .filter(|(n, _)| metric_name(n).contains(needle))
             .map(|(_, v)| *v)
             .sum()
+    }
+
+    /// For tests whose point is the socket hand-off: panics unless this
+    /// process reports at least one UA socket handed to its owning shard
+    /// (`hand_offs`, published about once a second) within [`DEADLINE`].
+    pub fn assert_hand_offs(&self) {
+        wait_until(
+            DEADLINE,
+            "a UA socket handed off between shards (hand_offs above zero)",
+            || self.metric_sum("hand_offs") > 0.0,
+        );
     }
 }
 
