@@ -112,6 +112,19 @@ impl Drop for TempDir {
     }
 }
 
+/// For a test that cannot run on this machine (say, no IPv6 loopback): it
+/// fails, unless `HERALD_TEST_ALLOW_SKIP` (a comma-separated list of names)
+/// names it, so that a skip is always somebody's explicit choice. Returns
+/// when the skip is allowed; the caller then returns.
+pub fn skip_or_fail(name: &str, why: &str) {
+    let allowed = std::env::var("HERALD_TEST_ALLOW_SKIP").unwrap_or_default();
+    if allowed.split(',').any(|entry| entry.trim() == name) {
+        eprintln!("[harness] skipped ({why}): HERALD_TEST_ALLOW_SKIP names {name:?}");
+        return;
+    }
+    panic!("{why}; set HERALD_TEST_ALLOW_SKIP={name} to skip this test on purpose");
+}
+
 /// Wait until `f` returns true (polling every 20 ms) or panic with `what`.
 pub fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
