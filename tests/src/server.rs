@@ -381,6 +381,7 @@ impl Server {
     /// For tests whose point is the socket hand-off: panics unless this
     /// process reports at least one UA socket handed to its owning shard
     /// (`hand_offs`, published about once a second) within [`DEADLINE`].
+    #[track_caller]
     pub fn assert_hand_offs(&self) {
         wait_until(
             DEADLINE,

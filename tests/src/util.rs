@@ -116,6 +116,7 @@ impl Drop for TempDir {
 /// fails, unless `HERALD_TEST_ALLOW_SKIP` (a comma-separated list of names)
 /// names it, so that a skip is always somebody's explicit choice. Returns
 /// when the skip is allowed; the caller then returns.
+#[track_caller]
 pub fn skip_or_fail(name: &str, why: &str) {
     let allowed = std::env::var("HERALD_TEST_ALLOW_SKIP").unwrap_or_default();
     if allowed.split(',').any(|entry| entry.trim() == name) {
@@ -126,6 +127,7 @@ pub fn skip_or_fail(name: &str, why: &str) {
 }
 
 /// Wait until `f` returns true (polling every 20 ms) or panic with `what`.
+#[track_caller]
 pub fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     loop {

@@ -131,9 +131,19 @@ fn hello_and_register(uaid: &str) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
+/// The next message, which must be a `message_type`; `what` names the case
+/// when it does not come.
+fn recv_for(ua: &mut WsClient, message_type: &str, what: &str) -> Value {
+    let message = ua
+        .try_recv_json(DEADLINE)
+        .unwrap_or_else(|| panic!("{what}: no {message_type} reply within {DEADLINE:?}"));
+    assert_eq!(message["messageType"], message_type, "{what}: {message}");
+    message
+}
+
 /// The socket answers the hello with its UAID: it reached the owning shard.
 fn assert_resumed(ua: &mut WsClient, uaid: &str, what: &str) {
-    let hello = ua.recv_type("hello", DEADLINE);
+    let hello = recv_for(ua, "hello", what);
     assert_eq!(hello["uaid"], uaid, "{what}: {hello}");
     assert_eq!(hello["status"], 200, "{what}: {hello}");
 }
@@ -141,11 +151,11 @@ fn assert_resumed(ua: &mut WsClient, uaid: &str, what: &str) {
 /// The register sent behind the hello is answered, and a push to its new
 /// endpoint arrives on this socket.
 fn assert_registered_and_pushed(ua: &mut WsClient, what: &str) {
-    let register = ua.recv_type("register", DEADLINE);
+    let register = recv_for(ua, "register", what);
     assert_eq!(register["status"], 200, "{what}: {register}");
     let endpoint = register["pushEndpoint"].as_str().unwrap().to_string();
     push_aes128gcm(&endpoint, what.as_bytes(), 60).assert_status(201, "POST");
-    let notification = ua.recv_notification(DEADLINE);
+    let notification = recv_for(ua, "notification", what);
     assert_eq!(notification_data(&notification), what.as_bytes(), "{what}");
 }
 
@@ -202,19 +212,20 @@ fn frames_arriving_during_the_hand_off_follow_the_socket() {
         let (hello, register) = hello_and_register(uaid);
         let ping = masked_frame(0x1, b"{}", true);
         // The hello alone, then a ping and a register in writes of their
-        // own, right behind it: with pauses of 0 to 3 ms they reach the
-        // accepting shard with the hello, while the socket travels to its
-        // owner, or once it is there.
-        let pause = Duration::from_millis(index as u64 % 4);
+        // own, right behind it. Without a pause they mostly reach the
+        // accepting shard with the hello and must travel in the hand-off's
+        // buffer; with one, they wait in the socket while it travels (or once
+        // it is there) for the owning shard to read.
+        let pause = [0, 250, 1000, 3000][index % 4];
+        let pause = Duration::from_micros(pause);
         let mut ua = server.ua();
         write_in_parts(&mut ua, &[hello, ping, register], pause);
         let what = format!("UA {index}: ping and register {pause:?} apart behind the hello");
         assert_resumed(&mut ua, uaid, &what);
-        assert_eq!(
-            ua.recv_json_with_deadline(DEADLINE),
-            json!({}),
-            "{what}: ping answered"
-        );
+        let pong = ua
+            .try_recv_json(DEADLINE)
+            .unwrap_or_else(|| panic!("{what}: no answer to the ping within {DEADLINE:?}"));
+        assert_eq!(pong, json!({}), "{what}: ping answered");
         assert_registered_and_pushed(&mut ua, &what);
     }
     server.assert_hand_offs();
