@@ -64,6 +64,7 @@ fn many_uas_reconnecting_on_fresh_sockets_get_their_messages() {
         );
         ua.expect_silence(Duration::from_millis(50));
     }
+    server.assert_hand_offs();
 }
 
 #[test]
@@ -105,6 +106,129 @@ fn frames_sent_right_after_hello_survive_the_hand_off() {
         push_aes128gcm(&e2, b"x", 60).assert_status(201, "POST");
         assert_eq!(notification_data(&ua.recv_notification(DEADLINE)), b"x");
     }
+    server.assert_hand_offs();
+}
+
+/// Writes `parts` one TCP write each (the client sets `TCP_NODELAY`), with a
+/// pause between them so that the server reads them apart: the pause is the
+/// condition under test, not a wait for something.
+fn write_in_parts(ua: &mut WsClient, parts: &[Vec<u8>], pause: Duration) {
+    for (index, part) in parts.iter().enumerate() {
+        if index > 0 {
+            std::thread::sleep(pause);
+        }
+        ua.send_raw_bytes(part).unwrap();
+    }
+}
+
+/// Hello with a known UAID, then a register of a fresh channel, as frames.
+fn hello_and_register(uaid: &str) -> (Vec<u8>, Vec<u8>) {
+    let hello = json!({"messageType": "hello", "uaid": uaid, "use_webpush": true});
+    let register = json!({"messageType": "register", "channelID": new_channel_id()});
+    (
+        masked_frame(0x1, hello.to_string().as_bytes(), true),
+        masked_frame(0x1, register.to_string().as_bytes(), true),
+    )
+}
+
+/// The next message, which must be a `message_type`; `what` names the case
+/// when it does not come.
+fn recv_for(ua: &mut WsClient, message_type: &str, what: &str) -> Value {
+    let message = ua
+        .try_recv_json(DEADLINE)
+        .unwrap_or_else(|| panic!("{what}: no {message_type} reply within {DEADLINE:?}"));
+    assert_eq!(message["messageType"], message_type, "{what}: {message}");
+    message
+}
+
+/// The socket answers the hello with its UAID: it reached the owning shard.
+fn assert_resumed(ua: &mut WsClient, uaid: &str, what: &str) {
+    let hello = recv_for(ua, "hello", what);
+    assert_eq!(hello["uaid"], uaid, "{what}: {hello}");
+    assert_eq!(hello["status"], 200, "{what}: {hello}");
+}
+
+/// The register sent behind the hello is answered, and a push to its new
+/// endpoint arrives on this socket.
+fn assert_registered_and_pushed(ua: &mut WsClient, what: &str) {
+    let register = recv_for(ua, "register", what);
+    assert_eq!(register["status"], 200, "{what}: {register}");
+    let endpoint = register["pushEndpoint"].as_str().unwrap().to_string();
+    push_aes128gcm(&endpoint, what.as_bytes(), 60).assert_status(201, "POST");
+    let notification = recv_for(ua, "notification", what);
+    assert_eq!(notification_data(&notification), what.as_bytes(), "{what}");
+}
+
+#[test]
+fn a_frame_split_across_tcp_writes_survives_the_hand_off() {
+    let server = sharded();
+    let uas = offline_uas(&server, N, true);
+    for (index, (uaid, _c, _e)) in uas.iter().enumerate() {
+        let (hello, register) = hello_and_register(uaid);
+        // Where the bytes break: the accepting shard holds the first part
+        // while it waits for the rest (a hello cut in its header or in its
+        // payload), or hands the socket off holding the first half of the
+        // register, whose second half reaches the owning shard directly.
+        let (what, parts) = match index % 3 {
+            0 => (
+                "hello cut in its frame header",
+                vec![hello[..1].to_vec(), [&hello[1..], &register[..]].concat()],
+            ),
+            1 => {
+                let half = hello.len() / 2;
+                (
+                    "hello cut in its payload",
+                    vec![
+                        hello[..half].to_vec(),
+                        [&hello[half..], &register[..]].concat(),
+                    ],
+                )
+            }
+            _ => {
+                let half = register.len() / 2;
+                (
+                    "register cut across the hand-off",
+                    vec![
+                        [&hello[..], &register[..half]].concat(),
+                        register[half..].to_vec(),
+                    ],
+                )
+            }
+        };
+        let mut ua = server.ua();
+        write_in_parts(&mut ua, &parts, Duration::from_millis(30));
+        let what = format!("UA {index}: {what}");
+        assert_resumed(&mut ua, uaid, &what);
+        assert_registered_and_pushed(&mut ua, &what);
+    }
+    server.assert_hand_offs();
+}
+
+#[test]
+fn frames_arriving_during_the_hand_off_follow_the_socket() {
+    let server = sharded();
+    let uas = offline_uas(&server, N, true);
+    for (index, (uaid, _c, _e)) in uas.iter().enumerate() {
+        let (hello, register) = hello_and_register(uaid);
+        let ping = masked_frame(0x1, b"{}", true);
+        // The hello alone, then a ping and a register in writes of their
+        // own, right behind it. Without a pause they mostly reach the
+        // accepting shard with the hello and must travel in the hand-off's
+        // buffer; with one, they wait in the socket while it travels (or once
+        // it is there) for the owning shard to read.
+        let pause = [0, 250, 1000, 3000][index % 4];
+        let pause = Duration::from_micros(pause);
+        let mut ua = server.ua();
+        write_in_parts(&mut ua, &[hello, ping, register], pause);
+        let what = format!("UA {index}: ping and register {pause:?} apart behind the hello");
+        assert_resumed(&mut ua, uaid, &what);
+        let pong = ua
+            .try_recv_json(DEADLINE)
+            .unwrap_or_else(|| panic!("{what}: no answer to the ping within {DEADLINE:?}"));
+        assert_eq!(pong, json!({}), "{what}: ping answered");
+        assert_registered_and_pushed(&mut ua, &what);
+    }
+    server.assert_hand_offs();
 }
 
 #[test]
@@ -124,6 +248,7 @@ fn second_socket_of_a_uaid_wins_across_shards() {
         assert!(same_channel(&n["channelID"], c));
         assert_eq!(notification_data(&n), b"to-second");
     }
+    server.assert_hand_offs();
 }
 
 #[test]
@@ -139,6 +264,7 @@ fn register_is_idempotent_across_shards() {
         );
         assert_eq!(&ua.register(&c.to_ascii_uppercase()), e);
     }
+    server.assert_hand_offs();
 }
 
 #[test]
@@ -151,6 +277,7 @@ fn unregister_gives_410_across_shards() {
         push_aes128gcm(e, b"x", 60).assert_json_error(410);
         put_version(e, 1).assert_json_error(410);
     }
+    server.assert_hand_offs();
 }
 
 #[test]
@@ -169,6 +296,7 @@ fn channel_ids_sync_across_shards() {
         push_aes128gcm(&ea, b"kept", 60).assert_status(201, "POST to kept channel");
         assert_eq!(notification_data(&ua.recv_notification(DEADLINE)), b"kept");
     }
+    server.assert_hand_offs();
 }
 
 #[test]
@@ -189,6 +317,7 @@ fn forged_uaids_get_fresh_distinct_uaids_across_shards() {
         push_empty(&e, 60).assert_status(201, "POST");
         ua.recv_notification(DEADLINE);
     }
+    server.assert_hand_offs();
 }
 
 #[test]
@@ -215,6 +344,7 @@ fn cross_mode_delivery_across_shards() {
         assert_eq!(n["version"], "4242", "{n}");
         assert!(absent(&n["data"]), "{n}");
     }
+    server.assert_hand_offs();
 }
 
 #[test]
@@ -236,6 +366,7 @@ fn simplepush_collapse_and_not_newer_across_shards() {
         put_version(e, 3).assert_status(200, "PUT 3");
         ua.expect_silence(Duration::from_millis(300));
     }
+    server.assert_hand_offs();
 }
 
 #[test]
@@ -251,6 +382,7 @@ fn desktop_notification_across_shards() {
         assert_eq!(up["body"], "hello");
         assert_eq!(up["ttl"], 30);
     }
+    server.assert_hand_offs();
 }
 
 #[test]
@@ -287,6 +419,7 @@ fn retry_timer_and_ack_across_shards() {
         let mut ua = server.ua_resume(u, true);
         ua.expect_silence(Duration::from_millis(300));
     }
+    server.assert_hand_offs();
 }
 
 #[test]
@@ -302,6 +435,7 @@ fn pings_work_on_handed_off_sockets() {
         ua.send_ping(b"p");
         assert_eq!(ua.next_event(DEADLINE), WsEvent::Pong(b"p".to_vec()));
     }
+    server.assert_hand_offs();
 }
 
 #[test]
@@ -334,4 +468,5 @@ fn concurrent_uas_reconnecting_in_threads() {
             });
         }
     });
+    server.assert_hand_offs();
 }

@@ -188,7 +188,7 @@ fn unanswered_wakeup_is_resent_with_backoff_then_given_up() {
 #[test]
 fn ipv6_wakeup_target_gets_its_datagram() {
     let Some(socket) = udp_listener("::1") else {
-        eprintln!("no IPv6 loopback here; skipping");
+        skip_or_fail("ipv6", "no IPv6 loopback (::1) here");
         return;
     };
     let server = wakeup_server("214-07=udp", &[("wakeup_retry_initial_ms", 10_000)]);

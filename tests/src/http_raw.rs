@@ -1,0 +1,218 @@
+//! Hand-written HTTP exchanges: exact bytes out, one response in, then a
+//! watch for the server closing the connection.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Result of a hand-written HTTP exchange.
+#[derive(Debug)]
+pub struct RawHttp {
+    /// Status code, None when no response came.
+    pub status: Option<u16>,
+    pub head: String,
+    pub body: Vec<u8>,
+    /// The server closed the connection (EOF or reset) after the response,
+    /// within the window given.
+    pub closed: bool,
+    /// How the read ended (for messages).
+    pub note: String,
+}
+
+/// Write raw bytes to `addr`, read one response; then watch `close_window`
+/// for the server closing the connection.
+pub fn raw_http(addr: &str, request: &[u8], within: Duration, close_window: Duration) -> RawHttp {
+    let sa = addr.to_socket_addrs().unwrap().next().unwrap();
+    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(5)).expect("connect");
+    s.set_nodelay(true).ok();
+    let mut note = String::new();
+    if let Err(e) = s.write_all(request) {
+        note = format!("write error: {e}; ");
+    }
+    let deadline = Instant::now() + within;
+    let mut buf = vec![];
+    let mut tmp = [0u8; 8192];
+    let mut eof = false;
+    let mut head_end = None;
+    let mut want: Option<usize> = None;
+    loop {
+        if head_end.is_none() {
+            if let Some(p) = find(&buf, b"\r\n\r\n") {
+                head_end = Some(p + 4);
+                let head = String::from_utf8_lossy(&buf[..p]).to_ascii_lowercase();
+                let cl = head.lines().find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                });
+                want = Some(p + 4 + cl.unwrap_or(0));
+                if cl.is_none() {
+                    want = None; // read until close
+                }
+            }
+        }
+        if let (Some(_), Some(w)) = (head_end, want) {
+            if buf.len() >= w {
+                break;
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            note.push_str("response read timed out; ");
+            break;
+        }
+        s.set_read_timeout(Some(deadline - now)).ok();
+        match s.read(&mut tmp) {
+            Ok(0) => {
+                eof = true;
+                note.push_str("EOF; ");
+                break;
+            }
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => {
+                eof = true;
+                note.push_str(&format!("read error {e}; "));
+                break;
+            }
+        }
+    }
+    let (head, body) = match head_end {
+        Some(h) => (
+            String::from_utf8_lossy(&buf[..h - 4]).to_string(),
+            buf[h..].to_vec(),
+        ),
+        None => (String::from_utf8_lossy(&buf).to_string(), vec![]),
+    };
+    let status = if head_end.is_some() {
+        head.split_whitespace().nth(1).and_then(|c| c.parse().ok())
+    } else {
+        None
+    };
+    let mut closed = eof;
+    if !closed {
+        let deadline = Instant::now() + close_window;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            s.set_read_timeout(Some(deadline - now)).ok();
+            match s.read(&mut tmp) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => note.push_str(&format!("{n} extra bytes after response; ")),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+    }
+    RawHttp {
+        status,
+        head,
+        body,
+        closed,
+        note,
+    }
+}
+
+impl RawHttp {
+    /// Status must be `status` and the body the spec's JSON error.
+    pub fn assert_json_error(&self, status: u16) {
+        assert_eq!(
+            self.status,
+            Some(status),
+            "expected HTTP {status}: {self:?}"
+        );
+        let j: Value = serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "error body is JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        });
+        assert_eq!(j["code"], status, "error body code == HTTP status: {j}");
+        assert!(j["errno"].is_number(), "error body errno is a number: {j}");
+    }
+}
+
+pub(crate) fn read_http_head(
+    stream: &mut TcpStream,
+    within: Duration,
+) -> Result<(String, Vec<u8>), String> {
+    let deadline = Instant::now() + within;
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        if let Some(pos) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..pos]).to_string();
+            let rest = buf[pos + 4..].to_vec();
+            return Ok((head, rest));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(format!(
+                "no complete HTTP response head within {within:?}: {:?}",
+                String::from_utf8_lossy(&buf)
+            ));
+        }
+        stream.set_read_timeout(Some(deadline - now)).ok();
+        match stream.read(&mut tmp) {
+            Ok(0) => {
+                return Err(format!(
+                    "connection closed during handshake after {:?}",
+                    String::from_utf8_lossy(&buf)
+                ))
+            }
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(format!("read handshake: {e}")),
+        }
+        if buf.len() > 64 * 1024 {
+            return Err("handshake response head too large".into());
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DEADLINE;
+    use std::net::TcpListener;
+
+    #[test]
+    fn raw_http_reads_response_and_sees_close() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let (_h, _rest) = read_http_head(&mut s, DEADLINE).unwrap();
+            s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 39\r\n\r\n{\"code\":400,\"errno\":1,\"error\":\"x\",\"m\":1}").unwrap();
+        });
+        let r = raw_http(
+            &addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            DEADLINE,
+            Duration::from_secs(2),
+        );
+        t.join().unwrap();
+        assert_eq!(r.status, Some(400), "{r:?}");
+        assert!(r.closed);
+        r.assert_json_error(400);
+    }
+}
