@@ -22,7 +22,7 @@ pub trait Runtime {
     /// is full (back-pressure: the caller refuses the request).
     #[allow(
         clippy::result_large_err,
-        reason = "a refused message comes back whole, as glommio's channels hand it back"
+        reason = "a refused message comes back whole, as a runtime channel hands it back"
     )]
     fn try_send(
         &self,
