@@ -374,6 +374,9 @@ pub enum OpKind {
 struct FaultState {
     writes: Cell<u64>,
     syncs: Cell<u64>,
+    /// `sync` / `sync_dir` calls passed on to the inner storage.
+    file_syncs_passed: Cell<u64>,
+    dir_syncs_passed: Cell<u64>,
     ops: Cell<u64>,
     fail_write: Cell<Option<u64>>,
     fail_sync: Cell<Option<u64>>,
@@ -391,6 +394,10 @@ struct FaultState {
 ///   syncs counted together) and everything after it fail, as if the machine
 ///   stopped there. Build the crash image from the inner [`MemStorage`] with
 ///   [`MemStorage::crash`].
+///
+/// It also counts the syncs it passes on ([`FaultStorage::file_syncs_passed`],
+/// [`FaultStorage::dir_syncs_passed`]): over [`crate::GlommioStorage`], the
+/// real fdatasyncs and directory fsyncs.
 ///
 /// N counts from the moment the plan is set: 1 is the next such operation.
 /// Clones share the plan and the counters.
@@ -435,6 +442,17 @@ impl<S: Storage> FaultStorage<S> {
 
     pub fn syncs(&self) -> u64 {
         self.state.syncs.get()
+    }
+
+    /// `sync` calls (fdatasyncs) that reached the inner storage, failed or
+    /// not: over real files, what the disk was asked for.
+    pub fn file_syncs_passed(&self) -> u64 {
+        self.state.file_syncs_passed.get()
+    }
+
+    /// `sync_dir` calls that reached the inner storage.
+    pub fn dir_syncs_passed(&self) -> u64 {
+        self.state.dir_syncs_passed.get()
     }
 
     /// Mutating operations seen so far (writes and syncs).
@@ -525,6 +543,7 @@ impl<S: Storage> Storage for FaultStorage<S> {
         if self.check(OpKind::Sync) {
             return Err(Self::injected("sync", name));
         }
+        bump(&self.state.file_syncs_passed);
         self.inner.sync(name).await
     }
 
@@ -553,8 +572,13 @@ impl<S: Storage> Storage for FaultStorage<S> {
         if self.check(OpKind::Sync) {
             return Err(Self::injected("sync_dir", ""));
         }
+        bump(&self.state.dir_syncs_passed);
         self.inner.sync_dir().await
     }
+}
+
+fn bump(counter: &Cell<u64>) {
+    counter.set(counter.get() + 1);
 }
 
 /// `new` over `old` up to a random byte of the stretch where they differ,
