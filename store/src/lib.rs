@@ -22,8 +22,8 @@
 //! ```
 //! `Log<S>` is generic over [`Storage`]: [`GlommioStorage`] (real files,
 //! io_uring, fdatasync), [`MemStorage`] (in memory, models crashes) and
-//! [`FaultStorage`] (fails the N-th write or sync). Engine-level tests can run
-//! a `Log<MemStorage>` under `futures_lite::future::block_on`, calling
+//! [`FaultStorage`] (fails the N-th write or sync, counts syncs). Engine-level
+//! tests can run a `Log<MemStorage>` under `futures_lite::future::block_on`, calling
 //! [`Log::flush`] instead of spawning the committer.
 //!
 //! # Group commit

@@ -38,6 +38,10 @@ pub enum FsyncMode {
 }
 
 impl FsyncMode {
+    pub const ALL: [FsyncMode; 3] = [FsyncMode::Always, FsyncMode::Batch, FsyncMode::Never];
+
+    /// The mode's name on the command line and in the config file: the one
+    /// table of spellings (`FromStr` and the clap `ValueEnum` use it).
     pub fn as_str(self) -> &'static str {
         match self {
             FsyncMode::Always => "always",
@@ -51,14 +55,29 @@ impl FromStr for FsyncMode {
     type Err = String;
 
     fn from_str(text: &str) -> Result<FsyncMode, String> {
-        match text {
-            "always" => Ok(FsyncMode::Always),
-            "batch" => Ok(FsyncMode::Batch),
-            "never" => Ok(FsyncMode::Never),
-            other => Err(format!(
-                "--fsync must be always, batch or never, not {other:?}"
-            )),
-        }
+        FsyncMode::ALL
+            .into_iter()
+            .find(|mode| mode.as_str() == text)
+            .ok_or_else(|| format!("fsync must be always, batch or never, not {text:?}"))
+    }
+}
+
+/// `--fsync` lists and checks its values (`herald serve --help`).
+#[cfg(feature = "clap")]
+impl clap::ValueEnum for FsyncMode {
+    fn value_variants<'a>() -> &'a [FsyncMode] {
+        &FsyncMode::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self {
+            FsyncMode::Always => "one fdatasync per record",
+            FsyncMode::Batch => "group commit: one fdatasync per batch of concurrent records",
+            FsyncMode::Never => {
+                "no fdatasync: a machine crash loses acknowledged data (benchmarks only)"
+            }
+        };
+        Some(clap::builder::PossibleValue::new(self.as_str()).help(help))
     }
 }
 
@@ -820,6 +839,26 @@ mod tests {
         assert_eq!("batch".parse::<FsyncMode>(), Ok(FsyncMode::Batch));
         assert_eq!("always".parse::<FsyncMode>(), Ok(FsyncMode::Always));
         assert_eq!("never".parse::<FsyncMode>(), Ok(FsyncMode::Never));
-        assert!("sometimes".parse::<FsyncMode>().is_err());
+        assert_eq!(
+            "sometimes".parse::<FsyncMode>(),
+            Err("fsync must be always, batch or never, not \"sometimes\"".to_string())
+        );
+        assert!("Batch".parse::<FsyncMode>().is_err(), "spellings are exact");
+        for mode in FsyncMode::ALL {
+            assert_eq!(mode.as_str().parse::<FsyncMode>(), Ok(mode));
+        }
+    }
+
+    #[cfg(feature = "clap")]
+    #[test]
+    fn clap_values_are_the_same_spellings() {
+        use clap::ValueEnum;
+        for mode in FsyncMode::ALL {
+            assert_eq!(
+                <FsyncMode as ValueEnum>::from_str(mode.as_str(), false),
+                Ok(mode)
+            );
+        }
+        assert!(<FsyncMode as ValueEnum>::from_str("sometimes", false).is_err());
     }
 }

@@ -7,8 +7,9 @@ mod common;
 
 use futures_lite::future::block_on;
 use herald_engine::record::Record;
-use herald_store::storage::SplitMix64;
 use herald_store::{CrashSpec, FaultStorage, FsyncMode, Log, LogOptions, MemStorage};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 struct Run {
     appended: Vec<Record>,
@@ -35,13 +36,13 @@ fn workload(
     if let Some(op) = crash_at {
         fault.crash_at_op(op);
     }
-    let mut rng = SplitMix64(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
     let pool = common::records(seed, 64);
     let mut appended = Vec::new();
     'rounds: for round in 0..24u64 {
-        let batch = 1 + rng.upto(7);
+        let batch = rng.gen_range(1..=8);
         for _ in 0..batch {
-            let record = pool[(rng.next_u64() % 64) as usize].clone();
+            let record = pool[rng.gen_range(0..pool.len())].clone();
             match log.append(&record) {
                 Ok(_) => appended.push(record),
                 Err(_) => break 'rounds,

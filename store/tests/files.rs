@@ -1,5 +1,5 @@
-//! The real storage on glommio files in a temp dir, `check_layout`, and
-//! `inspect`.
+//! The real storage on glommio files in a temp dir (and the fdatasyncs each
+//! fsync mode makes on it), `check_layout`, and `inspect`.
 
 mod common;
 
@@ -9,7 +9,8 @@ use std::time::Instant;
 use herald_store::layout::META_FILE_NAME;
 use herald_store::recovery::segment_name;
 use herald_store::{
-    check_layout, inspect, open_shard, shard_dir, FsyncMode, LogOptions, StoreError,
+    check_layout, inspect, open_shard, shard_dir, FaultStorage, FsyncMode, GlommioStorage, Log,
+    LogOptions, LogStats, StoreError,
 };
 
 fn executor() -> glommio::LocalExecutor {
@@ -198,35 +199,110 @@ fn inspect_reports_damage_and_check_layout_rejects_garbage() {
     ));
 }
 
-#[test]
-fn measure_fsync_modes_on_real_files() {
-    // Not a benchmark gate: prints what each mode costs here, sequentially
-    // (one waiter at a time: the worst case for group commit).
-    for mode in [FsyncMode::Always, FsyncMode::Batch, FsyncMode::Never] {
-        let dir = common::TempDir::new("modes");
-        let data = dir.0.clone();
-        check_layout(&data, 1).expect("layout");
-        let records = common::records(9, 200);
-        executor().run(async move {
-            let (log, _) = open_shard(&data, 0, LogOptions::with_fsync(mode))
-                .await
-                .expect("open");
-            let committer = glommio::spawn_local({
-                let log = log.clone();
-                async move { log.run_committer().await }
-            });
-            let started = Instant::now();
-            for record in &records {
-                let lsn = log.append(record).expect("append");
-                log.wait_durable(lsn).await.expect("durable");
-            }
-            let elapsed = started.elapsed();
-            println!(
-                "{mode:?}: 200 sequential durable appends in {elapsed:?} ({:.0} us each)",
-                elapsed.as_micros() as f64 / 200.0
-            );
-            log.close();
-            committer.await.expect("committer");
+/// What one fsync mode did on real files: the log's own counters and the
+/// syncs that reached the disk, counted by a wrapper under the log.
+struct ModeRun {
+    stats: LogStats,
+    fdatasyncs: u64,
+    dir_fsyncs: u64,
+}
+
+/// `MODE_TASKS` concurrent writers, each appending `MODE_APPENDS` records
+/// and waiting for each to be durable, as AS requests do, on a fresh shard.
+const MODE_TASKS: usize = 4;
+const MODE_APPENDS: usize = 50;
+const MODE_RECORDS: u64 = (MODE_TASKS * MODE_APPENDS) as u64;
+
+fn run_mode_on_real_files(mode: FsyncMode) -> ModeRun {
+    let dir = common::TempDir::new("modes");
+    let data = dir.0.clone();
+    check_layout(&data, 1).expect("layout");
+    let records = Rc::new(common::records(9, MODE_RECORDS));
+    executor().run(async move {
+        let storage =
+            FaultStorage::new(GlommioStorage::new(shard_dir(&data, 0)).expect("shard dir"));
+        let (log, _) = Log::open(storage, LogOptions::with_fsync(mode))
+            .await
+            .expect("open");
+        let committer = glommio::spawn_local({
+            let log = log.clone();
+            async move { log.run_committer().await }
         });
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for task in 0..MODE_TASKS {
+            let log = log.clone();
+            let records = records.clone();
+            tasks.push(glommio::spawn_local(async move {
+                for i in 0..MODE_APPENDS {
+                    let lsn = log.append(&records[i * MODE_TASKS + task]).expect("append");
+                    log.wait_durable(lsn).await.expect("durable");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await;
+        }
+        let elapsed = started.elapsed();
+        log.close();
+        committer.await.expect("committer");
+        let run = ModeRun {
+            stats: log.stats(),
+            fdatasyncs: log.storage().file_syncs_passed(),
+            dir_fsyncs: log.storage().dir_syncs_passed(),
+        };
+        println!(
+            "{mode:?}: {MODE_RECORDS} durable appends from {MODE_TASKS} tasks in {elapsed:?}, \
+             {} commits, {} fdatasyncs, {} directory fsyncs",
+            run.stats.batches_written, run.fdatasyncs, run.dir_fsyncs
+        );
+        run
+    })
+}
+
+#[test]
+fn each_fsync_mode_syncs_as_documented_on_real_files() {
+    for mode in [FsyncMode::Always, FsyncMode::Batch, FsyncMode::Never] {
+        let ModeRun {
+            stats,
+            fdatasyncs,
+            dir_fsyncs,
+        } = run_mode_on_real_files(mode);
+        let label =
+            format!("{mode:?}: {stats:?}, {fdatasyncs} fdatasyncs, {dir_fsyncs} dir fsyncs");
+        assert_eq!(stats.durable_lsn, MODE_RECORDS, "{label}");
+        assert_eq!(stats.segments_created, 1, "{label}");
+        // The log's counters (the wal_fsyncs metric) say what the disk saw.
+        assert_eq!(stats.batches_synced, fdatasyncs, "{label}");
+        match mode {
+            FsyncMode::Always => {
+                // One record per commit, each synced, even with waiters
+                // queued behind it.
+                assert_eq!(fdatasyncs, MODE_RECORDS, "{label}");
+                assert_eq!(stats.batches_written, MODE_RECORDS, "{label}");
+                assert_eq!(stats.records_synced, MODE_RECORDS, "{label}");
+            }
+            FsyncMode::Batch => {
+                // One fdatasync per commit; concurrent waiters share them.
+                assert_eq!(fdatasyncs, stats.batches_written, "{label}");
+                assert!(fdatasyncs >= 1, "{label}");
+                assert!(
+                    fdatasyncs < MODE_RECORDS,
+                    "group commit batches concurrent appends: {label}"
+                );
+                assert_eq!(stats.records_synced, MODE_RECORDS, "{label}");
+            }
+            FsyncMode::Never => {
+                assert_eq!(fdatasyncs, 0, "{label}");
+                assert_eq!(stats.records_synced, 0, "{label}");
+                assert!(stats.batches_written >= 1, "{label}");
+            }
+        }
+        // The new segment's directory entry is made durable, unless nothing is.
+        let expected_dir_fsyncs = match mode {
+            FsyncMode::Never => 0,
+            FsyncMode::Always | FsyncMode::Batch => stats.segments_created,
+        };
+        assert_eq!(dir_fsyncs, expected_dir_fsyncs, "{label}");
     }
 }

@@ -6,50 +6,56 @@ mod common;
 use futures_lite::future::block_on;
 use herald_store::format::{self, Scan};
 use herald_store::recovery::{segment_name, snapshot_name};
-use herald_store::storage::SplitMix64;
 use herald_store::{Log, LogOptions, MemStorage};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
-fn mutate(rng: &mut SplitMix64, bytes: &mut Vec<u8>) {
-    let len = bytes.len().max(1) as u64;
-    match rng.next_u64() % 7 {
+fn mutate(rng: &mut StdRng, bytes: &mut Vec<u8>) {
+    let len = bytes.len().max(1);
+    match rng.gen_range(0..7) {
         0 => {
-            for _ in 0..=rng.upto(4) {
-                let at = (rng.next_u64() % len) as usize;
+            for _ in 0..=rng.gen_range(0..=4) {
+                let at = rng.gen_range(0..len);
                 if at < bytes.len() {
-                    bytes[at] ^= 1 << (rng.next_u64() % 8);
+                    bytes[at] ^= 1 << rng.gen_range(0..8);
                 }
             }
         }
         1 => {
-            let at = rng.upto(bytes.len() as u64) as usize;
+            let at = rng.gen_range(0..=bytes.len());
             bytes.truncate(at);
         }
         2 => {
-            let at = (rng.next_u64() % len) as usize;
-            let end = (at + rng.upto(64) as usize).min(bytes.len());
+            let at = rng.gen_range(0..len);
+            let end = (at + rng.gen_range(0..=64)).min(bytes.len());
             if at < end {
                 bytes[at..end].fill(0);
             }
         }
         3 => {
-            let at = rng.upto(bytes.len() as u64) as usize;
-            let junk: Vec<u8> = (0..rng.upto(40)).map(|_| rng.next_u64() as u8).collect();
+            let at = rng.gen_range(0..=bytes.len());
+            let junk: Vec<u8> = (0..rng.gen_range(0..=40)).map(|_| rng.gen()).collect();
             bytes.splice(at..at, junk);
         }
         4 => {
-            let at = (rng.next_u64() % len) as usize;
-            let end = (at + rng.upto(64) as usize).min(bytes.len());
+            let at = rng.gen_range(0..len);
+            let end = (at + rng.gen_range(0..=64)).min(bytes.len());
             for byte in bytes.iter_mut().take(end).skip(at) {
-                *byte = rng.next_u64() as u8;
+                *byte = rng.gen();
             }
         }
-        5 => bytes.extend((0..rng.upto(100)).map(|_| rng.next_u64() as u8)),
+        5 => bytes.extend((0..rng.gen_range(0..=100)).map(|_| rng.gen::<u8>())),
         _ => {
             // Random bytes that begin with a valid-looking header.
-            let body: Vec<u8> = (0..rng.upto(200)).map(|_| rng.next_u64() as u8).collect();
+            let body: Vec<u8> = (0..rng.gen_range(0..=200)).map(|_| rng.gen()).collect();
             let mut frame = Vec::new();
-            format::encode_frame(&mut frame, format::FrameKind::Record, rng.upto(10), &body);
-            let at = rng.upto(bytes.len() as u64) as usize / 8 * 8;
+            format::encode_frame(
+                &mut frame,
+                format::FrameKind::Record,
+                rng.gen_range(0..=10),
+                &body,
+            );
+            let at = rng.gen_range(0..=bytes.len()) / 8 * 8;
             bytes.splice(at..at, frame);
         }
     }
@@ -70,10 +76,10 @@ fn scan_everything(bytes: &[u8]) {
 
 #[test]
 fn decoder_survives_random_bytes() {
-    let mut rng = SplitMix64(0xF022);
+    let mut rng = StdRng::seed_from_u64(0xF022);
     for _ in 0..2000 {
-        let len = rng.upto(300) as usize;
-        let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        let len = rng.gen_range(0..=300);
+        let bytes: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
         scan_everything(&bytes);
         let _ = format::decode_record(&bytes);
     }
@@ -81,13 +87,13 @@ fn decoder_survives_random_bytes() {
 
 #[test]
 fn decoder_and_recovery_survive_mutated_logs() {
-    let mut rng = SplitMix64(0xC0FFEE);
+    let mut rng = StdRng::seed_from_u64(0xC0FFEE);
     let records = common::records(55, 40);
     let clean = common::segment_bytes(1, &records);
     let snapshot = common::snapshot_bytes(10, &records[..5], true);
     for case in 0..1500 {
         let mut segment = clean.clone();
-        for _ in 0..=rng.upto(2) {
+        for _ in 0..=rng.gen_range(0..=2) {
             mutate(&mut rng, &mut segment);
         }
         scan_everything(&segment);

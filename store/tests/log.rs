@@ -225,12 +225,22 @@ fn segments_rotate_at_the_target_size() {
     }
     let files = mem.files();
     assert!(files.len() > 5, "{} segments", files.len());
-    for (name, bytes) in &files {
+    for (index, (name, bytes)) in files.iter().enumerate() {
+        let records_end = common::frames_end(bytes);
         assert!(
-            bytes.len() <= 1024 || common::frame_offsets(bytes).len() == 1,
-            "{name} is {} bytes",
-            bytes.len()
+            records_end <= 1024 || common::frame_offsets(bytes).len() == 1,
+            "{name} holds {records_end} bytes of records"
         );
+        if index + 1 < files.len() {
+            // A segment is cut back to its records when the next one starts.
+            assert_eq!(bytes.len(), records_end, "closed segment {name}");
+        } else {
+            // The active one ends in the zeros written ahead of its records.
+            assert!(
+                bytes[records_end..].iter().all(|&b| b == 0),
+                "active segment {name}"
+            );
+        }
     }
     assert_eq!(reopen(&mem), records);
 }

@@ -36,9 +36,9 @@ pub struct ServeArgs {
     /// Number of shards [default: one per available core]
     #[arg(long, env = "HERALD_SHARDS")]
     pub shards: Option<usize>,
-    /// always | batch | never [default: batch]
-    #[arg(long, env = "HERALD_FSYNC")]
-    pub fsync: Option<String>,
+    /// When the WAL calls fdatasync [default: batch]
+    #[arg(long, env = "HERALD_FSYNC", value_enum)]
+    pub fsync: Option<FsyncMode>,
     /// MCC-MNC=udp or MCC-MNC=URL of a wakeup proxy (repeatable; env: comma-separated)
     #[arg(
         long = "wakeup-route",
@@ -63,13 +63,23 @@ struct FileConfig {
     endpoint_url: Option<String>,
     data_dir: Option<PathBuf>,
     shards: Option<usize>,
-    fsync: Option<String>,
+    #[serde(default, deserialize_with = "fsync_from_text")]
+    fsync: Option<FsyncMode>,
     #[serde(default)]
     wakeup_routes: Vec<String>,
     keys_file: Option<PathBuf>,
     admin_token: Option<String>,
     #[serde(default)]
     limits: Limits,
+}
+
+/// The file's `fsync` key takes the flag's spellings; a bad one fails like
+/// any bad key (the message names the file, line and column).
+fn fsync_from_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<FsyncMode>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 /// Shards are capped: each holds a mesh ring to every other one.
@@ -115,7 +125,7 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
             "--shards must be between 1 and {SHARDS_MAX}, got {shards}"
         ));
     }
-    let fsync = parse_fsync(args.fsync.or(file.fsync).as_deref().unwrap_or("batch"))?;
+    let fsync = args.fsync.or(file.fsync).unwrap_or_default();
     let routes = if args.wakeup_routes.is_empty() {
         file.wakeup_routes
     } else {
@@ -148,17 +158,6 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
             .filter(|token| !token.is_empty()),
     };
     Ok((config, lock))
-}
-
-fn parse_fsync(text: &str) -> Result<FsyncMode, String> {
-    match text {
-        "always" => Ok(FsyncMode::Always),
-        "batch" => Ok(FsyncMode::Batch),
-        "never" => Ok(FsyncMode::Never),
-        other => Err(format!(
-            "--fsync must be always, batch or never, got {other:?}"
-        )),
-    }
 }
 
 /// `MCC-MNC=udp` or `MCC-MNC=http://proxy:port`.
@@ -219,6 +218,89 @@ fn load_or_create_keys(path: &Path) -> Result<KeyMaterial, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// A scratch directory, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let path =
+                std::env::temp_dir().join(format!("herald-tools-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).expect("scratch dir");
+            Scratch(path)
+        }
+
+        /// A config file with `fsync = <value>` and a data dir in here.
+        fn config(&self, fsync: &str) -> PathBuf {
+            let path = self.0.join("herald.toml");
+            let text = format!(
+                "data_dir = {:?}\nshards = 1\nfsync = {fsync:?}\n",
+                self.0.join("data")
+            );
+            fs::write(&path, text).expect("write config");
+            path
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn fsync_flag_takes_the_modes_and_lists_them_on_a_bad_value() {
+        for mode in FsyncMode::ALL {
+            let cli = Cli::try_parse_from(["herald", "--fsync", mode.as_str()]).expect("parses");
+            assert_eq!(cli.serve.fsync, Some(mode));
+        }
+        let Err(error) = Cli::try_parse_from(["herald", "--fsync", "sometimes"]) else {
+            panic!("--fsync sometimes parsed");
+        };
+        assert_eq!(error.kind(), clap::error::ErrorKind::InvalidValue);
+        let message = error.to_string();
+        assert!(
+            message.contains("[possible values: always, batch, never]"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn config_file_fsync_takes_the_same_spellings_and_the_flag_wins() {
+        let scratch = Scratch::new("fsync");
+        for mode in FsyncMode::ALL {
+            let args = ServeArgs {
+                config: Some(scratch.config(mode.as_str())),
+                ..ServeArgs::default()
+            };
+            assert_eq!(resolve(args).expect("resolves").fsync, mode);
+        }
+        let args = ServeArgs {
+            config: Some(scratch.config("never")),
+            fsync: Some(FsyncMode::Always),
+            ..ServeArgs::default()
+        };
+        assert_eq!(resolve(args).expect("resolves").fsync, FsyncMode::Always);
+        let args = ServeArgs {
+            config: Some(scratch.config("sometimes")),
+            ..ServeArgs::default()
+        };
+        let error = resolve(args).expect_err("a bad fsync value is refused");
+        assert!(error.starts_with("bad config "), "{error}");
+        assert!(error.contains("line 3"), "{error}");
+        assert!(
+            error.contains("fsync must be always, batch or never, not \"sometimes\""),
+            "{error}"
+        );
+    }
 
     #[test]
     fn routes_parse_and_refuse_nonsense() {

@@ -9,7 +9,8 @@ use herald_engine::message::{
 use herald_engine::record::Record;
 use herald_engine::{ChannelId, Lsn, Uaid};
 use herald_store::format::{self, FrameKind};
-use herald_store::storage::SplitMix64;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 pub fn uaid(n: u64) -> Uaid {
     let mut bytes = [0u8; 16];
@@ -27,18 +28,18 @@ pub fn channel(n: u64) -> ChannelId {
 /// One record of every kind and shape, chosen by `i`, with contents from `rng`.
 // `is_multiple_of` is newer than the workspace's rust-version.
 #[allow(clippy::manual_is_multiple_of)]
-pub fn record(rng: &mut SplitMix64, i: u64) -> Record {
-    let u = uaid(rng.next_u64() % 64);
-    let ch = channel(rng.next_u64() % 16);
+pub fn record(rng: &mut StdRng, i: u64) -> Record {
+    let u = uaid(rng.gen_range(0..64));
+    let ch = channel(rng.gen_range(0..16));
     match i % 9 {
         0 => Record::UaidCreated {
             uaid: u,
-            at_ms: rng.next_u64() >> 20,
+            at_ms: rng.gen::<u64>() >> 20,
         },
         1 => Record::ChannelRegistered(Registration {
             uaid: u,
             channel: ch,
-            key_hash: if rng.next_u64() % 2 == 0 {
+            key_hash: if rng.gen_bool(0.5) {
                 Some([7u8; 32])
             } else {
                 None
@@ -56,7 +57,7 @@ pub fn record(rng: &mut SplitMix64, i: u64) -> Record {
             expires_ms: 0,
             urgency: Urgency::Normal,
             topic: None,
-            body: MessageBody::Version(rng.next_u64()),
+            body: MessageBody::Version(rng.gen()),
         }),
         4 => Record::MessageStored(StoredMessage {
             uaid: u,
@@ -67,9 +68,7 @@ pub fn record(rng: &mut SplitMix64, i: u64) -> Record {
             urgency: Urgency::High,
             topic: Some(format!("topic-{}", i % 5)),
             body: MessageBody::WebPush {
-                data: (0..(rng.next_u64() % 300) as usize)
-                    .map(|b| b as u8)
-                    .collect(),
+                data: (0..rng.gen_range(0..300usize)).map(|b| b as u8).collect(),
                 encoding: Some("aes128gcm".into()),
                 encryption: None,
                 crypto_key: if i % 2 == 0 {
@@ -120,7 +119,7 @@ pub fn record(rng: &mut SplitMix64, i: u64) -> Record {
 }
 
 pub fn records(seed: u64, count: u64) -> Vec<Record> {
-    let mut rng = SplitMix64(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
     (0..count).map(|i| record(&mut rng, i)).collect()
 }
 
@@ -143,6 +142,16 @@ pub fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
         at += frame.len_on_disk;
     }
     offsets
+}
+
+/// Where the frames of `bytes` end: a segment's records, without the zeros
+/// the log writes ahead of them in the active segment.
+pub fn frames_end(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while let format::Scan::Frame(frame) = format::read_frame(bytes, at) {
+        at += frame.len_on_disk;
+    }
+    at
 }
 
 /// A complete snapshot covering `covers` holding `records`.
