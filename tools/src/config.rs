@@ -281,14 +281,14 @@ mod tests {
                 config: Some(scratch.config(mode.as_str())),
                 ..ServeArgs::default()
             };
-            assert_eq!(resolve(args).expect("resolves").fsync, mode);
+            assert_eq!(resolve(args).expect("resolves").0.fsync, mode);
         }
         let args = ServeArgs {
             config: Some(scratch.config("never")),
             fsync: Some(FsyncMode::Always),
             ..ServeArgs::default()
         };
-        assert_eq!(resolve(args).expect("resolves").fsync, FsyncMode::Always);
+        assert_eq!(resolve(args).expect("resolves").0.fsync, FsyncMode::Always);
         let args = ServeArgs {
             config: Some(scratch.config("sometimes")),
             ..ServeArgs::default()
