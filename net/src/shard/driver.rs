@@ -304,12 +304,7 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
                 request,
                 push,
             } => {
-                let local = self.next_id();
-                let from = Origin::Remote {
-                    shard: origin,
-                    request,
-                };
-                self.requests.insert(local, from);
+                let local = self.take_remote_request(origin, request);
                 let now = self.runtime.now_ms();
                 self.engine.on_push(now, local, push);
             }
@@ -319,12 +314,7 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
                 channel,
                 notification,
             } => {
-                let local = self.next_id();
-                let from = Origin::Remote {
-                    shard: origin,
-                    request,
-                };
-                self.requests.insert(local, from);
+                let local = self.take_remote_request(origin, request);
                 let now = self.runtime.now_ms();
                 self.engine.on_app_notify(now, local, channel, notification);
             }
@@ -338,6 +328,18 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
         }
         self.run_actions();
         None
+    }
+
+    /// A request another shard sent here: its local id, under which the
+    /// answer goes back to `origin`.
+    fn take_remote_request(&mut self, origin: usize, request: RequestId) -> RequestId {
+        let local = self.next_id();
+        let from = Origin::Remote {
+            shard: origin,
+            request,
+        };
+        self.requests.insert(local, from);
+        local
     }
 
     // ---- time and durability ----------------------------------------------
