@@ -193,6 +193,11 @@ struct Socket {
     ip_slot: Option<Box<IpSlot>>,
     /// Speaks the extended protocol (SPEC §3.6), passed on at hand-off.
     extended: bool,
+    /// The engine forgot the socket: bytes from the UA no longer matter,
+    /// what is left to do (a close frame, a hand-off) is queued. A field
+    /// rather than a local so that the idle wait's closure captures one
+    /// reference less (it fills padding next to `extended`).
+    forgotten: bool,
     outbox: Rc<Outbox>,
 }
 
@@ -218,6 +223,7 @@ impl Socket {
             conn,
             ip_slot: ip_slot.map(Box::new),
             extended,
+            forgotten: false,
             outbox,
         }
     }
@@ -247,33 +253,27 @@ impl Socket {
             let mut decoder = Decoder::default();
             // Bytes that arrived with the upgrade or the hand-off come first.
             let mut readable_now = !buffer.is_empty();
-            // Once the engine forgot the socket, bytes from the UA no longer
-            // matter: what is left to do (a close frame, a hand-off) is queued.
-            let mut forgotten = false;
             loop {
                 if readable_now {
                     readable_now = false;
-                    forgotten = !self.decode(&ctx, &mut decoder, &mut buffer);
+                    self.forgotten = !self.decode(&ctx, &mut decoder, &mut buffer);
                     if buffer.is_empty() {
                         // Idle sockets keep no buffer capacity.
                         buffer = Vec::new();
                     }
                 }
-                let reading = !forgotten;
-                let event = future::poll_fn(|cx| {
-                    self.poll_event(cx, &ctx, &mut stream, &mut buffer, reading)
-                })
-                .await;
+                let event =
+                    future::poll_fn(|cx| self.poll_event(cx, &ctx, &mut stream, &mut buffer)).await;
                 match event {
                     Event::Readable => readable_now = true,
                     Event::Closed => {
                         self.forget(&ctx);
                         return self.finish();
                     }
+                    Event::Outgoing(Outgoing::Abandon) => return self.finish(),
                     Event::Outgoing(Outgoing::HandOff { shard, hello }) => {
-                        if let Some(adopted) = self.leaving(stream, buffer, hello) {
-                            Box::pin(send_to_owner(&ctx, shard, adopted)).await;
-                        }
+                        let adopted = self.leaving(stream, buffer, hello);
+                        Box::pin(send_to_owner(&ctx, shard, adopted)).await;
                         return self.finish();
                     }
                     Event::Outgoing(item) => {
@@ -282,10 +282,7 @@ impl Socket {
                         }
                     }
                     Event::Gated(lsn) => {
-                        if Box::pin(ctx.journal.wait_durable(lsn)).await.is_err() {
-                            let (code, reason) = STORE_FAILED_CLOSE;
-                            let frame = websocket::close_frame(code, reason);
-                            let _ = stream.write_all(&frame).await;
+                        if !Box::pin(wait_for_record(&ctx, &mut stream, lsn)).await {
                             self.forget(&ctx);
                             return self.finish();
                         }
@@ -301,24 +298,20 @@ impl Socket {
 
     /// What an idle socket waits for: an item the shard queued (first, so
     /// that a close or hand-off is not held up by reads), or bytes from the
-    /// UA while `reading`.
+    /// UA until the engine forgets the socket.
     fn poll_event(
         &self,
         cx: &mut Context<'_>,
         ctx: &Ctx,
         stream: &mut TcpStream,
         buffer: &mut Vec<u8>,
-        reading: bool,
     ) -> Poll<Event> {
-        if self.outbox.abandoned() {
-            return Poll::Ready(Event::Closed);
-        }
         match self.outbox.poll_next(cx, ctx.journal.durable_lsn()) {
             Poll::Ready(Next::Item(item)) => return Poll::Ready(Event::Outgoing(item)),
             Poll::Ready(Next::Gated(lsn)) => return Poll::Ready(Event::Gated(lsn)),
             Poll::Pending => {}
         }
-        if !reading {
+        if self.forgotten {
             return Poll::Ready(Event::Drained);
         }
         poll_read_ready(cx, stream, buffer)
@@ -407,6 +400,20 @@ impl Socket {
     }
 }
 
+/// Waits until the record a queued frame depends on is durable; false (and
+/// a close frame to the UA) when the store failed and it never will be.
+/// Rare: the socket's task awaits it boxed, so idle sockets carry none of it.
+async fn wait_for_record(ctx: &Ctx, stream: &mut TcpStream, lsn: herald_engine::Lsn) -> bool {
+    if ctx.journal.wait_durable(lsn).await.is_ok() {
+        return true;
+    }
+    let (code, reason) = STORE_FAILED_CLOSE;
+    let _ = stream
+        .write_all(&websocket::close_frame(code, reason))
+        .await;
+    false
+}
+
 /// Writes `first` and the frames queued behind it with one `write`, so that
 /// a backlog (a reconnect, a burst) costs a few syscalls instead of one per
 /// message. Only frames whose records are durable are taken (the outbox
@@ -438,14 +445,18 @@ fn encode_item(item: Outgoing, bytes: &mut Vec<u8>) -> bool {
         Outgoing::Close { code, reason } => (websocket::close_frame(code, reason), false),
         // Carried out by the socket's task, never written; a hand-off queued
         // behind a failed write is dropped with the socket.
-        Outgoing::HandOff { .. } => return false,
+        Outgoing::HandOff { .. } | Outgoing::Abandon => return false,
     };
     bytes.extend_from_slice(&frame);
     more
 }
 
-/// Sends a socket to the shard that owns its UAID.
-async fn send_to_owner(ctx: &Rc<Ctx>, shard: usize, adopted: Adopted) {
+/// Sends a socket to the shard that owns its UAID (nothing to send if its
+/// descriptor could not be duplicated).
+async fn send_to_owner(ctx: &Rc<Ctx>, shard: usize, adopted: Option<Adopted>) {
+    let Some(adopted) = adopted else {
+        return;
+    };
     if let Err(GlommioError::Closed(ResourceType::Channel(RingMsg::HandOff(adopted))))
     | Err(GlommioError::WouldBlock(ResourceType::Channel(RingMsg::HandOff(adopted)))) =
         ctx.senders.send_to(shard, RingMsg::HandOff(adopted)).await

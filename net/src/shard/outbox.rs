@@ -26,6 +26,9 @@ pub enum Outgoing {
         shard: usize,
         hello: String,
     },
+    /// The shard gave up on the socket (its UA stopped reading): drop it
+    /// without writing anything more. Replaces whatever was queued.
+    Abandon,
 }
 
 impl Outgoing {
@@ -56,9 +59,6 @@ pub struct Outbox {
     items: RefCell<VecDeque<Outgoing>>,
     /// The socket's task, waiting for an item.
     waker: Cell<Option<Waker>>,
-    /// The shard gave up on the socket (its UA stopped reading): the task
-    /// drops it without writing what is queued.
-    abandoned: Cell<bool>,
 }
 
 impl Outbox {
@@ -72,7 +72,10 @@ impl Outbox {
     }
 
     pub(crate) fn abandon(&self) {
-        self.abandoned.set(true);
+        let mut items = self.items.borrow_mut();
+        items.clear();
+        items.push_back(Outgoing::Abandon);
+        drop(items);
         self.wake();
     }
 
@@ -80,10 +83,6 @@ impl Outbox {
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
-    }
-
-    pub fn abandoned(&self) -> bool {
-        self.abandoned.get()
     }
 
     /// The front item if it may leave with `durable_lsn` durable. The
@@ -109,7 +108,7 @@ impl Outbox {
             .items
             .borrow()
             .front()
-            .is_some_and(|item| !matches!(item, Outgoing::HandOff { .. }));
+            .is_some_and(|item| !matches!(item, Outgoing::HandOff { .. } | Outgoing::Abandon));
         match is_frame.then(|| self.next(durable_lsn)).flatten() {
             Some(Next::Item(item)) => Some(item),
             _ => None,
@@ -126,11 +125,5 @@ impl Outbox {
                 Poll::Pending
             }
         }
-    }
-
-    /// Everything still queued, gate or not: what is left once the socket is
-    /// closing and the store can say nothing more.
-    pub fn drain(&self) -> Vec<Outgoing> {
-        std::mem::take(&mut *self.items.borrow_mut()).into()
     }
 }

@@ -409,6 +409,11 @@ impl Harness {
                 sock.outbox = None;
                 sock.closed.get_or_insert(code);
             }
+            Outgoing::Abandon => {
+                // The server dropped the socket: the UA sees it gone.
+                sock.outbox = None;
+                sock.gone = true;
+            }
             Outgoing::HandOff { shard, hello } => {
                 sock.outbox = None;
                 let socket = SimSocket { handle, hello };

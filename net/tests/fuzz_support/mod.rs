@@ -590,6 +590,11 @@ fn observe(
                     world.outcome |= 64;
                     break;
                 }
+                Outgoing::Abandon => {
+                    world.open.remove(&conn);
+                    world.outcome |= 1 << 18;
+                    break;
+                }
                 Outgoing::Ping | Outgoing::Pong(_) => {}
             }
         }
