@@ -1448,6 +1448,54 @@ fn a_hello_for_another_shards_uaid_is_handed_off() {
     );
 }
 
+// ---- overload (SPEC §9) --------------------------------------------------
+
+/// A UA that stops reading fills its socket's bounded outbox and is dropped,
+/// rather than buffered without end; its messages stay stored for its next
+/// connection.
+#[test]
+fn a_ua_that_stops_reading_is_dropped_and_keeps_its_messages() {
+    let limits = Limits::test_min();
+    let bound = limits.pending_per_uaid_max + limits.ua_outbox_frames_max.max(1);
+    let mut h = Harness::with_limits(limits.clone());
+    let (conn, uaid) = h.connect_new(true);
+    let endpoint = h.register(conn, &chan(1));
+    h.set_paused(conn, true);
+    let mut sent = Vec::new();
+    for _ in 0..bound + 1 {
+        let response = h.post_data(&endpoint, 600, b"x", &[]);
+        assert_eq!(response.status, 201);
+        sent.push(location_id(&response));
+    }
+    let driver_conn = h.socks[&conn].conn;
+    assert!(
+        !h.shards[0].has_conn(driver_conn),
+        "the shard gave up on the socket at its outbox bound"
+    );
+    assert_eq!(h.engine(0).connections(), 0);
+    // What the socket's task finds first: the order to drop the socket.
+    h.set_paused(conn, false);
+    assert!(h.socks[&conn].gone, "the socket was dropped");
+    assert!(
+        h.take(conn).is_empty(),
+        "none of the queued frames was written"
+    );
+    let pending = h.engine(0).pending_messages();
+    assert_eq!(pending, limits.pending_per_uaid_max.min(sent.len()));
+    let conn = h.reconnect(&uaid, true);
+    let got = versions(&h.take_notifications(conn));
+    assert_eq!(
+        got.len(),
+        pending,
+        "every stored message arrives on reconnect"
+    );
+    let newest: Vec<Value> = sent[sent.len() - pending..]
+        .iter()
+        .map(|id| json!(id))
+        .collect();
+    assert_eq!(got, newest);
+}
+
 // ---- replay (§7) -------------------------------------------------------
 
 /// A fresh shard built from `records` alone.

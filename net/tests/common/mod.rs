@@ -100,6 +100,8 @@ pub struct Sock {
     pub closed: Option<u16>,
     /// The UA hung up (or the server crashed under it).
     pub gone: bool,
+    /// The UA stopped reading: its frames stay in the outbox.
+    pub paused: bool,
 }
 
 impl std::fmt::Debug for Sock {
@@ -374,7 +376,7 @@ impl Harness {
         for handle in handles {
             loop {
                 let sock = &self.socks[&handle];
-                let Some(outbox) = sock.outbox.clone() else {
+                let Some(outbox) = sock.outbox.clone().filter(|_| !sock.paused) else {
                     break;
                 };
                 let durable = self.logs[sock.shard].durable_lsn();
@@ -545,6 +547,12 @@ impl Harness {
         let (shard, driver_conn) = (sock.shard, sock.conn);
         self.world.now.set(self.now);
         self.shards[shard].on_closed(driver_conn);
+        self.pump();
+    }
+
+    /// The UA stops (or resumes) reading its socket.
+    pub fn set_paused(&mut self, conn: ConnId, paused: bool) {
+        self.socks.get_mut(&conn).expect("unknown conn").paused = paused;
         self.pump();
     }
 
