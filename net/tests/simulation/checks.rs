@@ -342,7 +342,10 @@ impl Sim {
                 }
                 if message.sends.1 == 0 {
                     message.sends = (now, 1, now);
-                } else {
+                } else if !held {
+                    // A frame queued while the socket was held back comes
+                    // late and may stand for a message removed since that
+                    // shared this token: it says nothing about the pace.
                     message.sends.1 += 1;
                 }
                 let (first, count, _) = message.sends;
@@ -785,11 +788,7 @@ impl Sim {
                     self.counters.delivered_then_lost += 1;
                 }
                 if let Some(id) = message.web_push_id() {
-                    if removed.is_none() {
-                        self.uas[ua]
-                            .gone_ids
-                            .push((id.to_owned(), "lost in a crash"));
-                    }
+                    self.uas[ua].reclassify(id, Some("lost in a crash"));
                 }
                 continue;
             }
@@ -815,7 +814,7 @@ impl Sim {
                 message.resurrected = true;
                 if let Some(id) = message.web_push_id() {
                     let id = id.to_owned();
-                    self.uas[ua].resurrected(&id);
+                    self.uas[ua].reclassify(&id, None);
                 }
             }
             ensure!(

@@ -184,11 +184,14 @@ impl ModelUa {
         self.limbo.push(Removed { msg, why });
     }
 
-    /// A message a crash brought back (its removal record was lost): its id
-    /// is pending again.
-    pub fn resurrected(&mut self, id: &str) {
+    /// A crash changed what became of message `id`: pending again (its
+    /// removal record was lost: `None`), or gone for `why`.
+    pub fn reclassify(&mut self, id: &str, why: Option<&'static str>) {
         self.acked_ids.retain(|acked| acked != id);
         self.gone_ids.retain(|(gone, _)| gone != id);
+        if let Some(why) = why {
+            self.gone_ids.push((id.to_owned(), why));
+        }
     }
 }
 
