@@ -650,11 +650,12 @@ impl Sim {
     }
 
     /// A TTL=0 message sent to a connected UA must reach that socket,
-    /// once nothing holds the socket back.
+    /// once nothing holds the socket back (also if a newer socket has taken
+    /// over: its close comes after what was queued).
     fn check_transients(&mut self) {
-        let (uas, socks) = (&self.uas, &self.h.socks);
+        let (conns, socks) = (&self.conns, &self.h.socks);
         self.transient
-            .retain(|t| !t.seen && uas[t.ua].conn == Some(t.conn) && !socks[&t.conn].gone);
+            .retain(|t| !t.seen && conns.contains_key(&t.conn) && !socks[&t.conn].gone);
         let unsent: Vec<String> = self
             .transient
             .iter()

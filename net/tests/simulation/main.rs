@@ -184,34 +184,48 @@ fn run_seed(seed: u64, shards: usize, test_name: &'static str) -> Counters {
     sim.counters
 }
 
-/// Runs the seeds on every core; asserts over the whole set that the rarer
-/// crash outcomes happened somewhere.
+/// Runs the seeds on every core (every one, also after a failure, so that a
+/// sweep names all failing seeds); asserts over the whole set that the
+/// rarer crash outcomes happened somewhere.
 fn run_seeds(default: u64, shards_of: fn(u64) -> usize, test_name: &'static str) {
     let seeds = seeds(default);
     let count = seeds.end.saturating_sub(seeds.start);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let total = std::thread::scope(|scope| {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (total, mut failed) = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|worker| {
                 let seeds = seeds.clone();
                 scope.spawn(move || {
                     let mut total = Counters::default();
-                    for seed in seeds.skip(worker as usize).step_by(threads as usize) {
-                        total.add(&run_seed(seed, shards_of(seed), test_name));
+                    let mut failed = Vec::new();
+                    for seed in seeds.skip(worker).step_by(threads) {
+                        let run = || run_seed(seed, shards_of(seed), test_name);
+                        // The panic message (seed, replay command) is printed
+                        // as it happens.
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+                            Ok(counters) => total.add(&counters),
+                            Err(_) => failed.push(seed),
+                        }
                     }
-                    total
+                    (total, failed)
                 })
             })
             .collect();
         let mut total = Counters::default();
+        let mut failed = Vec::new();
         for worker in workers {
-            match worker.join() {
-                Ok(counters) => total.add(&counters),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
+            let (counters, seeds) = worker.join().expect("a worker catches its panics");
+            total.add(&counters);
+            failed.extend(seeds);
         }
-        total
+        (total, failed)
     });
+    failed.sort_unstable();
+    assert!(
+        failed.is_empty(),
+        "{test_name}: {} of {count} seeds failed: {failed:?}",
+        failed.len()
+    );
     eprintln!("{test_name}: {count} seeds, totals {total:?}");
     // Over a CI-sized set of seeds, every kind of outcome shows up.
     if count >= 20 {
