@@ -101,10 +101,10 @@ use model::Counters;
 use sim::Sim;
 
 /// Seeds CI runs over 2–4 shards, and over one shard.
-const CI_SEEDS: u64 = 200;
-const CI_ONE_SHARD_SEEDS: u64 = 40;
+const CI_SEEDS: u64 = 250;
+const CI_ONE_SHARD_SEEDS: u64 = 50;
 /// Steps per seed.
-const CI_STEPS: usize = 400;
+const CI_STEPS: usize = 500;
 /// At most this many re-send counts per thousand deliveries may go
 /// unchecked because messages shared a wire token.
 const EXEMPTIONS_PER_MILLE_MAX: u64 = 10;
