@@ -4,7 +4,10 @@
 //! driver's outboxes (a frame leaves only once its record is durable, by
 //! the outbox's own rule). By default every append is committed at once;
 //! `auto_commit = false` leaves commits (and crashes between an append and
-//! its commit) to the test.
+//! its commit) to the test. Every AS answer and every frame a UA receives is
+//! stamped with the durable LSNs of that moment, so a test can check, apart
+//! from the driver's own gating, that nothing left before its record was
+//! durable.
 #![allow(dead_code)]
 
 use std::cell::{Cell, RefCell};
@@ -19,7 +22,7 @@ use herald_engine::message::{Urgency, WakeupInfo};
 use herald_engine::push::{self, DecodeContext, HttpRequest, HttpResponse, PushRequest};
 use herald_engine::record::Record;
 use herald_engine::shard::{Shard, ShardConfig};
-use herald_engine::{ConnId, Millis, RequestId, Uaid};
+use herald_engine::{ConnId, Lsn, Millis, RequestId, Uaid};
 use herald_net::shard::{refusal_response, Driver, Next, Outbox, Outgoing, RingMsg, Runtime};
 use herald_store::{MemLog, RecordLog};
 use rand::rngs::StdRng;
@@ -94,6 +97,10 @@ pub struct Sock {
     pub conn: ConnId,
     outbox: Option<Rc<Outbox>>,
     pub frames: Vec<Frame>,
+    /// For each of `frames`, when and from where it came.
+    pub received: Vec<Received>,
+    /// WebSocket pongs received.
+    pub pongs: u64,
     /// How many of `frames` `take` has already handed out.
     pub cursor: usize,
     /// The close code the engine asked for.
@@ -110,10 +117,20 @@ impl std::fmt::Debug for Sock {
             .field("shard", &self.shard)
             .field("conn", &self.conn)
             .field("frames", &self.frames)
+            .field("pongs", &self.pongs)
             .field("closed", &self.closed)
             .field("gone", &self.gone)
             .finish()
     }
+}
+
+/// When a frame reached its UA, and from which shard with how much of its
+/// log durable at that moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub at_ms: Millis,
+    pub shard: usize,
+    pub durable: Lsn,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,8 +153,11 @@ pub struct World {
     pub now: Cell<Millis>,
     /// Ring messages in the order they were sent: (to shard, message).
     rings: RefCell<VecDeque<(usize, RingMsg<SimSocket>)>>,
-    /// Answers to AS requests, by the harness's request id.
-    answers: RefCell<BTreeMap<RequestId, HttpResponse>>,
+    /// Answers to AS requests, by the harness's request id, with every
+    /// shard's durable LSN at the moment the answer was given.
+    answers: RefCell<BTreeMap<RequestId, (HttpResponse, Vec<Lsn>)>>,
+    /// Every shard's log, to read durability at the moment of an answer.
+    logs: RefCell<Vec<MemLog>>,
     wakeups: RefCell<Vec<WakeupCall>>,
     awake: RefCell<Vec<Uaid>>,
 }
@@ -169,7 +189,18 @@ impl Runtime for SimRuntime {
     }
 
     fn answer(&self, waiter: RequestId, response: HttpResponse) {
-        let previous = self.world.answers.borrow_mut().insert(waiter, response);
+        let durable = self
+            .world
+            .logs
+            .borrow()
+            .iter()
+            .map(MemLog::durable_lsn)
+            .collect();
+        let previous = self
+            .world
+            .answers
+            .borrow_mut()
+            .insert(waiter, (response, durable));
         assert!(previous.is_none(), "request {waiter} answered twice");
     }
 
@@ -200,6 +231,10 @@ pub struct Harness {
     /// Sockets by the harness's handle (stable across hand-offs).
     pub socks: BTreeMap<ConnId, Sock>,
     pub replies: BTreeMap<RequestId, HttpResponse>,
+    /// For each answer in `replies` a shard gave, every shard's durable LSN
+    /// at the moment it was given (refusals before a shard took the request
+    /// have none).
+    pub answered_durable: BTreeMap<RequestId, Vec<Lsn>>,
     pub wakeups: Vec<WakeupCall>,
     pub awake: Vec<Uaid>,
     pub ws_pings: Vec<ConnId>,
@@ -248,6 +283,7 @@ impl Harness {
         let world = Rc::new(World::default());
         world.now.set(START_MS);
         let logs: Vec<MemLog> = (0..shards).map(|_| MemLog::new()).collect();
+        *world.logs.borrow_mut() = logs.clone();
         let mut harness = Harness {
             now: START_MS,
             shards: Vec::new(),
@@ -257,6 +293,7 @@ impl Harness {
             limits,
             socks: BTreeMap::new(),
             replies: BTreeMap::new(),
+            answered_durable: BTreeMap::new(),
             wakeups: Vec::new(),
             awake: Vec::new(),
             ws_pings: Vec::new(),
@@ -327,6 +364,8 @@ impl Harness {
             for driver in &mut self.shards {
                 driver.on_durable();
             }
+            // Answers released for another shard are on its ring now.
+            moved |= !self.world.rings.borrow().is_empty();
             moved |= self.drain_outboxes();
             moved |= self.collect_world();
             if !moved {
@@ -379,20 +418,26 @@ impl Harness {
                 let Some(outbox) = sock.outbox.clone().filter(|_| !sock.paused) else {
                     break;
                 };
-                let durable = self.logs[sock.shard].durable_lsn();
+                let shard = sock.shard;
+                let durable = self.logs[shard].durable_lsn();
                 let item = match outbox.next(durable) {
                     None | Some(Next::Gated(_)) => break,
                     Some(Next::Item(item)) => item,
                 };
                 moved = true;
-                self.receive(handle, item);
+                let received = Received {
+                    at_ms: self.now,
+                    shard,
+                    durable,
+                };
+                self.receive(handle, item, received);
             }
         }
         moved
     }
 
     /// What the UA's end sees of one outbox item.
-    fn receive(&mut self, handle: ConnId, item: Outgoing) {
+    fn receive(&mut self, handle: ConnId, item: Outgoing, received: Received) {
         let sock = self.socks.get_mut(&handle).expect("known socket");
         match item {
             Outgoing::Text { text, .. } => {
@@ -404,9 +449,14 @@ impl Harness {
                     Err(_) => Frame::Text(text),
                 };
                 sock.frames.push(frame);
+                sock.received.push(received);
             }
             Outgoing::Ping => self.ws_pings.push(handle),
-            Outgoing::Pong(_) => {}
+            Outgoing::Pong(_) => {
+                if !sock.gone {
+                    sock.pongs += 1;
+                }
+            }
             Outgoing::Close { code, .. } => {
                 sock.outbox = None;
                 sock.closed.get_or_insert(code);
@@ -429,6 +479,13 @@ impl Harness {
 
     fn collect_world(&mut self) -> bool {
         let answers = std::mem::take(&mut *self.world.answers.borrow_mut());
+        let answers: Vec<(RequestId, HttpResponse)> = answers
+            .into_iter()
+            .map(|(request, (response, durable))| {
+                self.answered_durable.insert(request, durable);
+                (request, response)
+            })
+            .collect();
         let wakeups = std::mem::take(&mut *self.world.wakeups.borrow_mut());
         let awake = std::mem::take(&mut *self.world.awake.borrow_mut());
         let moved = !(answers.is_empty() && wakeups.is_empty() && awake.is_empty());
@@ -444,6 +501,29 @@ impl Harness {
             log.commit();
         }
         self.pump();
+    }
+
+    /// A group commit of shard `index` that covered its records up to `lsn`
+    /// only.
+    pub fn commit_to(&mut self, index: usize, lsn: Lsn) {
+        self.logs[index].commit_to(lsn);
+        self.pump();
+    }
+
+    /// Whether the front item of `conn`'s outbox waits for a record to become
+    /// durable (holding back everything behind it). Every call that makes
+    /// records durable pumps, so an outbox never holds an item that may
+    /// leave; `Outbox::next` would take it.
+    pub fn blocked(&self, conn: ConnId) -> bool {
+        let sock = &self.socks[&conn];
+        let Some(outbox) = &sock.outbox else {
+            return false;
+        };
+        match outbox.next(self.logs[sock.shard].durable_lsn()) {
+            None => false,
+            Some(Next::Gated(_)) => true,
+            Some(Next::Item(_)) => panic!("conn {conn}: an item that may leave was not drained"),
+        }
     }
 
     /// Frames the engines addressed to sockets they had already closed or
@@ -532,6 +612,20 @@ impl Harness {
         self.pump();
     }
 
+    /// A WebSocket ping and then a text frame arrive in one read: the driver
+    /// queues the pong before it sees the text (which may hand the socket
+    /// to another shard).
+    pub fn send_after_ws_ping(&mut self, conn: ConnId, payload: &[u8], text: &str) {
+        self.world.now.set(self.now);
+        let sock = &self.socks[&conn];
+        let (shard, driver_conn) = (sock.shard, sock.conn);
+        if self.shards[shard].has_conn(driver_conn) {
+            self.shards[shard].on_ping(driver_conn, payload.to_vec());
+            self.shards[shard].on_text(driver_conn, text);
+        }
+        self.pump();
+    }
+
     pub fn send_json(&mut self, conn: ConnId, value: Value) {
         self.send(conn, &value.to_string());
     }
@@ -558,10 +652,22 @@ impl Harness {
 
     /// Frames received since the last `take` on this conn.
     pub fn take(&mut self, conn: ConnId) -> Vec<Frame> {
+        self.take_received(conn)
+            .into_iter()
+            .map(|(frame, _)| frame)
+            .collect()
+    }
+
+    /// Like [`Harness::take`], with when and from where each frame came.
+    pub fn take_received(&mut self, conn: ConnId) -> Vec<(Frame, Received)> {
         let sock = self.socks.get_mut(&conn).expect("unknown conn");
-        let frames = sock.frames[sock.cursor..].to_vec();
+        let received = sock.frames[sock.cursor..]
+            .iter()
+            .cloned()
+            .zip(sock.received[sock.cursor..].iter().copied())
+            .collect();
         sock.cursor = sock.frames.len();
-        frames
+        received
     }
 
     /// Notification frames received since the last `take` (others dropped).
@@ -640,6 +746,7 @@ impl Harness {
             .iter()
             .position(|frame| frame.message_type() == Some(kind))
             .unwrap_or_else(|| panic!("no {kind} reply on conn {conn}: {:?}", sock.frames));
+        sock.received.remove(sock.cursor + at);
         sock.frames.remove(sock.cursor + at).json().clone()
     }
 
@@ -670,6 +777,21 @@ impl Harness {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> HttpResponse {
+        match self.decode(method, url, headers, body) {
+            Err(response) => response,
+            Ok(push) => self.deliver_request(push),
+        }
+    }
+
+    /// `push::decode` of an HTTP request: the request for a shard, or the
+    /// answer the decoder gives at once.
+    pub fn decode(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<PushRequest, HttpResponse> {
         let path = url.strip_prefix(ORIGIN).unwrap_or(url);
         let headers: Vec<(&str, &[u8])> = headers
             .iter()
@@ -681,11 +803,7 @@ impl Harness {
             headers: &headers,
             body,
         };
-        let decoded = push::decode(&self.decode_context(), &request);
-        match decoded {
-            Err(response) => response,
-            Ok(push) => self.deliver_request(push),
-        }
+        push::decode(&self.decode_context(), &request)
     }
 
     /// Hands an already decoded request to its owning shard; returns the reply.
@@ -698,9 +816,25 @@ impl Harness {
     /// the rings when another shard owns it; returns the reply.
     pub fn deliver_request_via(&mut self, accepting: usize, push: PushRequest) -> HttpResponse {
         let request = self.submit_via(accepting, push);
+        self.answered_durable.remove(&request);
         self.replies
             .remove(&request)
             .unwrap_or_else(|| panic!("no reply to request {request}"))
+    }
+
+    /// Decodes an HTTP request like [`Harness::request`] and hands it to
+    /// shard `accepting`: the request's id, its answer still to come (see
+    /// [`Harness::submit_via`]), or the decoder's answer.
+    pub fn submit_request_via(
+        &mut self,
+        accepting: usize,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<RequestId, HttpResponse> {
+        let push = self.decode(method, url, headers, body)?;
+        Ok(self.submit_via(accepting, push))
     }
 
     /// Like [`Harness::deliver_request_via`], but returns the request's id:
@@ -769,6 +903,7 @@ impl Harness {
         for (log, keep) in self.logs.iter_mut().zip(keep_uncommitted) {
             *log = log.crash(*keep);
         }
+        *self.world.logs.borrow_mut() = self.logs.clone();
         let seed = self.rng_seed.wrapping_add(self.now);
         self.shards = (0..self.shards.len())
             .map(|index| self.start_shard(index, seed))
@@ -782,6 +917,8 @@ impl Harness {
         let live = self.shards[index].engine().snapshot(self.now);
         futures_lite::future::block_on(self.logs[index].compact(covers, live))
             .expect("compaction of a healthy log");
+        // The snapshot made every record it covers durable.
+        self.pump();
     }
 }
 
