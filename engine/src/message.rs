@@ -91,6 +91,17 @@ impl StoredMessage {
     pub fn is_expired(&self, now_ms: Millis) -> bool {
         self.expires_ms != 0 && now_ms >= self.expires_ms
     }
+
+    /// Whether storing `self` replaces `older` (SPEC §7): a SimplePush
+    /// version replaces the channel's older version, a message with a Topic
+    /// the channel's older one with the same Topic.
+    pub fn replaces(&self, older: &StoredMessage) -> bool {
+        older.channel == self.channel
+            && match (&older.body, &self.body) {
+                (MessageBody::Version(_), MessageBody::Version(_)) => true,
+                _ => self.topic.is_some() && older.topic == self.topic,
+            }
+    }
 }
 
 /// Why a stored message stopped being pending.

@@ -311,6 +311,12 @@ impl Shard {
                     channel.version = channel.version.max(Some(*version));
                 }
                 ua.next_seq = ua.next_seq.max(message.seq + 1);
+                // The removal record of what it replaced comes next in the
+                // log; a crash may keep this record and lose that one, and
+                // replay must not then hold both (the UA would get an older
+                // SimplePush version after the newer one).
+                ua.pending
+                    .retain(|_, pending| !message.replaces(&pending.message));
                 ua.pending.insert(
                     message.seq,
                     Pending {

@@ -131,13 +131,7 @@ impl Shard {
         let Some(ua) = self.uas.get(&uaid) else {
             return Vec::new();
         };
-        let replaces = |old: &StoredMessage| {
-            old.channel == incoming.channel
-                && match (&old.body, &incoming.body) {
-                    (MessageBody::Version(_), MessageBody::Version(_)) => true,
-                    _ => incoming.topic.is_some() && old.topic == incoming.topic,
-                }
-        };
+        let replaces = |old: &StoredMessage| incoming.replaces(old);
         let mut displaced: Vec<(u64, ChannelId, Removal)> = ua
             .pending
             .values()

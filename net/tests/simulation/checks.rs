@@ -355,7 +355,6 @@ impl Sim {
                     _ => None,
                 };
                 let serial = message.serial;
-                let resurrected = message.resurrected;
                 if count as u64 > allowed {
                     if !message.ambiguous {
                         self.fail(format!(
@@ -373,8 +372,6 @@ impl Sim {
                         .or_insert(0);
                     if version >= *last {
                         *last = version;
-                    } else if resurrected {
-                        self.counters.versions_resent_lower += 1;
                     } else {
                         let detail = format!(
                             "SimplePush version went backwards on {channel}: {last} then {version}"
@@ -825,6 +822,17 @@ impl Sim {
             );
             kept.push(message);
         }
+        // Replay applies the collapse rules itself: of two kept messages
+        // where the newer replaces the older (a SimplePush version, a Topic),
+        // only the newer is pending, whether or not the removal record of
+        // the older survived.
+        let replaced: Vec<u64> = kept
+            .iter()
+            .filter(|older| kept.iter().any(|newer| newer.replaces(older)))
+            .map(|older| older.seq)
+            .collect();
+        self.counters.collapsed_on_replay += replaced.len() as u64;
+        kept.retain(|message| !replaced.contains(&message.seq));
         let mut predicted: Vec<u64> = kept
             .iter()
             .filter(|m| !m.expired(now))

@@ -53,10 +53,9 @@
 //! 3. The records the shards appended hold exactly the model's pending set
 //!    and channels (with versions) per UA, and at most `pending_per_uaid_max`
 //!    live messages (more only as a crash left them, see `ModelUa::over_limit`).
-//! 4. SimplePush versions delivered on a channel never go backwards (after a
-//!    crash, from what replay holds: a version seen before its record was
-//!    durable may be lost, and an older one whose replacement record was lost
-//!    may come again).
+//! 4. SimplePush versions delivered on a channel never go backwards, also
+//!    after a crash that kept a new version's record and lost the removal of
+//!    the one it replaced (replay applies the collapse rules itself).
 //! 5. AS answers match the model (200/201/202/204/404/410/503, `Location`,
 //!    `TTL`), register replies are idempotent (429 at the limit), hello keeps
 //!    a known UAID and lands the socket on the UAID's shard.
@@ -245,6 +244,7 @@ fn run_seeds(default: u64, shards_of: fn(u64) -> usize, test_name: &'static str)
                 total.uncertain_lost,
             ),
             ("removals a crash undid", total.resurrected),
+            ("collapsed on replay", total.collapsed_on_replay),
             ("UA replies that waited for a commit", total.held_ua_replies),
         ];
         let sharded = [

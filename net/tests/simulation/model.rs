@@ -57,9 +57,8 @@ pub struct Msg {
     /// count is not its own (the frames cannot be told apart) until a send
     /// finds it alone again.
     pub ambiguous: bool,
-    /// A crash undid its removal (the record was not durable): a SimplePush
-    /// version may then be pending beside the newer one that replaced it,
-    /// and be sent after it ("delivered twice, never neither").
+    /// A crash undid its removal (the record was not durable), so it is
+    /// pending again (at least once: "delivered twice, never neither").
     pub resurrected: bool,
 }
 
@@ -81,6 +80,17 @@ impl Msg {
             Kind::Desktop(body) if !web_push_socket => Tok::Desktop(self.arrived, body.clone()),
             _ => Tok::Num(self.numeric()),
         }
+    }
+
+    /// Whether storing `self` replaces `older` (the engine's collapse rule,
+    /// SPEC §7): versions on one channel, or one Topic on one channel.
+    pub fn replaces(&self, older: &Msg) -> bool {
+        older.seq < self.seq
+            && older.channel == self.channel
+            && match (&older.kind, &self.kind) {
+                (Kind::Version(_), Kind::Version(_)) => true,
+                _ => self.topic.is_some() && older.topic == self.topic,
+            }
     }
 
     pub fn web_push_id(&self) -> Option<&str> {
@@ -350,6 +360,9 @@ impl LogView {
                         channel.raise(version, lsn);
                     }
                 }
+                // Replay collapses as the engine does (its removal record
+                // may be the one a crash lost).
+                ua.pending.retain(|_, older| !message.replaces(older));
                 ua.pending.insert(message.seq, message.clone());
             }
             Record::MessageRemoved { seq, .. } => {
@@ -430,8 +443,9 @@ pub struct Counters {
     pub delivered_then_lost: u64,
     /// Removed messages (acked, replaced, ...) a crash brought back.
     pub resurrected: u64,
-    /// Deliveries of a resurrected SimplePush version below one the UA saw.
-    pub versions_resent_lower: u64,
+    /// Older messages replay dropped because a newer kept one replaces them
+    /// (their removal record was lost in the crash).
+    pub collapsed_on_replay: u64,
     /// Register / unregister replies that waited for a commit.
     pub held_ua_replies: u64,
     /// WebSocket pongs queued before a hand-off that arrived.
@@ -470,7 +484,7 @@ impl Counters {
             uncertain_lost,
             delivered_then_lost,
             resurrected,
-            versions_resent_lower,
+            collapsed_on_replay,
             held_ua_replies,
             pongs_before_hand_off,
             late_frames,
@@ -500,7 +514,7 @@ impl Counters {
         self.uncertain_lost += uncertain_lost;
         self.delivered_then_lost += delivered_then_lost;
         self.resurrected += resurrected;
-        self.versions_resent_lower += versions_resent_lower;
+        self.collapsed_on_replay += collapsed_on_replay;
         self.held_ua_replies += held_ua_replies;
         self.pongs_before_hand_off += pongs_before_hand_off;
         self.late_frames += late_frames;
