@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # UDP wakeup figures (bench/RESULTS.md, section "UDP wakeup").
-# Starts its own herald on 127.0.0.1 (ports 28080/28081, data in a temp dir),
+# Starts its own herald on 127.0.0.1 (ports 28080-28082, data in a temp dir),
 # runs the device simulator (always-connected vs sleep + wakeup, then a burst),
 # times the wakeup core's send path, plots the CSV, and stops herald.
 # Every step is bounded; nothing leaves 127.0.0.1.
@@ -16,6 +16,7 @@ WORK=$(mktemp -d /tmp/herald-wakeup-bench.XXXXXX)
 cat > "$WORK/herald.toml" <<TOML
 ua_listen = "127.0.0.1:28080"
 as_listen = "127.0.0.1:28081"
+admin_listen = "127.0.0.1:28082"
 data_dir = "$WORK/data"
 fsync = "batch"
 wakeup_routes = ["214-07=udp"]
@@ -40,7 +41,7 @@ done
 ./target/release/herald-devices --ua 127.0.0.1:28080 --mode burst --devices "$DEVICES" \
   --pushers 8 --duration-s 60 --drain-s 5 \
   --csv "$WORK/burst.csv" --summary bench/wakeup_burst.json > /dev/null
-curl -s http://127.0.0.1:28081/metrics | grep -E '^herald_wakeup' | grep -v _bucket > bench/wakeup_metrics.txt
+curl -s http://127.0.0.1:28082/metrics | grep -E '^herald_wakeup' | grep -v _bucket > bench/wakeup_metrics.txt
 # Stop herald first: its re-sends to the deaf burst devices would otherwise
 # land on the core bench's freshly bound loopback ports.
 kill -TERM $HERALD; wait $HERALD || true

@@ -1,6 +1,6 @@
 //! The server under test, started for one run and stopped after it: `herald
 //! serve` or `herald-floor`, both found next to the running binary, each on
-//! two free loopback ports.
+//! free loopback ports (two, and Herald's admin listener).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -88,22 +88,25 @@ pub fn floor(shards: usize) -> Command {
     command
 }
 
-/// When a started server counts as ready.
+/// Which server runs: its listeners, and when it counts as ready.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Ready {
-    /// `GET /health` on the AS listener answers 200: Herald answers it once
-    /// a shard has replayed its log.
-    Health,
-    /// Both listeners accept connections (`herald-floor`).
-    Accepting,
+pub enum Kind {
+    /// `herald serve`, with an admin listener (`/metrics`) as well; ready
+    /// once `GET /health` on the AS listener answers 200, which it does once
+    /// every shard has replayed its log.
+    Herald,
+    /// `herald-floor`: ready once both listeners accept connections.
+    Floor,
 }
 
 /// A running server; SIGTERM (then SIGKILL) when stopped or dropped.
 pub struct Server {
     child: Child,
     pub ua: SocketAddr,
-    /// The AS listener: pushes, `/health`, `/metrics`.
+    /// The AS listener: pushes, `/health`.
     pub as_addr: SocketAddr,
+    /// Herald's admin listener: `/metrics` (none for the floor).
+    pub admin: Option<SocketAddr>,
     /// Its stderr (the tracing log).
     pub log: PathBuf,
     /// Wall-clock time of the launch, to compare with the log's timestamps.
@@ -113,13 +116,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `command` with `--ua-listen` and `--as-listen` on two free
-    /// loopback ports and its stderr in `log`, and waits until it is `ready`.
-    /// Panics, showing the log, if it exits first or is not ready within
-    /// `timeout`.
-    pub fn start(mut command: Command, ready: Ready, log: &Path, timeout: Duration) -> Server {
+    /// Starts `command` with `--ua-listen` and `--as-listen` (and Herald's
+    /// `--admin-listen`) on free loopback ports and its stderr in `log`, and
+    /// waits until it is ready. Panics, showing the log, if it exits first
+    /// or is not ready within `timeout`.
+    pub fn start(mut command: Command, kind: Kind, log: &Path, timeout: Duration) -> Server {
         let ua = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let as_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = (kind == Kind::Herald).then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        if let Some(admin) = admin {
+            command.arg("--admin-listen").arg(admin.to_string());
+        }
         let file = std::fs::File::create(log)
             .unwrap_or_else(|error| panic!("create {}: {error}", log.display()));
         command
@@ -143,6 +150,7 @@ impl Server {
             child,
             ua,
             as_addr,
+            admin,
             log: log.to_path_buf(),
             launched,
             ready_after: Duration::ZERO,
@@ -156,11 +164,11 @@ impl Server {
                     server.log_text()
                 );
             }
-            let is_ready = match ready {
-                Ready::Health => {
+            let is_ready = match kind {
+                Kind::Herald => {
                     http_get(as_addr, "/health").is_some_and(|(status, _)| status == 200)
                 }
-                Ready::Accepting => [ua, as_addr]
+                Kind::Floor => [ua, as_addr]
                     .iter()
                     .all(|address| TcpStream::connect_timeout(address, CONNECT_TIMEOUT).is_ok()),
             };

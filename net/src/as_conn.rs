@@ -1,159 +1,65 @@
-//! One AS HTTP/1.1 connection: frame requests, answer operations pages here,
-//! decode pushes and send them to the owning shard over its ring.
+//! The public AS listener's routes: decode pushes and send them to the
+//! owning shard over its ring, operator broadcasts, and the operations
+//! pages (the private ones only with the admin token).
 
 use std::rc::Rc;
-use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use herald_engine::extended;
+use herald_engine::limits::Limits;
 use herald_engine::push::{self, errno, DecodeContext, HttpRequest, HttpResponse};
 
 use crate::ctx::{now_ms, Ctx};
-use crate::http::{self, FramingError, Head};
+use crate::http::Head;
+use crate::http_conn::{self, Routes};
+use crate::pages::Page;
 use crate::shard::{refusal_response, Refusal};
-use crate::{broadcasts, pages};
+use crate::{admin_token, broadcasts};
 
-const READ_CHUNK_BYTES: usize = 4096;
-/// After an early answer (413), how much of the refused body is read and
-/// dropped, and for how long, before the connection is closed.
-const UNREAD_BODY_DISCARD_BYTES_MAX: usize = 1024 * 1024;
-const UNREAD_BODY_DISCARD_TIME: Duration = Duration::from_secs(2);
 /// A form-encoded SimplePush body may spell each payload byte as `%XX`.
 const FORM_ENCODING_EXPANSION: usize = 3;
 
-pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
-    let limits = &ctx.shared.config.limits;
-    if stream
-        .set_read_timeout(Some(Duration::from_millis(limits.http_read_timeout_ms)))
-        .is_err()
-    {
-        return;
+pub async fn serve(ctx: Rc<Ctx>, stream: TcpStream) {
+    http_conn::serve(&AsRoutes(ctx), stream).await;
+}
+
+struct AsRoutes(Rc<Ctx>);
+
+impl Routes for AsRoutes {
+    fn limits(&self) -> &Limits {
+        &self.0.shared.config.limits
     }
-    let body_bytes_max = limits.push_body_bytes_max * FORM_ENCODING_EXPANSION;
-    let mut buffer: Vec<u8> = Vec::new();
-    loop {
-        let head = loop {
-            match http::parse_head(&buffer, limits.http_header_bytes_max) {
-                Ok(head) => break head,
-                Err(FramingError::Incomplete) => {
-                    if !read_more(&mut stream, &mut buffer).await {
-                        return;
-                    }
-                }
-                Err(FramingError::HeadersTooLarge) => {
-                    let response = HttpResponse::error(
-                        431,
-                        errno::HEADERS_TOO_LARGE,
-                        "request headers too large",
-                    );
-                    return finish(&mut stream, &response).await;
-                }
-                Err(FramingError::Malformed(reason)) => {
-                    return finish(
-                        &mut stream,
-                        &HttpResponse::error(400, errno::BAD_REQUEST, reason),
-                    )
-                    .await;
-                }
-            }
-        };
-        if head.body_bytes > body_bytes_max {
-            // Each protocol answers in its own error format.
-            let response = if head.path.starts_with("/notify/") {
-                extended::as_error(413, "Body too big")
-            } else {
-                HttpResponse::error(413, errno::PAYLOAD_TOO_LARGE, "body too large")
-            };
-            return finish_unread(&mut stream, &response, head.body_bytes).await;
-        }
-        let request_bytes = head.head_bytes + head.body_bytes;
-        if buffer.len() < request_bytes && expects_continue(&head) {
-            // curl and others wait (about a second) for this before sending a body.
-            if stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        while buffer.len() < request_bytes {
-            if !read_more(&mut stream, &mut buffer).await {
-                return;
-            }
-        }
-        let response = route(&ctx, &head, &buffer[head.head_bytes..request_bytes]).await;
-        buffer.drain(..request_bytes);
-        if stream
-            .write_all(&http::write_response(&response, head.keep_alive))
-            .await
-            .is_err()
-            || !head.keep_alive
-        {
-            return;
+
+    fn body_bytes_max(&self) -> usize {
+        self.limits().push_body_bytes_max * FORM_ENCODING_EXPANSION
+    }
+
+    fn too_large(&self, head: &Head) -> HttpResponse {
+        if head.path.starts_with("/notify/") {
+            extended::as_error(413, "Body too big")
+        } else {
+            HttpResponse::error(413, errno::PAYLOAD_TOO_LARGE, "body too large")
         }
     }
-}
 
-fn expects_continue(head: &Head) -> bool {
-    head.headers.iter().any(|(name, value)| {
-        name.eq_ignore_ascii_case("expect") && value.eq_ignore_ascii_case(b"100-continue")
-    })
-}
-
-async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; READ_CHUNK_BYTES];
-    match stream.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(read) => {
-            buffer.extend_from_slice(&chunk[..read]);
-            true
-        }
-    }
-}
-
-/// Answers a framing error and closes: after one, request boundaries are lost.
-async fn finish(stream: &mut TcpStream, response: &HttpResponse) {
-    let _ = stream
-        .write_all(&http::write_response(response, false))
-        .await;
-}
-
-/// Answers before reading a body the client is still sending, then reads and
-/// discards a bounded part of it: closing at once would reset the connection
-/// and the client would see a broken pipe instead of the answer.
-async fn finish_unread(stream: &mut TcpStream, response: &HttpResponse, body_bytes: usize) {
-    finish(stream, response).await;
-    let _ = stream.shutdown(std::net::Shutdown::Write).await;
-    let mut left = body_bytes.min(UNREAD_BODY_DISCARD_BYTES_MAX);
-    let _ = stream.set_read_timeout(Some(UNREAD_BODY_DISCARD_TIME));
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-    while left > 0 {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(read) => left = left.saturating_sub(read),
-        }
+    async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse {
+        route(&self.0, head, body).await
     }
 }
 
 async fn route(ctx: &Rc<Ctx>, head: &Head, body: &[u8]) -> HttpResponse {
     let path = head.path.split('?').next().unwrap_or_default();
+    if let Some(page) = Page::of(&head.method, path) {
+        return public_page(ctx, head, page);
+    }
     match (head.method.as_str(), path) {
-        ("GET", "/health") => return pages::health(ctx),
-        ("GET", "/metrics") => return pages::metrics(ctx),
-        ("GET", "/about") | ("GET", "/") => return pages::about(ctx),
         ("POST", _) if path.starts_with("/notify/") => {
             return app_notify(ctx, &path["/notify/".len()..], body).await;
         }
         ("PUT", _) if path.starts_with("/v1/broadcasts/") => {
             let id = &path["/v1/broadcasts/".len()..];
-            let authorization = head
-                .headers
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case("authorization"))
-                .and_then(|(_, value)| std::str::from_utf8(value).ok());
+            let authorization = admin_token::authorization(head);
             return broadcasts::set(ctx, id, authorization, body).await;
         }
         _ => {}
@@ -181,6 +87,21 @@ async fn route(ctx: &Rc<Ctx>, head: &Head, body: &[u8]) -> HttpResponse {
         Ok(push) => dispatch(ctx, push).await,
         Err(response) => response,
     }
+}
+
+/// Health is public (load balancers poll it here); the private pages need
+/// the admin token on this listener (the admin listener asks none).
+fn public_page(ctx: &Ctx, head: &Head, page: Page) -> HttpResponse {
+    if page.is_private() {
+        let authorization = admin_token::authorization(head);
+        let admin_token = ctx.shared.config.admin_token.as_deref();
+        let what =
+            "/metrics and /about are served on the admin listener; here they need the admin token";
+        if let Err(refusal) = admin_token::check(admin_token, authorization, what) {
+            return refusal;
+        }
+    }
+    page.answer(&ctx.shared)
 }
 
 /// SPEC §3.6: an AS posts a signed notification to an app url. The UAs that

@@ -1,6 +1,7 @@
-//! One shard's life on glommio: open its WAL and replay it into the driver,
-//! join the ring mesh, accept on both listeners, tick the engine's timers
-//! and publish metrics, and drain on shutdown.
+//! One shard's life on glommio: serve the admin listener, open its WAL and
+//! replay it into the driver, join the ring mesh, accept on the UA and AS
+//! listeners, tick the engine's timers and publish metrics, and drain on
+//! shutdown.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -20,11 +21,12 @@ use herald_store::LogOptions;
 
 use crate::compaction::{maybe_compact, Compaction};
 use crate::ctx::{Ctx, ShardRing};
+use crate::health::ShardState;
 use crate::metrics::ShardSnapshot;
 use crate::process::shared_listener;
 use crate::shard::Driver;
 use crate::shared::Shared;
-use crate::{as_conn, ua_conn, WakeupRoute};
+use crate::{admin_conn, as_conn, ua_conn, WakeupRoute};
 
 /// How often the engine's timers are checked and metrics published.
 const TICK: Duration = Duration::from_millis(50);
@@ -39,6 +41,20 @@ pub async fn run(
     mesh: MeshBuilder<ShardRing, Full>,
     ready: mpsc::Sender<Result<(), String>>,
 ) {
+    // First, so that readiness can be asked while the WAL replays.
+    match shared_listener(shared.config.admin_listen) {
+        Ok(admin) => {
+            let kind = Listener::Admin(shared.clone());
+            spawn_local(accept_loop(index, admin, kind)).detach();
+        }
+        Err(error) => {
+            let _ = ready.send(Err(format!(
+                "cannot listen on {}: {error}",
+                shared.config.admin_listen
+            )));
+            return;
+        }
+    }
     let (senders, receivers) = match mesh.join().await {
         Ok(joined) => joined,
         Err(_) => {
@@ -152,55 +168,75 @@ pub async fn run(
     let _ = ready.send(Ok(()));
     // Accept only once every shard has replayed its log: a UA handed to, or an
     // AS request routed to, a shard still replaying would wait on it.
-    shared.shards_ready.fetch_add(1, Ordering::SeqCst);
-    while shared.shards_ready.load(Ordering::SeqCst) < shared.config.shards {
+    shared.states.set(index, ShardState::Serving);
+    while !shared.states.all_replayed() {
         if shared.shutdown.load(Ordering::Relaxed) {
             return;
         }
         sleep(TICK).await;
     }
-    spawn_local(accept_loop(ctx.clone(), ua_listener, Listener::Ua)).detach();
-    spawn_local(accept_loop(ctx.clone(), as_listener, Listener::As)).detach();
+    spawn_local(accept_loop(index, ua_listener, Listener::Ua(ctx.clone()))).detach();
+    spawn_local(accept_loop(index, as_listener, Listener::As(ctx.clone()))).detach();
     tick_until_shutdown(&ctx).await;
     drain(&ctx).await;
 }
 
-#[derive(Clone, Copy)]
+/// A listener and what its connections need.
 enum Listener {
-    Ua,
-    As,
+    Ua(Rc<Ctx>),
+    As(Rc<Ctx>),
+    Admin(Arc<Shared>),
 }
 
-async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener, kind: Listener) {
+impl Listener {
+    fn shared(&self) -> &Shared {
+        match self {
+            Listener::Ua(ctx) | Listener::As(ctx) => &ctx.shared,
+            Listener::Admin(shared) => shared,
+        }
+    }
+}
+
+async fn accept_loop(index: usize, listener: TcpListener, kind: Listener) {
+    let shared = kind.shared();
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                if ctx.shared.shutdown.load(Ordering::Relaxed) {
+                if shared.shutdown.load(Ordering::Relaxed) {
                     return;
                 }
                 let _ = stream.set_nodelay(true);
-                let max = ctx.shared.config.limits.connections_per_ip_max;
+                let max = shared.config.limits.connections_per_ip_max;
                 let slot = match stream.peer_addr() {
-                    Ok(peer) => ctx.shared.connections_per_ip.acquire(peer.ip(), max),
+                    Ok(peer) => shared.connections_per_ip.acquire(peer.ip(), max),
                     Err(_) => continue,
                 };
                 let Ok(slot) = slot else {
-                    ctx.shared.metrics.error(ctx.index, "connections_per_ip", 1);
+                    shared.metrics.error(index, "connections_per_ip", 1);
                     continue; // dropping the stream closes it
                 };
-                let task_ctx = ctx.clone();
-                match kind {
-                    Listener::Ua => spawn_local(ua_conn::serve(task_ctx, stream, slot)),
-                    Listener::As => spawn_local(async move {
-                        as_conn::serve(task_ctx, stream).await;
-                        drop(slot);
-                    }),
+                match &kind {
+                    Listener::Ua(ctx) => spawn_local(ua_conn::serve(ctx.clone(), stream, slot)),
+                    Listener::As(ctx) => {
+                        let ctx = ctx.clone();
+                        spawn_local(async move {
+                            as_conn::serve(ctx, stream).await;
+                            drop(slot);
+                        })
+                    }
+                    Listener::Admin(shared) => {
+                        let shared = shared.clone();
+                        spawn_local(async move {
+                            admin_conn::serve(shared, stream).await;
+                            drop(slot);
+                        })
+                    }
                 }
                 .detach();
             }
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(shard = ctx.index, %error, "accept failed");
+                tracing::warn!(shard = index, %error, "accept failed");
                 sleep(Duration::from_millis(100)).await;
             }
         }
@@ -222,6 +258,7 @@ async fn tick_until_shutdown(ctx: &Rc<Ctx>) {
         if !store_failure_seen && ctx.journal.failed() {
             store_failure_seen = true;
             ctx.shared.metrics.error(ctx.index, "store_failed", 1);
+            ctx.shared.states.set(ctx.index, ShardState::StoreFailed);
         }
         ctx.with_driver(|driver| driver.on_tick());
         ticks += 1;

@@ -12,11 +12,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use sha2::{Digest, Sha256};
-
 use herald_engine::push::{errno, HttpResponse};
 use herald_engine::ua::{is_broadcast_id, is_broadcast_version};
 
+use crate::admin_token;
 use crate::ctx::Ctx;
 use crate::shard::RingMsg;
 
@@ -76,12 +75,6 @@ fn store(data_dir: &Path, id: &str, version: &str) -> std::io::Result<()> {
     fs::File::open(&directory)?.sync_all()
 }
 
-/// Compares digests so the comparison takes the same time wherever the
-/// tokens differ.
-fn token_matches(given: &str, expected: &str) -> bool {
-    Sha256::digest(given.as_bytes()) == Sha256::digest(expected.as_bytes())
-}
-
 pub async fn set(
     ctx: &Rc<Ctx>,
     id: &str,
@@ -89,23 +82,12 @@ pub async fn set(
     body: &[u8],
 ) -> HttpResponse {
     let config = &ctx.shared.config;
-    let Some(admin_token) = config.admin_token.as_deref() else {
-        return HttpResponse::error(
-            403,
-            errno::INVALID_AUTHENTICATION,
-            "broadcasts are disabled: no admin_token is configured",
-        );
-    };
-    let given = authorization
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !token_matches(given.trim(), admin_token) {
-        return HttpResponse::error(
-            401,
-            errno::INVALID_AUTHENTICATION,
-            "a valid admin token is required",
-        )
-        .with_header("WWW-Authenticate", "Bearer".to_owned());
+    if let Err(refusal) = admin_token::check(
+        config.admin_token.as_deref(),
+        authorization,
+        "broadcasts are disabled",
+    ) {
+        return refusal;
     }
     if !is_broadcast_id(id) {
         return HttpResponse::error(

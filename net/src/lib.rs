@@ -3,12 +3,16 @@
 //! both listeners (SO_REUSEPORT), drives its [`herald_engine::shard::Shard`]
 //! and talks to the other shards only through bounded rings.
 
+mod admin_conn;
+mod admin_token;
 mod as_conn;
 mod boot;
 mod broadcasts;
 mod compaction;
 mod ctx;
+mod health;
 pub mod http;
+mod http_conn;
 pub mod metrics;
 mod pages;
 mod per_ip;
@@ -48,6 +52,8 @@ pub enum WakeupRoute {
 pub struct ServerConfig {
     pub ua_listen: SocketAddr,
     pub as_listen: SocketAddr,
+    /// The operator's listener: health, `/metrics`, `/about`, no token asked.
+    pub admin_listen: SocketAddr,
     /// Base of pushEndpoints; its origin is also the VAPID audience.
     pub endpoint_url: String,
     pub data_dir: PathBuf,
@@ -57,8 +63,9 @@ pub struct ServerConfig {
     pub wakeup_routes: Vec<(String, WakeupRoute)>,
     pub limits: Limits,
     pub keys: KeyMaterial,
-    /// Bearer token for operator requests (`PUT /v1/broadcasts/<id>`);
-    /// `None` disables them.
+    /// Bearer token for operator requests on the public AS listener
+    /// (`PUT /v1/broadcasts/<id>`, `/metrics`, `/about`); `None` disables them
+    /// there.
     pub admin_token: Option<String>,
 }
 

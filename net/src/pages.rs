@@ -1,17 +1,67 @@
-//! Operations endpoints (SPEC §4.3): `/health`, `/metrics`, `/about`.
+//! Operations endpoints (SPEC §4.3): health, `/metrics`, `/about`. The
+//! admin listener serves them all; the public AS listener asks the admin
+//! token for the private ones ([`Page::is_private`]).
 
-use std::rc::Rc;
+use serde_json::{json, Map, Value};
 
-use serde_json::json;
+use herald_engine::push::{errno, HttpResponse};
 
-use herald_engine::push::HttpResponse;
-
-use crate::ctx::Ctx;
+use crate::health::Readiness;
 use crate::metrics::ShardSnapshot;
+use crate::shared::Shared;
 
-fn totals(ctx: &Ctx) -> ShardSnapshot {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Page {
+    /// `/health/live`: the process answers.
+    Live,
+    /// `/health` and `/health/ready`: it should be sent traffic.
+    Ready,
+    Metrics,
+    About,
+}
+
+impl Page {
+    /// The page a request asks for, if it asks for one.
+    pub fn of(method: &str, path: &str) -> Option<Page> {
+        if method != "GET" {
+            return None;
+        }
+        match path {
+            "/health" | "/health/ready" => Some(Page::Ready),
+            "/health/live" => Some(Page::Live),
+            "/metrics" => Some(Page::Metrics),
+            "/about" | "/" => Some(Page::About),
+            _ => None,
+        }
+    }
+
+    /// Pages that tell an outsider about the deployment's size and load.
+    pub fn is_private(self) -> bool {
+        matches!(self, Page::Metrics | Page::About)
+    }
+
+    pub fn answer(self, shared: &Shared) -> HttpResponse {
+        match self {
+            Page::Live => live(shared),
+            Page::Ready => ready(shared),
+            Page::Metrics => metrics(shared),
+            Page::About => about(shared),
+        }
+    }
+}
+
+/// The answer to anything else on the admin listener.
+pub fn not_found() -> HttpResponse {
+    HttpResponse::error(
+        404,
+        errno::NOT_FOUND,
+        "the admin listener serves /health, /health/live, /health/ready, /metrics and /about",
+    )
+}
+
+fn totals(shared: &Shared) -> ShardSnapshot {
     let mut total = ShardSnapshot::default();
-    for slot in &ctx.shared.snapshots {
+    for slot in &shared.snapshots {
         let Ok(snapshot) = slot.lock() else { continue };
         total.connections += snapshot.connections;
         total.user_agents += snapshot.user_agents;
@@ -24,29 +74,67 @@ fn totals(ctx: &Ctx) -> ShardSnapshot {
     total
 }
 
-pub fn health(ctx: &Rc<Ctx>) -> HttpResponse {
-    let body = json!({
-        "status": "OK",
-        "version": env!("CARGO_PKG_VERSION"),
-        "shards": ctx.shared.config.shards,
-        "uptime_s": ctx.shared.started.elapsed().as_secs(),
-    });
-    HttpResponse::json(200, body.to_string())
+/// What every health answer says: its status, the build, the shard count
+/// and the uptime.
+fn status_body(shared: &Shared, status: &str) -> Map<String, Value> {
+    let mut body = Map::new();
+    body.insert("status".to_owned(), status.into());
+    body.insert("version".to_owned(), env!("CARGO_PKG_VERSION").into());
+    body.insert("shards".to_owned(), shared.config.shards.into());
+    let uptime_s = shared.started.elapsed().as_secs();
+    body.insert("uptime_s".to_owned(), uptime_s.into());
+    body
 }
 
-pub fn metrics(ctx: &Rc<Ctx>) -> HttpResponse {
+fn live(shared: &Shared) -> HttpResponse {
+    HttpResponse::json(200, Value::Object(status_body(shared, "OK")).to_string())
+}
+
+fn readiness(shared: &Shared) -> Readiness {
+    let shutting_down = shared.shutdown.load(std::sync::atomic::Ordering::Relaxed);
+    shared.states.readiness(shutting_down)
+}
+
+fn readiness_text(shared: &Shared) -> String {
+    match readiness(shared) {
+        Readiness::Ready => "ready".to_owned(),
+        Readiness::NotReady { reason, .. } => format!("not ready: {reason}"),
+    }
+}
+
+/// 200 while every shard serves; 503 with the reason while one replays, after
+/// a store failure, or while shutting down. (A cluster store that cannot be
+/// reached will be a reason too, once there is one.)
+fn ready(shared: &Shared) -> HttpResponse {
+    match readiness(shared) {
+        Readiness::Ready => live(shared),
+        Readiness::NotReady {
+            reason,
+            replaying,
+            store_failed,
+        } => {
+            let mut body = status_body(shared, "UNAVAILABLE");
+            body.insert("reason".to_owned(), reason.into());
+            body.insert("replaying".to_owned(), json!(replaying));
+            body.insert("store_failed".to_owned(), json!(store_failed));
+            HttpResponse::json(503, Value::Object(body).to_string())
+        }
+    }
+}
+
+fn metrics(shared: &Shared) -> HttpResponse {
     HttpResponse {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",
         headers: Vec::new(),
-        body: ctx.shared.metrics.encode(),
+        body: shared.metrics.encode(),
     }
 }
 
-pub fn about(ctx: &Rc<Ctx>) -> HttpResponse {
-    let total = totals(ctx);
-    let uptime_s = ctx.shared.started.elapsed().as_secs().max(1);
-    let config = &ctx.shared.config;
+fn about(shared: &Shared) -> HttpResponse {
+    let total = totals(shared);
+    let uptime_s = shared.started.elapsed().as_secs().max(1);
+    let config = &shared.config;
     let rows = [
         ("Version", env!("CARGO_PKG_VERSION").to_owned()),
         (
@@ -73,6 +161,7 @@ pub fn about(ctx: &Rc<Ctx>) -> HttpResponse {
         ),
         ("WAL size on disk", format!("{} bytes", total.wal_bytes)),
         ("Fsync mode", config.fsync.as_str().to_owned()),
+        ("Readiness", readiness_text(shared)),
     ];
     let mut body = String::from(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Herald</title>\

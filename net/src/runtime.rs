@@ -41,7 +41,7 @@ pub fn serve(
 ) -> Result<(), String> {
     herald_store::check_layout(&config.data_dir, config.shards)
         .map_err(|error| format!("data dir {}: {error}", config.data_dir.display()))?;
-    refuse_ports_in_use(&[config.ua_listen, config.as_listen])?;
+    refuse_ports_in_use(&[config.ua_listen, config.as_listen, config.admin_listen])?;
     let signals = block_termination_signals();
     let shards = config.shards.max(1);
     let (wakeups, wakeup_core) = crate::wakeup_client::channel(config.limits.wakeup_ring_capacity)?;
@@ -54,7 +54,7 @@ pub fn serve(
         started: Instant::now(),
         wakeups,
         connections_per_ip: Arc::default(),
-        shards_ready: Default::default(),
+        states: crate::health::ShardStates::new(shards),
         config,
     });
     let wakeup_handle = crate::wakeup::spawn(shared.clone(), wakeup_core, WAKEUP_IO_MEMORY_BYTES)?;
@@ -95,6 +95,10 @@ pub fn serve(
     println!(
         "herald: AS HTTP listening on http://{} (endpoints under {})",
         config.as_listen, config.endpoint_url
+    );
+    println!(
+        "herald: admin HTTP listening on http://{} (/health, /metrics, /about)",
+        config.admin_listen
     );
     println!(
         "herald: data dir {} ({} shards, fsync {})",

@@ -1,7 +1,7 @@
 //! What every executor of the process shares: configuration, metrics, the
 //! shutdown flag, the wakeup core's client.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -18,6 +18,7 @@ pub struct Shared {
     /// Every shard's handle on the wakeup core (SPEC §5).
     pub wakeups: crate::wakeup_client::WakeupClient,
     pub connections_per_ip: Arc<crate::per_ip::PerIpCounter>,
-    /// Shards that finished replaying their logs (they accept once all have).
-    pub shards_ready: AtomicUsize,
+    /// What each shard says about itself: replaying, serving, store failed
+    /// (the listeners accept once none replays; readiness reads it).
+    pub states: crate::health::ShardStates,
 }

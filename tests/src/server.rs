@@ -27,6 +27,9 @@ pub struct ServerOptions {
     pub extra_args: Vec<String>,
     /// Extra environment variables for the server process.
     pub env: Vec<(String, String)>,
+    /// The process's file size limit (`RLIMIT_FSIZE`), if any: see
+    /// [`ServerOptions::file_size_max`].
+    pub file_size_max: Option<u64>,
 }
 
 impl Default for ServerOptions {
@@ -38,6 +41,7 @@ impl Default for ServerOptions {
             limits: vec![],
             extra_args: vec![],
             env: vec![],
+            file_size_max: None,
         }
     }
 }
@@ -83,6 +87,15 @@ impl ServerOptions {
         self.env.push((k.into(), v.into()));
         self
     }
+    /// Runs the server with no file allowed past `bytes` (`RLIMIT_FSIZE`,
+    /// `SIGXFSZ` ignored): a write past it fails with `EFBIG`, as on a full
+    /// disk, and the WAL fails for good. The limit binds root too and needs
+    /// no privilege, unlike a small mount. It covers the log files the
+    /// harness hands the server, so keep it well above their size.
+    pub fn file_size_max(mut self, bytes: u64) -> Self {
+        self.file_size_max = Some(bytes);
+        self
+    }
 }
 
 /// A running `herald serve` with its own temp dir and ports. Killed on drop
@@ -93,6 +106,7 @@ pub struct Server {
     dir: TempDir,
     ua_port: u16,
     as_port: u16,
+    admin_port: u16,
     child: Option<Child>,
     starts: u32,
 }
@@ -110,6 +124,7 @@ impl Server {
             dir: TempDir::new("srv"),
             ua_port: 0,
             as_port: 0,
+            admin_port: 0,
             child: None,
             starts: 0,
         };
@@ -121,6 +136,10 @@ impl Server {
             server.as_port = free_port();
             while server.as_port == server.ua_port {
                 server.as_port = free_port();
+            }
+            server.admin_port = free_port();
+            while [server.ua_port, server.as_port].contains(&server.admin_port) {
+                server.admin_port = free_port();
             }
             server.write_config();
             server.spawn();
@@ -161,6 +180,13 @@ impl Server {
     pub fn as_addr(&self) -> String {
         format!("127.0.0.1:{}", self.as_port)
     }
+    pub fn admin_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.admin_port)
+    }
+    /// `http://127.0.0.1:<admin port>`: health, `/metrics`, `/about`, no token.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr())
+    }
     /// `ws://127.0.0.1:<ua port>/`
     pub fn ua_url(&self) -> String {
         format!("ws://{}/", self.ua_addr())
@@ -177,6 +203,7 @@ impl Server {
         let mut s = String::new();
         s.push_str(&format!("ua_listen = \"{}\"\n", self.ua_addr()));
         s.push_str(&format!("as_listen = \"{}\"\n", self.as_addr()));
+        s.push_str(&format!("admin_listen = \"{}\"\n", self.admin_addr()));
         s.push_str(&format!(
             "data_dir = {:?}\n",
             self.data_dir().display().to_string()
@@ -225,6 +252,8 @@ impl Server {
             .arg(self.ua_addr())
             .arg("--as-listen")
             .arg(self.as_addr())
+            .arg("--admin-listen")
+            .arg(self.admin_addr())
             .arg("--shards")
             .arg(self.opts.shards.to_string())
             .args(&self.opts.extra_args)
@@ -233,6 +262,9 @@ impl Server {
             .stderr(Stdio::from(e));
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
+        }
+        if let Some(bytes) = self.opts.file_size_max {
+            limit_file_size(&mut cmd, bytes);
         }
         let child = cmd
             .spawn()
@@ -362,9 +394,10 @@ impl Server {
         c
     }
 
-    /// `GET /metrics` parsed into (name-with-labels, value) samples.
+    /// `GET /metrics` on the admin listener, parsed into (name-with-labels,
+    /// value) samples.
     pub fn metrics(&self) -> Vec<(String, f64)> {
-        let r = http("GET", &format!("{}/metrics", self.as_url()), &[], None);
+        let r = http("GET", &format!("{}/metrics", self.admin_url()), &[], None);
         assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
         parse_prometheus(&r.text())
     }
@@ -388,6 +421,30 @@ impl Server {
             "a UA socket handed off between shards (hand_offs above zero)",
             || self.metric_sum("hand_offs") > 0.0,
         );
+    }
+}
+
+/// `cmd` runs with `RLIMIT_FSIZE` at `bytes` and `SIGXFSZ` ignored (an
+/// ignored signal stays ignored across `exec`), so that a write past the
+/// limit fails with `EFBIG` instead of killing the process.
+fn limit_file_size(cmd: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only async-signal-safe calls (signal,
+    // setrlimit) run, on values owned by the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR {
+                return Err(std::io::Error::last_os_error());
+            }
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

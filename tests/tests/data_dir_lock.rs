@@ -68,6 +68,8 @@ fn second_serve(data_dir: &Path, shards: usize, out_dir: &Path) -> (Option<ExitS
         &format!("127.0.0.1:{}", free_port()),
         "--as-listen",
         &format!("127.0.0.1:{}", free_port()),
+        "--admin-listen",
+        &format!("127.0.0.1:{}", free_port()),
         "--shards",
         &shards.to_string(),
     ]

@@ -1,9 +1,18 @@
-//! SPEC §2 command line and signals, §4.3 operations endpoints, and a first
-//! §7 durability check across restart / crash.
+//! SPEC §2 command line and signals, §4.3 operations endpoints (health that
+//! tells the truth, operator pages on the admin listener), and a first §7
+//! durability check across restart / crash.
 
+use herald_tests::serde_json::json;
 use herald_tests::*;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
+
+const ADMIN_TOKEN: &str = "operations-admin-token";
+
+/// `GET <base><path>` with optional headers.
+fn get(base: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    http("GET", &format!("{base}{path}"), headers, None)
+}
 
 #[test]
 fn health_is_200_json_object() {
@@ -18,9 +27,107 @@ fn health_is_200_json_object() {
 }
 
 #[test]
+fn readiness_and_liveness_are_200_on_a_healthy_server() {
+    let server = Server::start(ServerOptions::new().shards(2));
+    for base in [server.as_url(), server.admin_url()] {
+        for path in ["/health", "/health/ready", "/health/live"] {
+            let r = get(&base, path, &[]);
+            r.assert_status(200, &format!("GET {base}{path}"));
+            assert_eq!(r.json()["status"], "OK", "{base}{path}: {}", r.text());
+        }
+    }
+}
+
+/// Past 1.5 MiB no file of the server may grow: the WAL's first segment
+/// holds its first MiB of zeros written ahead, and the write of the next
+/// MiB fails (EFBIG, as on a full disk).
+const FILE_SIZE_MAX_BYTES: u64 = 3 << 19;
+
+#[test]
+fn a_store_failure_makes_readiness_503_with_a_reason_while_liveness_stays_200() {
+    let server = Server::start(ServerOptions::new().file_size_max(FILE_SIZE_MAX_BYTES));
+    for base in [server.as_url(), server.admin_url()] {
+        get(&base, "/health/ready", &[]).assert_status(200, "ready before the failure");
+    }
+    let mut ua = server.ua_webpush();
+    let (_channel, endpoint) = ua.register_new();
+    ua.close();
+    // 4,000-byte messages, stored (the UA is away) until the WAL cannot grow:
+    // 1,000 of them are more than twice the limit.
+    let body = random_bytes(4000);
+    let refused = (0..1000)
+        .map(|_| push_aes128gcm(&endpoint, &body, 600))
+        .find(|r| r.status != 201)
+        .expect("every push was stored: the file size limit did not fail the WAL");
+    refused.assert_json_error(503);
+    for base in [server.as_url(), server.admin_url()] {
+        wait_until(DEADLINE, &format!("{base}/health/ready turns 503"), || {
+            get(&base, "/health/ready", &[]).status == 503
+        });
+        let r = get(&base, "/health", &[]);
+        r.assert_status(503, "/health is readiness");
+        let health = r.json();
+        assert_eq!(health["status"], "UNAVAILABLE", "{health}");
+        assert_eq!(health["store_failed"], json!([0]), "{health}");
+        let reason = health["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("store failed on shard 0"),
+            "the reason names the failure: {health}"
+        );
+        get(&base, "/health/live", &[]).assert_status(200, "alive after a store failure");
+    }
+    push_aes128gcm(&endpoint, b"after", 600).assert_json_error(503);
+}
+
+#[test]
+fn operator_pages_are_served_on_the_admin_listener_without_a_token() {
+    let server =
+        Server::start(ServerOptions::new().top_raw("admin_token", &format!("{ADMIN_TOKEN:?}")));
+    let metrics = get(&server.admin_url(), "/metrics", &[]);
+    metrics.assert_status(200, "GET /metrics on the admin listener");
+    assert!(
+        parse_prometheus(&metrics.text())
+            .iter()
+            .any(|(name, _)| metric_name(name).starts_with("herald_")),
+        "{}",
+        metrics.text()
+    );
+    let about = get(&server.admin_url(), "/about", &[]);
+    about.assert_status(200, "GET /about on the admin listener");
+    assert!(about.text().contains("Herald"), "{}", about.text());
+    get(&server.admin_url(), "/v1/broadcasts/x", &[]).assert_json_error(404);
+}
+
+#[test]
+fn public_listener_serves_operator_pages_only_with_the_admin_token() {
+    let server =
+        Server::start(ServerOptions::new().top_raw("admin_token", &format!("{ADMIN_TOKEN:?}")));
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    for path in ["/metrics", "/about"] {
+        let anonymous = get(&server.as_url(), path, &[]);
+        anonymous.assert_json_error(401);
+        assert_eq!(anonymous.header("WWW-Authenticate"), Some("Bearer"));
+        assert!(
+            !anonymous.text().contains("herald_"),
+            "nothing of the page leaks: {}",
+            anonymous.text()
+        );
+        get(&server.as_url(), path, &[("Authorization", "Bearer wrong")]).assert_json_error(401);
+        get(&server.as_url(), path, &[("Authorization", &bearer)])
+            .assert_status(200, &format!("GET {path} with the admin token"));
+    }
+    get(&server.as_url(), "/health", &[]).assert_status(200, "/health stays public");
+
+    let no_token = Server::start_default();
+    for path in ["/metrics", "/about"] {
+        get(&no_token.as_url(), path, &[("Authorization", &bearer)]).assert_json_error(403);
+    }
+}
+
+#[test]
 fn about_is_html_mentioning_herald() {
     let server = Server::start_default();
-    let r = http("GET", &format!("{}/about", server.as_url()), &[], None);
+    let r = http("GET", &format!("{}/about", server.admin_url()), &[], None);
     r.assert_status(200, "GET /about");
     let ct = r.header("Content-Type").unwrap_or("");
     assert!(
@@ -37,7 +144,7 @@ fn about_is_html_mentioning_herald() {
 #[test]
 fn metrics_are_prometheus_text_and_notification_counter_rises() {
     let server = Server::start_default();
-    let r = http("GET", &format!("{}/metrics", server.as_url()), &[], None);
+    let r = http("GET", &format!("{}/metrics", server.admin_url()), &[], None);
     r.assert_status(200, "GET /metrics");
     let text = r.text();
     let samples = parse_prometheus(&text);
@@ -137,6 +244,7 @@ fn bad_flags_exit_nonzero_with_a_message() {
     let data = dir.path().join("data").display().to_string();
     let ua = format!("127.0.0.1:{}", free_port());
     let asl = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
     for extra in [
         vec!["--no-such-flag"],
         vec!["--fsync", "sometimes"],
@@ -150,6 +258,8 @@ fn bad_flags_exit_nonzero_with_a_message() {
             &ua,
             "--as-listen",
             &asl,
+            "--admin-listen",
+            &admin,
         ];
         args.extend(extra.iter());
         let (code, out) = run_to_exit(&args);
@@ -165,6 +275,7 @@ fn port_in_use_exits_nonzero() {
     let dir = TempDir::new("busy");
     let data = dir.path().join("data").display().to_string();
     let asl = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
     let (code, out) = run_to_exit(&[
         "serve",
         "--data-dir",
@@ -173,6 +284,8 @@ fn port_in_use_exits_nonzero() {
         &busy,
         "--as-listen",
         &asl,
+        "--admin-listen",
+        &admin,
         "--shards",
         "1",
     ]);
@@ -187,10 +300,28 @@ fn port_in_use_exits_nonzero() {
         &ua,
         "--as-listen",
         &busy,
+        "--admin-listen",
+        &admin,
         "--shards",
         "1",
     ]);
     assert_ne!(code, 0, "AS port in use: non-zero exit: {out}");
+    let asl = format!("127.0.0.1:{}", free_port());
+    let (code, out) = run_to_exit(&[
+        "serve",
+        "--data-dir",
+        &data,
+        "--ua-listen",
+        &ua,
+        "--as-listen",
+        &asl,
+        "--admin-listen",
+        &busy,
+        "--shards",
+        "1",
+    ]);
+    assert_ne!(code, 0, "admin port in use: non-zero exit: {out}");
+    assert!(out.contains(&busy), "the message names the port: {out}");
     drop(held);
 }
 
@@ -202,6 +333,7 @@ fn unusable_data_dir_exits_nonzero() {
     let data = file.display().to_string();
     let ua = format!("127.0.0.1:{}", free_port());
     let asl = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
     let (code, out) = run_to_exit(&[
         "serve",
         "--data-dir",
@@ -210,6 +342,8 @@ fn unusable_data_dir_exits_nonzero() {
         &ua,
         "--as-listen",
         &asl,
+        "--admin-listen",
+        &admin,
         "--shards",
         "1",
     ]);
@@ -225,11 +359,12 @@ fn env_overrides_file_and_flags_override_env() {
     let as_file = format!("127.0.0.1:{}", free_port());
     let as_env = format!("127.0.0.1:{}", free_port());
     let as_flag = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
     let cfg = dir.path().join("herald.toml");
     std::fs::write(
         &cfg,
         format!(
-            "ua_listen = \"{ua}\"\nas_listen = \"{as_file}\"\ndata_dir = {data:?}\nshards = 1\n"
+            "ua_listen = \"{ua}\"\nas_listen = \"{as_file}\"\nadmin_listen = \"{admin}\"\ndata_dir = {data:?}\nshards = 1\n"
         ),
     )
     .unwrap();

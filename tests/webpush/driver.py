@@ -61,6 +61,7 @@ NODE_MODULES = os.path.join(HERE, "node_modules")
 # Fixed ports are fine: the namespace is private to one run.
 UA_PORT = 8080        # Herald's UA (WebSocket) listener
 AS_PORT = 8081        # Herald's AS (HTTP) listener
+ADMIN_PORT = 8082     # Herald's admin listener (/metrics)
 PROXY_PORT = 8079     # frame-logging proxy Firefox connects to (-> UA_PORT)
 PAGE_PORT = 8000      # the page server (page/, service worker, reports)
 
@@ -547,7 +548,7 @@ def user_js(ua_url):
 
 def herald_metric(name):
     try:
-        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % AS_PORT, timeout=2) as r:
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % ADMIN_PORT, timeout=2) as r:
             text = r.read().decode()
     except OSError:
         return None
@@ -638,7 +639,7 @@ class Scenario:
         self.herald = self.spawn("herald", [
             self.args.herald, "serve", "--data-dir", data,
             "--ua-listen", "127.0.0.1:%d" % UA_PORT, "--as-listen", "127.0.0.1:%d" % AS_PORT,
-            "--shards", "2"], env)
+            "--admin-listen", "127.0.0.1:%d" % ADMIN_PORT, "--shards", "2"], env)
         deadline = time.time() + 20
         while time.time() < deadline:
             if self.herald.poll() is not None:

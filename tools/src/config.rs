@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// AS HTTP listener [default: 127.0.0.1:8081]
     #[arg(long, env = "HERALD_AS_LISTEN")]
     pub as_listen: Option<SocketAddr>,
+    /// Admin HTTP listener: /health, /metrics, /about without a token
+    /// (keep it private) [default: 127.0.0.1:8082]
+    #[arg(long, env = "HERALD_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// Base URL of push endpoints [default: http://<as-listen>]
     #[arg(long, env = "HERALD_ENDPOINT_URL")]
     pub endpoint_url: Option<String>,
@@ -49,8 +53,9 @@ pub struct ServeArgs {
     /// Key file [default: <data-dir>/keys, generated with mode 0600 when missing]
     #[arg(long, env = "HERALD_KEYS_FILE")]
     pub keys_file: Option<PathBuf>,
-    /// Bearer token for operator requests such as PUT /v1/broadcasts/<id>
-    /// (prefer the env or the config file: flags show in `ps`) [default: none, disabled]
+    /// Bearer token for operator requests on the AS listener: PUT
+    /// /v1/broadcasts/<id>, /metrics, /about (prefer the env or the config
+    /// file: flags show in `ps`) [default: none, disabled]
     #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 }
@@ -60,6 +65,7 @@ pub struct ServeArgs {
 struct FileConfig {
     ua_listen: Option<SocketAddr>,
     as_listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
     endpoint_url: Option<String>,
     data_dir: Option<PathBuf>,
     shards: Option<usize>,
@@ -105,6 +111,15 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
         .as_listen
         .or(file.as_listen)
         .unwrap_or_else(|| "127.0.0.1:8081".parse().expect("literal address"));
+    let admin_listen = args
+        .admin_listen
+        .or(file.admin_listen)
+        .unwrap_or_else(|| "127.0.0.1:8082".parse().expect("literal address"));
+    refuse_shared_listeners(&[
+        ("UA", ua_listen),
+        ("AS", as_listen),
+        ("admin", admin_listen),
+    ])?;
     let endpoint_url = args
         .endpoint_url
         .or(file.endpoint_url)
@@ -145,6 +160,7 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
     let config = ServerConfig {
         ua_listen,
         as_listen,
+        admin_listen,
         endpoint_url,
         data_dir,
         shards,
@@ -158,6 +174,24 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
             .filter(|token| !token.is_empty()),
     };
     Ok((config, lock))
+}
+
+/// Two listeners on one port would both bind (SO_REUSEPORT) and split its
+/// connections: say so instead.
+fn refuse_shared_listeners(listeners: &[(&str, SocketAddr)]) -> Result<(), String> {
+    for (at, (name, address)) in listeners.iter().enumerate() {
+        for (other, other_address) in &listeners[at + 1..] {
+            let same_ip = address.ip() == other_address.ip()
+                || address.ip().is_unspecified()
+                || other_address.ip().is_unspecified();
+            if same_ip && address.port() == other_address.port() {
+                return Err(format!(
+                    "the {name} listener ({address}) and the {other} listener ({other_address}) share a port"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `MCC-MNC=udp` or `MCC-MNC=http://proxy:port`.
@@ -300,6 +334,31 @@ mod tests {
             error.contains("fsync must be always, batch or never, not \"sometimes\""),
             "{error}"
         );
+    }
+
+    #[test]
+    fn listeners_on_one_port_are_refused() {
+        let address = |text: &str| text.parse::<SocketAddr>().expect("address");
+        let distinct = [
+            ("UA", address("127.0.0.1:8080")),
+            ("AS", address("0.0.0.0:8081")),
+            ("admin", address("127.0.0.1:8082")),
+        ];
+        assert!(refuse_shared_listeners(&distinct).is_ok());
+        let error = refuse_shared_listeners(&[
+            ("AS", address("0.0.0.0:8081")),
+            ("admin", address("127.0.0.1:8081")),
+        ])
+        .expect_err("one port");
+        assert!(
+            error.contains("AS listener (0.0.0.0:8081) and the admin"),
+            "{error}"
+        );
+        assert!(refuse_shared_listeners(&[
+            ("AS", address("127.0.0.2:8081")),
+            ("admin", address("127.0.0.1:8081")),
+        ])
+        .is_ok());
     }
 
     #[test]

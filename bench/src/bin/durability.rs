@@ -44,7 +44,7 @@ use clap::{Parser, Subcommand};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use herald_bench::server::{self, http_get, sibling, temp_dir, Fsync, Ready, Server};
+use herald_bench::server::{self, http_get, sibling, temp_dir, Fsync, Kind, Server};
 use herald_bench::stats::median;
 
 use herald_engine::identity::{KeyMaterial, Keys};
@@ -170,12 +170,19 @@ fn start_herald(
         command.arg("--config").arg(config);
     }
     let log = data_dir.with_extension("herald.log");
-    Server::start(command, Ready::Health, &log, START_TIMEOUT)
+    Server::start(command, Kind::Herald, &log, START_TIMEOUT)
+}
+
+/// `/metrics` from Herald's admin listener.
+fn metrics_text(server: &Server) -> String {
+    let admin = server.admin.expect("herald serve has an admin listener");
+    let (_, text) = http_get(admin, "/metrics").expect("GET /metrics");
+    text
 }
 
 /// Sum of every sample of a counter (with or without `_total`) on /metrics.
 fn metric_sum(server: &Server, prefix: &str) -> f64 {
-    let (_, text) = http_get(server.as_addr, "/metrics").expect("GET /metrics");
+    let text = metrics_text(server);
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter(|line| {
@@ -188,7 +195,7 @@ fn metric_sum(server: &Server, prefix: &str) -> f64 {
 
 /// Largest sample of a gauge on /metrics.
 fn metric_max(server: &Server, name: &str) -> f64 {
-    let (_, text) = http_get(server.as_addr, "/metrics").expect("GET /metrics");
+    let text = metrics_text(server);
     text.lines()
         .filter(|line| line.split(['{', ' ']).next() == Some(name))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())

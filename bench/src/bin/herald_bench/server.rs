@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use herald_bench::server::{self, Fsync, Ready, Server};
+use herald_bench::server::{self, Fsync, Kind, Server};
 
 /// A fresh server has no log to replay: it is up in well under a second.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,19 +33,19 @@ pub struct UnderTest {
 
 impl UnderTest {
     pub fn start(target: Target, shards: usize) -> UnderTest {
-        let (command, ready, data_dir) = match target {
+        let (command, kind, data_dir) = match target {
             Target::Herald { fsync } => {
                 let data_dir = server::temp_dir("herald-bench");
                 let command = server::herald_serve(None, &data_dir, shards, fsync);
-                (command, Ready::Health, Some(data_dir))
+                (command, Kind::Herald, Some(data_dir))
             }
-            Target::Floor => (server::floor(shards), Ready::Accepting, None),
+            Target::Floor => (server::floor(shards), Kind::Floor, None),
         };
         // The latest run's log (its startup lines would drown the summary),
         // kept for a look after a failed run.
         let log = std::env::temp_dir().join("herald-bench-server.log");
         UnderTest {
-            server: Server::start(command, ready, &log, START_TIMEOUT),
+            server: Server::start(command, kind, &log, START_TIMEOUT),
             data_dir,
         }
     }

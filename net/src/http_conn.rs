@@ -1,0 +1,143 @@
+//! One HTTP/1.1 connection on a Herald listener: frame requests (keep-alive,
+//! `Expect: 100-continue`, bounded heads and bodies, a read timeout) and
+//! answer each through the listener's [`Routes`]; a framing error is
+//! answered and closes the connection.
+
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use herald_engine::limits::Limits;
+use herald_engine::push::{errno, HttpResponse};
+
+use crate::http::{self, FramingError, Head};
+
+const READ_CHUNK_BYTES: usize = 4096;
+/// After an early answer (413), how much of the refused body is read and
+/// dropped, and for how long, before the connection is closed.
+const UNREAD_BODY_DISCARD_BYTES_MAX: usize = 1024 * 1024;
+const UNREAD_BODY_DISCARD_TIME: Duration = Duration::from_secs(2);
+
+/// What one listener answers: its bounds and its routes.
+pub trait Routes {
+    fn limits(&self) -> &Limits;
+    /// The largest body a request may carry.
+    fn body_bytes_max(&self) -> usize;
+    /// The answer to a body over it (each protocol has its error format).
+    fn too_large(&self, head: &Head) -> HttpResponse;
+    /// The answer to one whole request.
+    async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse;
+}
+
+pub async fn serve(routes: &impl Routes, mut stream: TcpStream) {
+    let limits = routes.limits();
+    if stream
+        .set_read_timeout(Some(Duration::from_millis(limits.http_read_timeout_ms)))
+        .is_err()
+    {
+        return;
+    }
+    let body_bytes_max = routes.body_bytes_max();
+    let mut buffer: Vec<u8> = Vec::new();
+    loop {
+        let head = loop {
+            match http::parse_head(&buffer, limits.http_header_bytes_max) {
+                Ok(head) => break head,
+                Err(FramingError::Incomplete) => {
+                    if !read_more(&mut stream, &mut buffer).await {
+                        return;
+                    }
+                }
+                Err(FramingError::HeadersTooLarge) => {
+                    let response = HttpResponse::error(
+                        431,
+                        errno::HEADERS_TOO_LARGE,
+                        "request headers too large",
+                    );
+                    return finish(&mut stream, &response).await;
+                }
+                Err(FramingError::Malformed(reason)) => {
+                    return finish(
+                        &mut stream,
+                        &HttpResponse::error(400, errno::BAD_REQUEST, reason),
+                    )
+                    .await;
+                }
+            }
+        };
+        if head.body_bytes > body_bytes_max {
+            let response = routes.too_large(&head);
+            return finish_unread(&mut stream, &response, head.body_bytes).await;
+        }
+        let request_bytes = head.head_bytes + head.body_bytes;
+        if buffer.len() < request_bytes && expects_continue(&head) {
+            // curl and others wait (about a second) for this before sending a body.
+            if stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        while buffer.len() < request_bytes {
+            if !read_more(&mut stream, &mut buffer).await {
+                return;
+            }
+        }
+        let response = routes
+            .route(&head, &buffer[head.head_bytes..request_bytes])
+            .await;
+        buffer.drain(..request_bytes);
+        if stream
+            .write_all(&http::write_response(&response, head.keep_alive))
+            .await
+            .is_err()
+            || !head.keep_alive
+        {
+            return;
+        }
+    }
+}
+
+fn expects_continue(head: &Head) -> bool {
+    head.headers.iter().any(|(name, value)| {
+        name.eq_ignore_ascii_case("expect") && value.eq_ignore_ascii_case(b"100-continue")
+    })
+}
+
+async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; READ_CHUNK_BYTES];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(read) => {
+            buffer.extend_from_slice(&chunk[..read]);
+            true
+        }
+    }
+}
+
+/// Answers a framing error and closes: after one, request boundaries are lost.
+async fn finish(stream: &mut TcpStream, response: &HttpResponse) {
+    let _ = stream
+        .write_all(&http::write_response(response, false))
+        .await;
+}
+
+/// Answers before reading a body the client is still sending, then reads and
+/// discards a bounded part of it: closing at once would reset the connection
+/// and the client would see a broken pipe instead of the answer.
+async fn finish_unread(stream: &mut TcpStream, response: &HttpResponse, body_bytes: usize) {
+    finish(stream, response).await;
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let mut left = body_bytes.min(UNREAD_BODY_DISCARD_BYTES_MAX);
+    let _ = stream.set_read_timeout(Some(UNREAD_BODY_DISCARD_TIME));
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    while left > 0 {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => left = left.saturating_sub(read),
+        }
+    }
+}
