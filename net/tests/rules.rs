@@ -1525,6 +1525,11 @@ fn an_anonymous_hello_writes_no_record_and_leaves_with_its_socket() {
     h.disconnect(taken_over);
     assert_eq!(h.engine(0).user_agents(), 0);
     assert_eq!(h.engine(0).asleep(), 0);
+    assert_eq!(
+        h.engine(0).next_deadline(),
+        None,
+        "no timer outlives its socket"
+    );
     assert_eq!(h.log(0), Vec::<Record>::new());
 }
 
@@ -1591,6 +1596,7 @@ fn a_returning_uaid_without_records_is_accepted() {
     h.restart();
     let conn = h.reconnect(&uaid, true); // on shard 0, handed to shard 1
     assert_eq!(h.socks[&conn].shard, 1);
+    assert_eq!(h.engine(0).next_deadline(), None, "shard 0 kept no timer");
     assert!(h.log(0).is_empty() && h.log(1).is_empty());
     let endpoint = h.register(conn, &chan(1));
     assert_eq!(h.post(&endpoint, 60).status, 201);

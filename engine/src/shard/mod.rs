@@ -162,9 +162,11 @@ struct UserAgent {
 
 struct Conn {
     uaid: Option<Uaid>,
-    /// When the socket is closed if it has not named its UA; the key of its
-    /// `HelloDeadline` timer, which goes once the UA is named.
-    hello_deadline_ms: Millis,
+    /// The key of the socket's one standing timer: until it names its UA,
+    /// its `HelloDeadline` (which goes once the UA is named); after a
+    /// hello, its next `WsPing`. Known, the timer goes with the socket, so
+    /// sockets that come and go leave no timers behind.
+    timer_ms: Millis,
     web_push: bool,
     /// Last frame from the UA; a wakeup-registered UA idle this long is put to sleep.
     last_activity_ms: Millis,

@@ -10,7 +10,7 @@ impl Shard {
             conn,
             Conn {
                 uaid: None,
-                hello_deadline_ms,
+                timer_ms: hello_deadline_ms,
                 web_push: false,
                 last_activity_ms: now_ms,
                 ping_window_start_ms: now_ms,
@@ -38,7 +38,7 @@ impl Shard {
 
     /// The socket is gone (`now_ms` is 0 when the engine closed it itself).
     pub fn on_closed(&mut self, now_ms: Millis, conn: ConnId) {
-        let Some(state) = self.conns.remove(&conn) else {
+        let Some(state) = self.remove_conn(conn) else {
             return;
         };
         for id in state.broadcasts.iter() {
@@ -127,7 +127,7 @@ impl Shard {
             return false;
         }
         self.stats.hand_offs += 1;
-        self.conns.remove(&conn);
+        self.remove_conn(conn);
         self.actions.push_back(Action::HandOff {
             conn,
             shard: owner,
@@ -184,10 +184,24 @@ impl Shard {
             self.timers.insert((sleep_at, Timer::SleepIdle(conn)));
         }
         self.deliver_pending(now_ms, conn, uaid);
-        self.timers.insert((
-            now_ms + self.config.limits.ws_ping_interval_ms,
-            Timer::WsPing(conn),
-        ));
+        self.schedule_ws_ping(now_ms, conn);
+    }
+
+    /// The socket's next WebSocket ping, one interval from `now_ms`.
+    pub(super) fn schedule_ws_ping(&mut self, now_ms: Millis, conn: ConnId) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.timer_ms = now_ms + self.config.limits.ws_ping_interval_ms;
+            self.timers.insert((state.timer_ms, Timer::WsPing(conn)));
+        }
+    }
+
+    /// Forgets `conn` and its standing timer (see `Conn::timer_ms`).
+    fn remove_conn(&mut self, conn: ConnId) -> Option<Conn> {
+        let state = self.conns.remove(&conn)?;
+        self.timers
+            .remove(&(state.timer_ms, Timer::HelloDeadline(conn)));
+        self.timers.remove(&(state.timer_ms, Timer::WsPing(conn)));
+        Some(state)
     }
 
     /// The socket named its UA (hello, registerUA). Its hello deadline can no
@@ -195,7 +209,7 @@ impl Shard {
     pub(super) fn bind(&mut self, conn: ConnId, uaid: Uaid) {
         if let Some(state) = self.conns.get_mut(&conn) {
             state.uaid = Some(uaid);
-            let deadline = (state.hello_deadline_ms, Timer::HelloDeadline(conn));
+            let deadline = (state.timer_ms, Timer::HelloDeadline(conn));
             self.timers.remove(&deadline);
         }
     }
