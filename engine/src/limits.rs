@@ -65,6 +65,11 @@ pub struct Limits {
     /// burst allowed after a quiet spell. Operators cap signalling load per cell.
     pub wakeup_per_network_per_s: u32,
     pub wakeup_per_network_burst: u32,
+    /// A UA not seen (connected) for this many days is dropped at the next
+    /// WAL compaction, with its channels and messages: Mozilla's autopush
+    /// figure, so that UAs that are gone for good do not fill disk and RAM.
+    /// 0 keeps UAs forever.
+    pub ua_expiry_days: u64,
 }
 
 impl Default for Limits {
@@ -98,11 +103,37 @@ impl Default for Limits {
             wakeup_retries_max: 5,
             wakeup_per_network_per_s: 1_000,
             wakeup_per_network_burst: 2_000,
+            ua_expiry_days: UA_EXPIRY_DAYS_DEFAULT,
         }
     }
 }
 
+const MS_PER_DAY: u64 = 24 * 3600 * 1000;
+/// Mozilla autopush's figure.
+const UA_EXPIRY_DAYS_DEFAULT: u64 = 60;
+/// A UA's last-seen record is renewed when it is this fraction of the
+/// expiry old: expiry is then right to within a tenth, and a UA that
+/// connects all day writes ten records per expiry period, not one per
+/// connection.
+const SEEN_REFRESHES_PER_EXPIRY: u64 = 10;
+
 impl Limits {
+    /// `ua_expiry_days` in ms; `None` when UAs never expire.
+    pub fn ua_expiry_ms(&self) -> Option<crate::Millis> {
+        (self.ua_expiry_days > 0).then(|| self.ua_expiry_days.saturating_mul(MS_PER_DAY))
+    }
+
+    /// How old a UA's last-seen record gets before a connection renews it.
+    /// With expiry off, as for the default expiry: turning expiry on later
+    /// then finds every UA's last-seen time current.
+    pub fn ua_seen_refresh_ms(&self) -> crate::Millis {
+        let days = match self.ua_expiry_days {
+            0 => UA_EXPIRY_DAYS_DEFAULT,
+            days => days,
+        };
+        days.saturating_mul(MS_PER_DAY) / SEEN_REFRESHES_PER_EXPIRY
+    }
+
     /// Tiny limits so that tests hit every bound within a few operations.
     pub fn test_min() -> Limits {
         Limits {
@@ -114,6 +145,7 @@ impl Limits {
             pings_per_minute_max: 3,
             ring_capacity: 2,
             as_in_flight_per_shard_max: 4,
+            ua_expiry_days: 1,
             ..Limits::default()
         }
     }

@@ -37,7 +37,7 @@ pub fn maybe_compact(ctx: &Rc<Ctx>, compaction: &Rc<Compaction>) {
     compaction.appended_at_last.set(appended);
     let started = std::time::Instant::now();
     let covers = ctx.journal.last_lsn();
-    let uaids = ctx.driver.borrow().engine().uaids();
+    let uaids = ctx.driver.borrow_mut().start_snapshot();
     compaction.stall.set(started.elapsed());
     let produced = Rc::new(Cell::new(0usize));
     let live = LiveState {

@@ -50,6 +50,7 @@ pub struct Metrics {
     acks: Family<ShardLabel, Counter>,
     nacks: Family<ShardLabel, Counter>,
     hand_offs: Family<ShardLabel, Counter>,
+    user_agents_expired: Family<ShardLabel, Counter>,
     errors: Family<ErrorLabel, Counter>,
     /// Written by the wakeup core only (see `wakeup_metrics.rs`).
     pub wakeup: crate::wakeup_metrics::WakeupMetrics,
@@ -80,6 +81,7 @@ impl Metrics {
             acks: Family::default(),
             nacks: Family::default(),
             hand_offs: Family::default(),
+            user_agents_expired: Family::default(),
             errors: Family::default(),
             wakeup: crate::wakeup_metrics::WakeupMetrics::default(),
             registry: Registry::default(),
@@ -151,6 +153,11 @@ impl Metrics {
             "UA sockets handed to their owning shard",
             metrics.hand_offs.clone(),
         );
+        registry.register(
+            "user_agents_expired",
+            "UAs dropped at compaction, not seen for ua_expiry_days",
+            metrics.user_agents_expired.clone(),
+        );
         registry.register("errors", "Errors by kind", metrics.errors.clone());
         metrics.wakeup.register(&mut registry);
         Metrics {
@@ -220,6 +227,11 @@ impl Metrics {
         advance(&self.acks, stats.acks, previous.acks);
         advance(&self.nacks, stats.nacks, previous.nacks);
         advance(&self.hand_offs, stats.hand_offs, previous.hand_offs);
+        advance(
+            &self.user_agents_expired,
+            stats.user_agents_expired,
+            previous.user_agents_expired,
+        );
         self.error(
             shard,
             "protocol",

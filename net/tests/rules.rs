@@ -1496,6 +1496,152 @@ fn a_ua_that_stops_reading_is_dropped_and_keeps_its_messages() {
     assert_eq!(got, newest);
 }
 
+// ---- bounded growth (issue 13) ------------------------------------------
+
+/// A hello that never registers a channel writes nothing durable, also with
+/// wakeup data (a UA without channels has nothing to be woken for), and the
+/// UA leaves memory with its socket, however the socket goes.
+#[test]
+fn an_anonymous_hello_writes_no_record_and_leaves_with_its_socket() {
+    let mut h = Harness::with_wakeup(); // wakeup_idle_ms = 10 s
+    let web = h.open();
+    h.hello(web, json!({"use_webpush": true}));
+    let (simple, simple_uaid) = h.connect_new(false);
+    let mobile = h.open();
+    assert_eq!(h.hello(mobile, wakeup_hello(None, "07"))["status"], 201);
+    assert_eq!(h.engine(0).user_agents(), 3, "known while connected");
+    assert_eq!(h.log(0), Vec::<Record>::new());
+
+    h.advance(h.limits.wakeup_idle_ms);
+    assert_eq!(h.closed(mobile), Some(close::SLEEP));
+    h.disconnect(web);
+    let taken_over = h.reconnect(&simple_uaid, false);
+    assert_eq!(h.closed(simple), Some(close::NORMAL));
+    assert_eq!(
+        h.engine(0).user_agents(),
+        1,
+        "only the connected UA is left"
+    );
+    h.disconnect(taken_over);
+    assert_eq!(h.engine(0).user_agents(), 0);
+    assert_eq!(h.engine(0).asleep(), 0);
+    assert_eq!(
+        h.engine(0).next_deadline(),
+        None,
+        "no timer outlives its socket"
+    );
+    assert_eq!(h.log(0), Vec::<Record>::new());
+}
+
+/// The first channel records the UA: `UaidCreated`, the wakeup data its
+/// hello gave, then `ChannelRegistered`, and the register reply waits until
+/// they are durable. A UA that unregisters its last channel leaves memory
+/// with its socket, and compaction forgets it.
+#[test]
+fn the_first_register_writes_uaid_created_and_channel_registered() {
+    let mut h = Harness::with_wakeup();
+    h.auto_commit = false;
+    let conn = h.open();
+    let reply = h.hello(conn, wakeup_hello(None, "07"));
+    let uaid = uaid_of(reply["uaid"].as_str().unwrap());
+    assert_eq!(h.log(0), Vec::<Record>::new(), "nothing before the channel");
+    let wakeup = h.awake.len();
+    h.send_json(
+        conn,
+        json!({"messageType": "register", "channelID": chan(1)}),
+    );
+    assert!(h.take(conn).is_empty(), "the reply waits for its records");
+    let log = h.log(0);
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert_eq!(log[0], Record::UaidCreated { uaid, at_ms: h.now });
+    assert!(
+        matches!(&log[1], Record::WakeupSet { uaid: u, wakeup: Some(info) }
+            if *u == uaid && info.port == 5000),
+        "{:?}",
+        log[1]
+    );
+    assert!(
+        matches!(&log[2], Record::ChannelRegistered(r)
+            if r.uaid == uaid && r.channel == ChannelId::parse(&chan(1)).unwrap()),
+        "{:?}",
+        log[2]
+    );
+    h.commit();
+    assert_eq!(h.take_reply(conn, "register")["status"], 200);
+    assert_eq!(h.awake.len(), wakeup);
+
+    h.auto_commit = true;
+    h.send_json(
+        conn,
+        json!({"messageType": "unregister", "channelID": chan(1)}),
+    );
+    assert_eq!(h.take_reply(conn, "unregister")["status"], 200);
+    h.disconnect(conn);
+    assert_eq!(h.engine(0).user_agents(), 0);
+    assert_eq!(h.engine(0).snapshot(h.now), Vec::<Record>::new());
+}
+
+/// A UAID authenticates itself: one whose first connection left nothing
+/// durable comes back (after a restart, on another shard) and is accepted as
+/// it is, still without a record, and can register.
+#[test]
+fn a_returning_uaid_without_records_is_accepted() {
+    let mut h = Harness::with_shards(2);
+    let conn = h.open_on(1);
+    let uaid = h.hello(conn, json!({"use_webpush": true}))["uaid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.disconnect(conn);
+    h.restart();
+    let conn = h.reconnect(&uaid, true); // on shard 0, handed to shard 1
+    assert_eq!(h.socks[&conn].shard, 1);
+    assert_eq!(h.engine(0).next_deadline(), None, "shard 0 kept no timer");
+    assert!(h.log(0).is_empty() && h.log(1).is_empty());
+    let endpoint = h.register(conn, &chan(1));
+    assert_eq!(h.post(&endpoint, 60).status, 201);
+    assert_eq!(h.take_notifications(conn).len(), 1);
+}
+
+/// A UA not seen for `ua_expiry_days` (1 day in the test limits) is dropped
+/// at compaction, channels and all. Kept: a UA seen since (its last-seen
+/// time is in the log and survives the compaction and a restart) and one
+/// connected all along.
+#[test]
+fn expiry_drops_a_stale_ua_at_compaction_and_keeps_recent_ones() {
+    let mut h = Harness::new();
+    let day = h.limits.ua_expiry_ms().unwrap();
+    let (_, stale) = offline_ua(&mut h, true, &[&chan(1)]);
+    let (recent_uaid, recent) = offline_ua(&mut h, true, &[&chan(2)]);
+    let (connected, _) = h.connect_new(true);
+    let connected_endpoint = h.register(connected, &chan(3));
+    h.advance(day / 2);
+    let conn = h.reconnect(&recent_uaid, true);
+    h.disconnect(conn);
+    h.advance(day / 2 + 1);
+
+    let compact = |h: &mut Harness| {
+        h.shards[0].start_snapshot();
+        h.compact(0);
+        h.engine(0).stats().user_agents_expired
+    };
+    assert_eq!(compact(&mut h), 1, "the stale UA expired");
+    assert_eq!(h.engine(0).user_agents(), 2);
+    h.restart();
+    assert_eq!(h.post(&stale[0], 60).status, 410, "gone with its UA");
+    assert_eq!(h.post(&recent[0], 60).status, 201);
+    assert_eq!(h.post(&connected_endpoint, 60).status, 201);
+
+    // The recent UA was last seen half a day in: a day after that it
+    // expires, though a compaction and a restart came between. The
+    // connected one was seen at the first compaction.
+    h.advance(day / 2);
+    assert_eq!(compact(&mut h), 1, "the once recent UA expired");
+    h.restart();
+    assert_eq!(h.post(&recent[0], 60).status, 410);
+    assert_eq!(h.post(&connected_endpoint, 60).status, 201);
+}
+
 // ---- replay (§7) -------------------------------------------------------
 
 /// A fresh shard built from `records` alone.

@@ -724,6 +724,40 @@ fn registrations_and_pending_messages_survive_restart() {
     );
 }
 
+/// Issue 13: `registerUA` alone writes nothing durable (a token
+/// authenticates itself) and the UA is forgotten with its socket; the token
+/// is still accepted after a restart, and its first app records the UA.
+#[test]
+fn register_ua_alone_leaves_nothing_durable_and_the_first_app_records_the_ua() {
+    let mut server = start();
+    let ua = ExtUa::fresh(&server);
+    let token = ua.token.clone();
+    ua.close();
+    server.restart();
+    let known_uas = |server: &Server| {
+        let samples: Vec<f64> = server
+            .metrics()
+            .iter()
+            .filter(|(sample, _)| metric_name(sample) == "herald_user_agents")
+            .map(|(_, value)| *value)
+            .collect();
+        (samples.len() == SHARDS).then(|| samples.iter().sum::<f64>())
+    };
+    wait_until(DEADLINE, "every shard published its UAs", || {
+        known_uas(&server).is_some()
+    });
+    assert_eq!(known_uas(&server), Some(0.0), "nothing replayed");
+
+    let mut ua = ExtUa::resume(&server, &token);
+    let key = AppKey::new(3);
+    let url = ua.register_wa(&server, "wa-token-app", &key);
+    ua.close();
+    server.restart();
+    let sent = notify(&url, &key, "as-id", "the app survived the restart");
+    let mut ua = ExtUa::resume(&server, &token);
+    ua.expect_notifications(&[&sent], &url);
+}
+
 // ---------------------------------------------------------------------------
 // self-check of the helpers (no server needed)
 // ---------------------------------------------------------------------------

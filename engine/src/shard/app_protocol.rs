@@ -45,7 +45,7 @@ impl Shard {
                         extended::error_reply(401, extended::BAD_UA_TOKEN, Some("registerWA"));
                     return self.send(conn, None, reply);
                 }
-                self.on_register_wa(conn, uaid, &watoken, public_key_der)
+                self.on_register_wa(now_ms, conn, uaid, &watoken, public_key_der)
             }
             (ExtendedMessage::GetAllMessages, Some(uaid)) => {
                 self.purge_expired(now_ms, uaid);
@@ -119,12 +119,7 @@ impl Shard {
         if self.hand_off_if_foreign(conn, uaid, text) {
             return;
         }
-        if !self.uas.contains_key(&uaid) {
-            self.append(Record::UaidCreated {
-                uaid,
-                at_ms: now_ms,
-            });
-        }
+        self.ua_for_socket(now_ms, uaid);
         self.set_wakeup(uaid, wakeup);
         let previous = self.uas.get_mut(&uaid).and_then(|ua| ua.conn.replace(conn));
         if let Some(previous) = previous.filter(|previous| *previous != conn) {
@@ -145,6 +140,7 @@ impl Shard {
 
     pub(super) fn on_register_wa(
         &mut self,
+        now_ms: Millis,
         conn: ConnId,
         uaid: Uaid,
         watoken: &str,
@@ -171,6 +167,7 @@ impl Shard {
             return self.send(conn, None, reply);
         } else {
             self.stats.registers += 1;
+            self.record_ua(now_ms, uaid);
             Some(self.append(Record::WebAppRegistered {
                 uaid,
                 channel,

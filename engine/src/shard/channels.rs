@@ -19,6 +19,10 @@ impl Channels {
         self.entries.len()
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     fn position(&self, id: &ChannelId) -> Result<usize, usize> {
         self.entries.binary_search_by(|(entry, _)| entry.cmp(id))
     }

@@ -9,7 +9,8 @@
 //! This file holds the state and the records; the handlers live beside it,
 //! one file per kind of input: `sockets` (UA frames), `requests` (AS
 //! requests), `delivery` (frames out), `timers`, `broadcasts` and
-//! `app_protocol` (the extended protocol, SPEC §3.6).
+//! `app_protocol` (the extended protocol, SPEC §3.6); `lifetime` says when a
+//! UA is recorded, seen, forgotten and expired.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -26,11 +27,13 @@ use crate::record::Record;
 use crate::ua::{self, AckVersion, ClientMessage, Hello};
 use crate::{ChannelId, ConnId, KeyHash, Lsn, Millis, RequestId, Uaid};
 use channels::Channels;
+use lifetime::seen_in_snapshot;
 
 mod app_protocol;
 mod broadcasts;
 mod channels;
 mod delivery;
+mod lifetime;
 mod requests;
 mod sockets;
 mod timers;
@@ -118,6 +121,8 @@ pub struct Stats {
     pub ping_rate_closes: u64,
     pub registers: u64,
     pub unregisters: u64,
+    /// UAs dropped at compaction, not seen for `ua_expiry_days`.
+    pub user_agents_expired: u64,
 }
 
 struct Channel {
@@ -139,9 +144,10 @@ struct WebApp {
     uaids: ahash::AHashSet<Uaid>,
 }
 
-/// Every UA the shard knows has one of these, connected or not, so it is
+/// Every UA with a channel has one of these, connected or not, so it is
 /// kept small: what most UAs lack (wakeup data, messages) costs a pointer
-/// or an empty collection.
+/// or an empty collection. A UA without channels has one only while it is
+/// connected (see `lifetime.rs`).
 #[derive(Default)]
 struct UserAgent {
     channels: Channels,
@@ -149,13 +155,18 @@ struct UserAgent {
     next_seq: u64,
     conn: Option<ConnId>,
     wakeup: Option<Box<WakeupInfo>>,
+    /// When the log last saw the UA: the newest `UaidCreated` applied.
+    /// 0: the UA has no record (no real clock reads 0).
+    seen_ms: Millis,
 }
 
 struct Conn {
     uaid: Option<Uaid>,
-    /// When the socket is closed if it has not named its UA; the key of its
-    /// `HelloDeadline` timer, which goes once the UA is named.
-    hello_deadline_ms: Millis,
+    /// The key of the socket's one standing timer: until it names its UA,
+    /// its `HelloDeadline` (which goes once the UA is named); after a
+    /// hello, its next `WsPing`. Known, the timer goes with the socket, so
+    /// sockets that come and go leave no timers behind.
+    timer_ms: Millis,
     web_push: bool,
     /// Last frame from the UA; a wakeup-registered UA idle this long is put to sleep.
     last_activity_ms: Millis,
@@ -282,8 +293,9 @@ impl Shard {
     /// channels it no longer has (a log may repeat or outlive them).
     pub fn apply(&mut self, record: &Record) {
         match record {
-            Record::UaidCreated { uaid, .. } => {
-                self.uas.entry(*uaid).or_default();
+            Record::UaidCreated { uaid, at_ms } => {
+                let ua = self.uas.entry(*uaid).or_default();
+                ua.seen_ms = ua.seen_ms.max(*at_ms);
             }
             Record::ChannelRegistered(registration) => {
                 let ua = self.uas.entry(registration.uaid).or_default();
@@ -386,7 +398,8 @@ impl Shard {
     }
 
     /// Live state as records, for WAL compaction: replaying these alone gives
-    /// the same registrations and pending (unexpired) messages.
+    /// the same registrations and pending (unexpired) messages. UAs with
+    /// nothing durable, or not seen for `ua_expiry_days`, are left out.
     pub fn snapshot(&self, now_ms: Millis) -> Vec<Record> {
         let mut records = Vec::new();
         for uaid in self.uas.keys() {
@@ -400,7 +413,8 @@ impl Shard {
         self.uas.keys().copied().collect()
     }
 
-    /// One UA's live state as records (nothing if it is unknown). A snapshot
+    /// One UA's live state as records (nothing if it is unknown, holds
+    /// nothing durable or expired: see [`Shard::expire_user_agents`]). A snapshot
     /// may be built this way across many turns of the shard while records
     /// keep being appended: every record is a blind write (set or delete of
     /// one key) or a monotonic maximum, so replaying the log after the LSN the
@@ -410,9 +424,12 @@ impl Shard {
         let Some(ua) = self.uas.get(&uaid) else {
             return;
         };
+        if !self.kept_by_snapshot(ua, now_ms) {
+            return;
+        }
         records.push(Record::UaidCreated {
             uaid,
-            at_ms: now_ms,
+            at_ms: seen_in_snapshot(ua, now_ms),
         });
         for (channel, state) in ua.channels.iter() {
             let app = self

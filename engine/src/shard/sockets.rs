@@ -10,7 +10,7 @@ impl Shard {
             conn,
             Conn {
                 uaid: None,
-                hello_deadline_ms,
+                timer_ms: hello_deadline_ms,
                 web_push: false,
                 last_activity_ms: now_ms,
                 ping_window_start_ms: now_ms,
@@ -36,8 +36,9 @@ impl Shard {
         self.on_text(now_ms, conn, register_ua);
     }
 
-    pub fn on_closed(&mut self, _now_ms: Millis, conn: ConnId) {
-        let Some(state) = self.conns.remove(&conn) else {
+    /// The socket is gone (`now_ms` is 0 when the engine closed it itself).
+    pub fn on_closed(&mut self, now_ms: Millis, conn: ConnId) {
+        let Some(state) = self.remove_conn(conn) else {
             return;
         };
         for id in state.broadcasts.iter() {
@@ -45,10 +46,8 @@ impl Shard {
                 subscribers.remove(&conn);
             }
         }
-        if let Some(ua) = state.uaid.and_then(|uaid| self.uas.get_mut(&uaid)) {
-            if ua.conn == Some(conn) {
-                ua.conn = None;
-            }
+        if let Some(uaid) = state.uaid {
+            self.ua_left(uaid, conn, now_ms.max(state.last_activity_ms));
         }
     }
 
@@ -92,7 +91,7 @@ impl Shard {
                 );
             }
             (Some(uaid), ClientMessage::Register { channel_id, key }) => {
-                self.on_register(conn, uaid, &channel_id, key.as_deref())
+                self.on_register(now_ms, conn, uaid, &channel_id, key.as_deref())
             }
             (Some(uaid), ClientMessage::Unregister { channel_id }) => {
                 self.on_unregister(conn, uaid, &channel_id)
@@ -128,7 +127,7 @@ impl Shard {
             return false;
         }
         self.stats.hand_offs += 1;
-        self.conns.remove(&conn);
+        self.remove_conn(conn);
         self.actions.push_back(Action::HandOff {
             conn,
             shard: owner,
@@ -151,16 +150,10 @@ impl Shard {
                 .keys
                 .mint_uaid(&mut self.rng, self.config.index, self.config.shards),
         };
-        let known = self.uas.contains_key(&uaid);
-        if !known {
-            self.append(Record::UaidCreated {
-                uaid,
-                at_ms: now_ms,
-            });
-        }
+        self.ua_for_socket(now_ms, uaid);
         if claimed.is_some() {
             if let Some(listed) = &hello.channel_ids {
-                self.sync_channels(uaid, listed);
+                self.sync_channels(now_ms, uaid, listed);
             }
         }
         let status = self.set_wakeup(uaid, hello.wakeup);
@@ -191,10 +184,24 @@ impl Shard {
             self.timers.insert((sleep_at, Timer::SleepIdle(conn)));
         }
         self.deliver_pending(now_ms, conn, uaid);
-        self.timers.insert((
-            now_ms + self.config.limits.ws_ping_interval_ms,
-            Timer::WsPing(conn),
-        ));
+        self.schedule_ws_ping(now_ms, conn);
+    }
+
+    /// The socket's next WebSocket ping, one interval from `now_ms`.
+    pub(super) fn schedule_ws_ping(&mut self, now_ms: Millis, conn: ConnId) {
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.timer_ms = now_ms + self.config.limits.ws_ping_interval_ms;
+            self.timers.insert((state.timer_ms, Timer::WsPing(conn)));
+        }
+    }
+
+    /// Forgets `conn` and its standing timer (see `Conn::timer_ms`).
+    fn remove_conn(&mut self, conn: ConnId) -> Option<Conn> {
+        let state = self.conns.remove(&conn)?;
+        self.timers
+            .remove(&(state.timer_ms, Timer::HelloDeadline(conn)));
+        self.timers.remove(&(state.timer_ms, Timer::WsPing(conn)));
+        Some(state)
     }
 
     /// The socket named its UA (hello, registerUA). Its hello deadline can no
@@ -202,13 +209,13 @@ impl Shard {
     pub(super) fn bind(&mut self, conn: ConnId, uaid: Uaid) {
         if let Some(state) = self.conns.get_mut(&conn) {
             state.uaid = Some(uaid);
-            let deadline = (state.hello_deadline_ms, Timer::HelloDeadline(conn));
+            let deadline = (state.timer_ms, Timer::HelloDeadline(conn));
             self.timers.remove(&deadline);
         }
     }
 
     /// SPEC §3.1: the UA's list wins: drop what it forgot, recreate what we lost.
-    pub(super) fn sync_channels(&mut self, uaid: Uaid, listed: &[String]) {
+    pub(super) fn sync_channels(&mut self, now_ms: Millis, uaid: Uaid, listed: &[String]) {
         let wanted: BTreeSet<ChannelId> = listed
             .iter()
             .filter_map(|text| ChannelId::parse(text))
@@ -231,10 +238,14 @@ impl Shard {
             .limits
             .channels_per_uaid_max
             .saturating_sub(kept);
-        for channel in wanted.difference(&have).take(room) {
+        let added: Vec<ChannelId> = wanted.difference(&have).take(room).copied().collect();
+        if !added.is_empty() {
+            self.record_ua(now_ms, uaid);
+        }
+        for channel in added {
             self.append(Record::ChannelRegistered(Registration {
                 uaid,
-                channel: *channel,
+                channel,
                 key_hash: None,
             }));
         }
@@ -249,10 +260,16 @@ impl Shard {
         let current = self.uas.get(&uaid).and_then(|ua| ua.wakeup.as_deref());
         let status = if routed.is_some() { 201 } else { 200 };
         if current != routed.as_ref() {
-            self.append(Record::WakeupSet {
+            let record = Record::WakeupSet {
                 uaid,
                 wakeup: routed,
-            });
+            };
+            // A UA without channels keeps it in memory, until it has one.
+            if self.is_recorded(uaid) {
+                self.append(record);
+            } else {
+                self.apply(&record);
+            }
         }
         status
     }
@@ -277,6 +294,7 @@ impl Shard {
 
     pub(super) fn on_register(
         &mut self,
+        now_ms: Millis,
         conn: ConnId,
         uaid: Uaid,
         channel_text: &str,
@@ -309,6 +327,7 @@ impl Shard {
             // UA owns its channels, so the newer key wins.
             _ => {
                 self.stats.registers += 1;
+                self.record_ua(now_ms, uaid);
                 Some(self.append(Record::ChannelRegistered(Registration {
                     uaid,
                     channel,

@@ -32,8 +32,7 @@ impl Shard {
                 Timer::WsPing(conn) => {
                     if self.conns.contains_key(&conn) {
                         self.actions.push_back(Action::WsPing { conn });
-                        let next = now_ms + self.config.limits.ws_ping_interval_ms;
-                        self.timers.insert((next, Timer::WsPing(conn)));
+                        self.schedule_ws_ping(now_ms, conn);
                     }
                 }
             }

@@ -20,7 +20,7 @@ use herald_engine::limits::Limits;
 use herald_engine::push::{errno, HttpResponse, PushRequest};
 use herald_engine::record::Record;
 use herald_engine::shard::{close, Action, Shard};
-use herald_engine::{ChannelId, ConnId, Lsn, RequestId};
+use herald_engine::{ChannelId, ConnId, Lsn, RequestId, Uaid};
 use herald_store::RecordLog;
 
 use super::outbox::{Outbox, Outgoing};
@@ -137,6 +137,15 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
     /// AS requests this shard took and has not answered yet.
     pub fn requests_waiting(&self) -> usize {
         self.requests.len() + self.held_replies.len()
+    }
+
+    /// A compaction starts: the UAs its snapshot will leave out (not seen
+    /// for `ua_expiry_days`, or holding nothing) leave memory too, so both
+    /// agree (`Shard::expire_user_agents`). Returns the UAIDs to snapshot.
+    pub fn start_snapshot(&mut self) -> Vec<Uaid> {
+        let now = self.runtime.now_ms();
+        self.engine.expire_user_agents(now);
+        self.engine.uaids()
     }
 
     /// See the field; must stay 0.
