@@ -215,6 +215,24 @@ fn startup_prints_listeners_and_data_dir() {
     );
 }
 
+/// `herald serve` with one shard on the given data dir and listeners, run
+/// until it exits (each caller expects it to refuse to start).
+fn serve_to_exit(data: &str, ua: &str, asl: &str, admin: &str) -> (i32, String) {
+    run_to_exit(&[
+        "serve",
+        "--data-dir",
+        data,
+        "--ua-listen",
+        ua,
+        "--as-listen",
+        asl,
+        "--admin-listen",
+        admin,
+        "--shards",
+        "1",
+    ])
+}
+
 fn run_to_exit(args: &[&str]) -> (i32, String) {
     let dir = TempDir::new("cmd");
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -276,50 +294,14 @@ fn port_in_use_exits_nonzero() {
     let data = dir.path().join("data").display().to_string();
     let asl = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
-    let (code, out) = run_to_exit(&[
-        "serve",
-        "--data-dir",
-        &data,
-        "--ua-listen",
-        &busy,
-        "--as-listen",
-        &asl,
-        "--admin-listen",
-        &admin,
-        "--shards",
-        "1",
-    ]);
+    let (code, out) = serve_to_exit(&data, &busy, &asl, &admin);
     assert_ne!(code, 0, "UA port in use: non-zero exit: {out}");
     assert!(!out.trim().is_empty());
     let ua = format!("127.0.0.1:{}", free_port());
-    let (code, out) = run_to_exit(&[
-        "serve",
-        "--data-dir",
-        &data,
-        "--ua-listen",
-        &ua,
-        "--as-listen",
-        &busy,
-        "--admin-listen",
-        &admin,
-        "--shards",
-        "1",
-    ]);
+    let (code, out) = serve_to_exit(&data, &ua, &busy, &admin);
     assert_ne!(code, 0, "AS port in use: non-zero exit: {out}");
     let asl = format!("127.0.0.1:{}", free_port());
-    let (code, out) = run_to_exit(&[
-        "serve",
-        "--data-dir",
-        &data,
-        "--ua-listen",
-        &ua,
-        "--as-listen",
-        &asl,
-        "--admin-listen",
-        &busy,
-        "--shards",
-        "1",
-    ]);
+    let (code, out) = serve_to_exit(&data, &ua, &asl, &busy);
     assert_ne!(code, 0, "admin port in use: non-zero exit: {out}");
     assert!(out.contains(&busy), "the message names the port: {out}");
     drop(held);
@@ -334,19 +316,7 @@ fn unusable_data_dir_exits_nonzero() {
     let ua = format!("127.0.0.1:{}", free_port());
     let asl = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
-    let (code, out) = run_to_exit(&[
-        "serve",
-        "--data-dir",
-        &data,
-        "--ua-listen",
-        &ua,
-        "--as-listen",
-        &asl,
-        "--admin-listen",
-        &admin,
-        "--shards",
-        "1",
-    ]);
+    let (code, out) = serve_to_exit(&data, &ua, &asl, &admin);
     assert_ne!(code, 0, "data dir that is a file: non-zero exit: {out}");
     assert!(!out.trim().is_empty());
 }
