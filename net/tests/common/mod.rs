@@ -914,6 +914,10 @@ impl Harness {
     /// snapshot of live state (what compaction writes).
     pub fn compact(&mut self, index: usize) {
         let covers = self.logs[index].last_lsn();
+        self.world.now.set(self.now);
+        // As production compaction does: expired and empty UAs leave memory
+        // too, so the shard and its compacted log agree.
+        self.shards[index].start_snapshot();
         let live = self.shards[index].engine().snapshot(self.now);
         futures_lite::future::block_on(self.logs[index].compact(covers, live))
             .expect("compaction of a healthy log");

@@ -27,6 +27,8 @@ pub fn sim_limits() -> Limits {
         pending_per_uaid_max: 4,
         pings_per_minute_max: 1_000,
         retry_interval_ms: 2_000,
+        // The model knows no expiry (a long run could pass a test day).
+        ua_expiry_days: 0,
         ..Limits::test_min()
     }
 }
