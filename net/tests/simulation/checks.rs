@@ -608,16 +608,7 @@ impl Sim {
                 logged == modelled,
                 "ua{index}: the log holds pending seqs {logged:?}, the model {modelled:?}"
             );
-            let logged: Vec<(String, u64)> = self
-                .view
-                .ua(&ua.uaid_bytes)
-                .map(|view| {
-                    view.channels
-                        .iter()
-                        .map(|(id, state)| (id.to_text(), state.version.unwrap_or(0)))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let logged = self.view.channel_versions(&ua.uaid_bytes);
             let modelled: Vec<(String, u64)> = ua
                 .channels
                 .iter()
@@ -875,15 +866,7 @@ impl Sim {
     /// model's channels are the replayed ones.
     fn recover_channels(&mut self, ua: usize, survived: &LogView) {
         let uaid = self.uas[ua].uaid_bytes;
-        let replayed: Vec<(String, u64)> = survived
-            .ua(&uaid)
-            .map(|view| {
-                view.channels
-                    .iter()
-                    .map(|(id, state)| (id.to_text(), state.version.unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let replayed = survived.channel_versions(&uaid);
         let has = |channel: &str| replayed.iter().find(|(id, _)| id == channel);
         let model = &self.uas[ua];
         for (channel, state) in &model.channels {

@@ -386,6 +386,18 @@ impl LogView {
     }
 
     /// The seqs of `uaid`'s unexpired pending messages.
+    /// A UA's channels in the log, with the newest version each holds (0: none).
+    pub fn channel_versions(&self, uaid: &Uaid) -> Vec<(String, u64)> {
+        self.ua(uaid)
+            .map(|view| {
+                view.channels
+                    .iter()
+                    .map(|(id, state)| (id.to_text(), state.version.unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn pending_seqs(&self, uaid: &Uaid, now: Millis) -> Vec<u64> {
         self.ua(uaid)
             .map(|ua| {
