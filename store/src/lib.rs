@@ -65,6 +65,7 @@ mod log;
 mod mem_log;
 pub mod record_log;
 pub mod recovery;
+pub mod redis;
 pub mod storage;
 
 pub use error::StoreError;

@@ -52,8 +52,9 @@ const PORT_LOW: u16 = 12000;
 const PORT_HIGH: u16 = 22700;
 const BUS_OFFSET: u16 = 10000;
 
-/// The hash slot ranges of the three shards.
-const SHARD_SLOTS: [(u16, u16); DCS] = [(0, 5460), (5461, 10922), (10923, 16383)];
+/// The hash slot ranges of the three shards (shard `s` first served by
+/// node `3s`).
+pub const SHARD_SLOTS: [(u16, u16); DCS] = [(0, 5460), (5461, 10922), (10923, 16383)];
 
 struct Node {
     port: u16,
@@ -174,6 +175,17 @@ impl RedisCluster {
         self.wait_answers(i);
     }
 
+    /// SIGSTOPs node `i`: it keeps its sockets but answers nothing, like a
+    /// hung or cut-off node. [`RedisCluster::thaw_node`] resumes it.
+    pub fn freeze_node(&mut self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+    }
+
+    /// SIGCONTs node `i`.
+    pub fn thaw_node(&mut self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+    }
+
     /// SIGKILLs every node.
     pub fn stop_all(&mut self) {
         for i in 0..NODES {
@@ -221,6 +233,14 @@ impl RedisCluster {
     /// Node `i`'s `redis.log`, for failure messages.
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.nodes[i].dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    fn signal(&self, i: usize, sig: libc::c_int) {
+        let child = self.nodes[i].child.as_ref().expect("node is running");
+        // SAFETY: kill(2) on the PID of a child we have not reaped.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, sig);
+        }
     }
 
     fn index_of(&self, port: u16) -> usize {
