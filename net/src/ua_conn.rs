@@ -24,6 +24,7 @@ use glommio::{GlommioError, ResourceType};
 
 use herald_engine::shard::close;
 use herald_engine::ConnId;
+use herald_store::RecordLog;
 
 use crate::ctx::{Adopted, Ctx};
 use crate::per_ip::IpSlot;

@@ -1,0 +1,95 @@
+//! Cluster mode on one shard (SPEC §8, issue 11): where a UA is held, and
+//! the node listener.
+//!
+//! An AS request for a UA reaches whichever node the AS picked. That node
+//! asks Redis which node holds the UA (`{uaid}u`'s `o` field, a claim
+//! token naming a node URL). If another node does, the request goes there
+//! over the node link and its answer comes back; if none does, or the
+//! holder cannot be reached, this node takes the request itself: its shard
+//! claims the UA, loads it, stores the message and lets go
+//! (`engine/src/shard/residency.rs`).
+
+use std::rc::Rc;
+
+use herald_engine::limits::Limits;
+use herald_engine::push::{errno, HttpResponse};
+use herald_engine::Uaid;
+use herald_store::cluster::ua_keys;
+use herald_store::redis::{ClusterClient, Command, Reply};
+
+use crate::ctx::Ctx;
+use crate::http::Head;
+use crate::http_conn::{self, Routes};
+use crate::node_link::{self, NodeLink, DROPPED_PATH, SECRET_HEADER};
+
+/// What a shard of a cluster node has besides its store.
+pub struct ClusterNode {
+    /// Reads where UAs are held (the store's own client carries writes).
+    pub reader: ClusterClient,
+    pub link: Rc<NodeLink>,
+}
+
+impl ClusterNode {
+    /// The node URL of the other node that holds `uaid`, if one does. Redis
+    /// unreachable reads as "none": the shard's own claim then fails too,
+    /// and the AS gets its 503 from there.
+    pub async fn holder_elsewhere(&self, uaid: &Uaid) -> Option<String> {
+        let [ua_key, ..] = ua_keys(uaid);
+        let lookup = Command::new(
+            &ua_key,
+            vec![b"HGET".to_vec(), ua_key.clone(), b"o".to_vec()],
+        );
+        let replies = self.reader.run(&[lookup], false).await.ok()?;
+        let Some(Reply::Bulk(token)) = replies.into_iter().next() else {
+            return None;
+        };
+        let token = String::from_utf8(token).ok()?;
+        let node = token.split(' ').next().unwrap_or_default();
+        (!node.is_empty() && node != self.link.own_url).then(|| node.to_owned())
+    }
+}
+
+/// Serves one connection of the node listener.
+pub async fn serve_node(ctx: Rc<Ctx>, stream: glommio::net::TcpStream) {
+    http_conn::serve(&NodeRoutes(ctx), stream).await;
+}
+
+struct NodeRoutes(Rc<Ctx>);
+
+impl Routes for NodeRoutes {
+    fn limits(&self) -> &Limits {
+        &self.0.shared.config.limits
+    }
+
+    fn body_bytes_max(&self) -> usize {
+        crate::as_conn::body_bytes_max(self.limits())
+    }
+
+    fn too_large(&self, _head: &Head) -> HttpResponse {
+        HttpResponse::error(413, errno::PAYLOAD_TOO_LARGE, "body too large")
+    }
+
+    async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse {
+        let ctx = &self.0;
+        let Some(cluster) = &ctx.cluster else {
+            return node_link::unauthorized();
+        };
+        let secret = head
+            .headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(SECRET_HEADER))
+            .map(|(_, value)| value.as_slice());
+        if !cluster.link.admits(secret) {
+            return node_link::unauthorized();
+        }
+        if let Some(uaid) = head.path.strip_prefix(DROPPED_PATH) {
+            let Some(uaid) = Uaid::from_hex(uaid) else {
+                return HttpResponse::error(400, errno::BAD_REQUEST, "not a UAID");
+            };
+            ctx.with_driver(|driver| driver.on_dropped(uaid));
+            return HttpResponse::json(204, String::new());
+        }
+        // A request another node forwarded: handled here, never sent on.
+        crate::as_conn::route(ctx, head, body, true).await
+    }
+}
