@@ -238,7 +238,7 @@ async fn accept_loop(index: usize, listener: TcpListener, kind: Listener) {
                         })
                     }
                     Listener::Node(ctx) => {
-                        spawn_local(crate::cluster::serve_node(ctx.clone(), stream))
+                        spawn_local(crate::node_conn::serve(ctx.clone(), stream))
                     }
                     Listener::Admin(shared) => {
                         let shared = shared.clone();

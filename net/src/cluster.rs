@@ -1,5 +1,4 @@
-//! Cluster mode on one shard (SPEC §8, issue 11): where a UA is held, and
-//! the node listener.
+//! Cluster mode on one shard (SPEC §8, issue 11): where a UA is held.
 //!
 //! An AS request for a UA reaches whichever node the AS picked. That node
 //! asks Redis which node holds the UA (`{uaid}u`'s `o` field, a claim
@@ -11,16 +10,11 @@
 
 use std::rc::Rc;
 
-use herald_engine::limits::Limits;
-use herald_engine::push::{errno, HttpResponse};
 use herald_engine::Uaid;
 use herald_store::cluster::ua_keys;
 use herald_store::redis::{ClusterClient, Command, Reply};
 
-use crate::ctx::Ctx;
-use crate::http::Head;
-use crate::http_conn::{self, Routes};
-use crate::node_link::{self, NodeLink, DROPPED_PATH, SECRET_HEADER};
+use crate::node_link::NodeLink;
 
 /// What a shard of a cluster node has besides its store.
 pub struct ClusterNode {
@@ -46,50 +40,5 @@ impl ClusterNode {
         let token = String::from_utf8(token).ok()?;
         let node = token.split(' ').next().unwrap_or_default();
         (!node.is_empty() && node != self.link.own_url).then(|| node.to_owned())
-    }
-}
-
-/// Serves one connection of the node listener.
-pub async fn serve_node(ctx: Rc<Ctx>, stream: glommio::net::TcpStream) {
-    http_conn::serve(&NodeRoutes(ctx), stream).await;
-}
-
-struct NodeRoutes(Rc<Ctx>);
-
-impl Routes for NodeRoutes {
-    fn limits(&self) -> &Limits {
-        &self.0.shared.config.limits
-    }
-
-    fn body_bytes_max(&self) -> usize {
-        crate::as_conn::body_bytes_max(self.limits())
-    }
-
-    fn too_large(&self, _head: &Head) -> HttpResponse {
-        HttpResponse::error(413, errno::PAYLOAD_TOO_LARGE, "body too large")
-    }
-
-    async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse {
-        let ctx = &self.0;
-        let Some(cluster) = &ctx.cluster else {
-            return node_link::unauthorized();
-        };
-        let secret = head
-            .headers
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(SECRET_HEADER))
-            .map(|(_, value)| value.as_slice());
-        if !cluster.link.admits(secret) {
-            return node_link::unauthorized();
-        }
-        if let Some(uaid) = head.path.strip_prefix(DROPPED_PATH) {
-            let Some(uaid) = Uaid::from_hex(uaid) else {
-                return HttpResponse::error(400, errno::BAD_REQUEST, "not a UAID");
-            };
-            ctx.with_driver(|driver| driver.on_dropped(uaid));
-            return HttpResponse::json(204, String::new());
-        }
-        // A request another node forwarded: handled here, never sent on.
-        crate::as_conn::route(ctx, head, body, true).await
     }
 }

@@ -129,6 +129,19 @@ mod tests {
     use ShardState::*;
 
     #[test]
+    fn a_cluster_store_out_of_reach_is_not_ready_and_says_so() {
+        let Readiness::NotReady { reason, .. } = readiness(&[Serving, StoreUnreachable], false)
+        else {
+            panic!("an unreachable cluster store is not ready");
+        };
+        assert!(reason.contains("unreachable from shard 1"), "{reason}");
+        assert_eq!(
+            ShardState::from_u8(StoreUnreachable as u8),
+            StoreUnreachable
+        );
+    }
+
+    #[test]
     fn ready_only_when_every_shard_serves_and_not_shutting_down() {
         assert_eq!(readiness(&[Serving, Serving], false), Readiness::Ready);
         assert_eq!(

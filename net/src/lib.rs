@@ -16,6 +16,7 @@ pub mod http;
 mod http_client;
 mod http_conn;
 pub mod metrics;
+mod node_conn;
 mod node_link;
 mod pages;
 mod per_ip;
