@@ -183,6 +183,7 @@ impl ClusterLog {
     /// closed and drained.
     pub async fn run_writer(&self) {
         let inner = &*self.inner;
+        let mut failures = 0u32;
         loop {
             let waiting = std::future::poll_fn(|cx| {
                 if !inner.queue.borrow().is_empty() {
@@ -212,8 +213,17 @@ impl ClusterLog {
                     .collect()
             };
             match inner.client.run(&calls, true).await {
-                Ok(replies) => self.settle(replies),
+                Ok(replies) => {
+                    failures = 0;
+                    self.settle(replies);
+                }
+                // The first failure after a failover is often only the
+                // client's stale view of the slots (it re-reads them on the
+                // next batch): send the batch again at once before anything
+                // waiting is told.
+                Err(_) if failures == 0 => failures = 1,
                 Err(error) => {
+                    failures += 1;
                     self.batch_failed(&error);
                     if inner.closed.get() {
                         return;
@@ -395,7 +405,7 @@ impl RecordLog for ClusterLog {
                 return Poll::Ready(Ok(()));
             }
             if let Some(cause) = inner.unavailable.borrow().clone() {
-                return Poll::Ready(Err(StoreError::Failed { cause }));
+                return Poll::Ready(Err(StoreError::Unreachable { cause }));
             }
             if inner.closed.get() && inner.queue.borrow().is_empty() {
                 return Poll::Ready(Err(StoreError::Closed));
