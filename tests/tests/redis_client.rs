@@ -12,7 +12,9 @@ use herald_tests::redis_cluster::{CLUSTER_DEADLINE, SHARD_SLOTS};
 use herald_tests::RedisCluster;
 
 const IO_TIMEOUT_MS: u64 = 1000;
-const WAIT_TIMEOUT_MS: u64 = 500;
+/// Generous: replicas answer WAIT within milliseconds, but this machine runs
+/// four clusters of these tests side by side on shared cores.
+const WAIT_TIMEOUT_MS: u64 = 2000;
 /// Longest a failing batch may take: a connect or round trip per known node
 /// would be far more; one deadline plus scheduling slack on a busy machine.
 const FAIL_WITHIN: Duration = Duration::from_millis(IO_TIMEOUT_MS + WAIT_TIMEOUT_MS + 1500);
@@ -324,6 +326,39 @@ fn hung_or_stopped_redis_fails_fast_then_recovers() {
         until_ok(&client, &batch).await;
         // Nothing persisted (`save ""`): the records are gone, and the
         // client writes and reads new ones.
+        write_and_read_back(&client, &keys, 2).await;
+    });
+}
+
+#[test]
+fn failover_fails_one_batch_with_moved_then_routes_anew() {
+    let cluster = RedisCluster::start();
+    block_on(async {
+        let keys = keys_on_every_shard("moved", 2);
+        let client = ClusterClient::connect(config(&cluster, 1), &[])
+            .await
+            .expect("connect");
+        write_and_read_back(&client, &keys, 1).await;
+
+        // The old master stays up, as a replica: the client's connection to
+        // it still works, and Redis answers its commands with MOVED.
+        let old = cluster.masters()[0];
+        let new = cluster.replicas_of(old)[0];
+        cluster.promote(new);
+        assert!(cluster.masters().contains(&new));
+        let reads: Vec<Command> = keys.iter().map(|k| get(k)).collect();
+        match client.run(&reads, false).await {
+            Err(RedisError::Moved(e)) => assert!(e.starts_with("MOVED"), "{e}"),
+            other => panic!("a batch through the demoted master: {other:?}"),
+        }
+        // The next batch reads the new slot map and goes to the new master.
+        let replies = client
+            .run(&reads, false)
+            .await
+            .expect("after the slot map is re-read");
+        for (reply, key) in replies.iter().zip(&keys) {
+            assert_eq!(*reply, Reply::Bulk([key.as_slice(), b"=1"].concat()));
+        }
         write_and_read_back(&client, &keys, 2).await;
     });
 }
