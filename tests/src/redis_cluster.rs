@@ -175,6 +175,17 @@ impl RedisCluster {
         self.wait_answers(i);
     }
 
+    /// Makes the replica on `port` take its master's slots over (CLUSTER
+    /// FAILOVER, coordinated: no write is lost; the old master becomes its
+    /// replica) and waits until the cluster is healthy again.
+    pub fn promote(&self, port: u16) {
+        ok(port, &["CLUSTER", "FAILOVER"]);
+        wait_until(CLUSTER_DEADLINE, "the promoted replica is a master", || {
+            info_field(port, "INFO", "replication", "role") == "master"
+        });
+        self.wait_healthy();
+    }
+
     /// SIGSTOPs node `i`: it keeps its sockets but answers nothing, like a
     /// hung or cut-off node. [`RedisCluster::thaw_node`] resumes it.
     pub fn freeze_node(&mut self, i: usize) {
@@ -479,6 +490,9 @@ fn node_healthy(port: u16, live: &[u16]) -> bool {
     {
         return false;
     }
+    if !roles_settled(port, live) {
+        return false;
+    }
     let Ok(OwnedFrame::Array(ranges)) = request(port, &["CLUSTER", "SLOTS"]) else {
         return false;
     };
@@ -505,6 +519,35 @@ fn node_healthy(port: u16, live: &[u16]) -> bool {
         covered += (hi - lo + 1) as u32;
     }
     covered == 16384
+}
+
+/// Whether the node on `port` sees every node in `live` as healthy and
+/// either a master with slots or a replica of one (gossip can show a fresh
+/// replica as a master without slots for a while).
+fn roles_settled(port: u16, live: &[u16]) -> bool {
+    let Ok(OwnedFrame::BulkString(text)) = request(port, &["CLUSTER", "NODES"]) else {
+        return false;
+    };
+    let nodes: Vec<NodeLine> = String::from_utf8_lossy(&text)
+        .lines()
+        .filter_map(NodeLine::parse)
+        .collect();
+    let serving = |id: &str| {
+        nodes
+            .iter()
+            .any(|n| n.id == id && n.master && n.has_slots && !n.failed && live.contains(&n.port))
+    };
+    live.iter().all(|&p| {
+        nodes.iter().any(|n| {
+            n.port == p
+                && !n.failed
+                && if n.master {
+                    n.has_slots
+                } else {
+                    serving(&n.master_id)
+                }
+        })
+    })
 }
 
 /// One line of CLUSTER NODES: `id ip:port@bus flags master-id ... slots`.

@@ -56,6 +56,11 @@ impl Command {
     /// Appends the command's RESP encoding to `out`; `shas[i]` is script
     /// `i`'s sha.
     pub(super) fn encode(&self, shas: &[String], out: &mut Vec<u8>) -> Result<(), RedisError> {
+        // Redis answers nothing at all to an empty command, which would
+        // shift every later reply of the pipeline onto the wrong command.
+        if self.argv.is_empty() {
+            return Err(RedisError::Protocol("an empty command".into()));
+        }
         let mut parts = Vec::with_capacity(self.argv.len() + 2);
         if let Some(ScriptId(id)) = self.script {
             let sha = shas
@@ -119,6 +124,10 @@ mod tests {
             out,
             b"*6\r\n$7\r\nEVALSHA\r\n$2\r\ns1\r\n$1\r\n2\r\n$7\r\nu:{abc}\r\n$7\r\nc:{abc}\r\n$1\r\nx\r\n"
         );
+        assert!(matches!(
+            Command::new(b"k", vec![]).encode(&[], &mut out),
+            Err(RedisError::Protocol(_))
+        ));
         let missing = Command::script(ScriptId(5), &[b"k"], vec![]);
         assert!(matches!(
             missing.encode(&[], &mut out),

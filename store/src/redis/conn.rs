@@ -90,6 +90,11 @@ impl Conn {
                         if self.start == self.buf.len() {
                             self.buf.clear();
                             self.start = 0;
+                            // One large reply must not pin its buffer for
+                            // the connection's life.
+                            if self.buf.capacity() > 16 * REDIS_READ_CHUNK_BYTES {
+                                self.buf.shrink_to(REDIS_READ_CHUNK_BYTES);
+                            }
                         }
                         return Ok(frame);
                     }
