@@ -372,6 +372,11 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
                 self.engine.on_store_recovered();
             }
         }
+        if failed {
+            // Held answers get their 503 now, whether or not the store's
+            // waiters return (a cluster store's wait out an outage).
+            self.on_durable();
+        }
         let now = self.runtime.now_ms();
         self.engine.on_tick(now);
         self.run_actions();

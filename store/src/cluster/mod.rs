@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use glommio::channels::local_channel::{self, LocalSender};
@@ -52,6 +52,10 @@ const RELEASE: ScriptId = ScriptId(2);
 
 /// How long the writer waits before sending a failed batch again.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// How long a claim stays queued through failing batches before it fails:
+/// long enough for the slot map to settle after a failover (the hello or
+/// request waiting for it then goes on), short of a UA's hello timeout.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(3);
 
 /// What a shard's cluster store needs to know besides its client.
 #[derive(Clone, Debug)]
@@ -80,6 +84,7 @@ enum Op {
         uaid: Uaid,
         call: Command,
         answer: LocalSender<Result<Claim, ClaimError>>,
+        queued_at: Instant,
     },
 }
 
@@ -134,16 +139,35 @@ impl ClusterLog {
     }
 
     /// Stops the writer once the queue is empty (or at once, if Redis is
-    /// unreachable: what is queued was never acknowledged).
+    /// unreachable: what is queued was never acknowledged), and ends every
+    /// wait for durability that is not over.
     pub fn close(&self) {
         self.inner.closed.set(true);
         self.wake_writer();
+        self.wake_waiters(Lsn::MAX);
     }
 
-    /// Waits until every queued call went through, or the store fails.
+    /// Waits until every record appended so far is durable; fails at once
+    /// while Redis is unreachable (shutdown does not wait out an outage).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let last = self.inner.last_lsn.get();
-        self.wait_durable(last).await
+        std::future::poll_fn(|cx| {
+            let inner = &*self.inner;
+            if inner.durable_lsn.get() >= last {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(cause) = inner.unavailable.borrow().clone() {
+                return Poll::Ready(Err(StoreError::Unreachable { cause }));
+            }
+            inner
+                .waiters
+                .borrow_mut()
+                .entry(last)
+                .or_default()
+                .push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     fn token_for(&self, uaid: &Uaid) -> (Rc<[u8]>, &'static [u8]) {
@@ -265,11 +289,12 @@ impl ClusterLog {
             tracing::info!("cluster store reachable again");
         }
         inner.durable_lsn.set(durable);
-        self.wake_waiters();
+        self.wake_waiters(durable);
     }
 
-    /// A batch failed: nothing in it counts; claims are answered (their
-    /// sockets and requests do not wait out an outage), writes stay queued.
+    /// A batch failed: nothing in it counts. Writes stay queued; claims too,
+    /// for [`CLAIM_PATIENCE`], then they fail (their sockets and requests do
+    /// not wait out an outage).
     fn batch_failed(&self, error: &RedisError) {
         let inner = &*self.inner;
         let first_failure = inner.unavailable.borrow().is_none();
@@ -278,27 +303,27 @@ impl ClusterLog {
         }
         *inner.unavailable.borrow_mut() = Some(error.to_string());
         inner.queue.borrow_mut().retain(|op| match op {
-            Op::Claim { uaid, answer, .. } => {
+            Op::Claim {
+                uaid,
+                answer,
+                queued_at,
+                ..
+            } if queued_at.elapsed() >= CLAIM_PATIENCE => {
                 inner.tokens.borrow_mut().remove(uaid);
                 let _ = answer.try_send(Err(ClaimError(error.to_string())));
                 false
             }
             _ => true,
         });
-        self.wake_waiters();
+        // A flush gives up now; waits for durability look again and go on.
+        self.wake_waiters(Lsn::MAX);
     }
 
-    fn wake_waiters(&self) {
-        let inner = &*self.inner;
-        let durable = inner.durable_lsn.get();
-        let woken: Vec<Waker> = if inner.unavailable.borrow().is_some() {
-            std::mem::take(&mut *inner.waiters.borrow_mut())
-                .into_values()
-                .flatten()
-                .collect()
-        } else {
-            let mut waiters = inner.waiters.borrow_mut();
-            let later = waiters.split_off(&(durable + 1));
+    /// Wakes whoever waits for an LSN up to `upto`.
+    fn wake_waiters(&self, upto: Lsn) {
+        let woken: Vec<Waker> = {
+            let mut waiters = self.inner.waiters.borrow_mut();
+            let later = waiters.split_off(&upto.saturating_add(1));
             std::mem::replace(&mut *waiters, later)
                 .into_values()
                 .flatten()
@@ -404,11 +429,14 @@ impl RecordLog for ClusterLog {
             if inner.durable_lsn.get() >= lsn {
                 return Poll::Ready(Ok(()));
             }
-            if let Some(cause) = inner.unavailable.borrow().clone() {
-                return Poll::Ready(Err(StoreError::Unreachable { cause }));
-            }
-            if inner.closed.get() && inner.queue.borrow().is_empty() {
-                return Poll::Ready(Err(StoreError::Closed));
+            // Unreachable is not failed: the writer keeps trying, so a frame
+            // waits for its record (the driver answers held requests 503
+            // while `failed` reads true; it does not wait here).
+            if inner.closed.get() {
+                let cause = inner.unavailable.borrow().clone();
+                return Poll::Ready(Err(cause.map_or(StoreError::Closed, |cause| {
+                    StoreError::Unreachable { cause }
+                })));
             }
             inner
                 .waiters
@@ -438,7 +466,12 @@ impl RecordLog for ClusterLog {
             vec![token.to_vec(), self.ttl_arg()],
         );
         let (answer, receiver) = local_channel::new_bounded(1);
-        self.push(Op::Claim { uaid, call, answer });
+        self.push(Op::Claim {
+            uaid,
+            call,
+            answer,
+            queued_at: Instant::now(),
+        });
         async move {
             receiver
                 .recv()
