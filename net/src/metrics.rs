@@ -21,6 +21,12 @@ pub struct ErrorLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub shard: String,
+    pub event: String,
+}
+
 /// What one shard last published, read by `/about` and `/health` too.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ShardSnapshot {
@@ -52,6 +58,7 @@ pub struct Metrics {
     hand_offs: Family<ShardLabel, Counter>,
     user_agents_expired: Family<ShardLabel, Counter>,
     errors: Family<ErrorLabel, Counter>,
+    cluster_events: Family<ClusterLabel, Counter>,
     /// Written by the wakeup core only (see `wakeup_metrics.rs`).
     pub wakeup: crate::wakeup_metrics::WakeupMetrics,
 }
@@ -83,6 +90,7 @@ impl Metrics {
             hand_offs: Family::default(),
             user_agents_expired: Family::default(),
             errors: Family::default(),
+            cluster_events: Family::default(),
             wakeup: crate::wakeup_metrics::WakeupMetrics::default(),
             registry: Registry::default(),
         };
@@ -159,6 +167,11 @@ impl Metrics {
             metrics.user_agents_expired.clone(),
         );
         registry.register("errors", "Errors by kind", metrics.errors.clone());
+        registry.register(
+            "cluster_events",
+            "Cluster mode: Redis batches, calls, claims, failed batches, fenced writes, forwards to other nodes",
+            metrics.cluster_events.clone(),
+        );
         metrics.wakeup.register(&mut registry);
         Metrics {
             registry,
@@ -273,6 +286,17 @@ impl Metrics {
             gauge.set(pause_us);
         }
         self.compactions.get_or_create(&label).inc();
+    }
+
+    /// Publishes a cluster node shard's counters, each `(event, total)`.
+    pub fn publish_cluster(&self, shard: usize, events: &[(&'static str, u64)]) {
+        for (event, total) in events {
+            let counter = self.cluster_events.get_or_create(&ClusterLabel {
+                shard: shard.to_string(),
+                event: (*event).to_owned(),
+            });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     pub fn publish_wal(&self, shard: usize, fsyncs: u64, records: u64) {
