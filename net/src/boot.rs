@@ -113,8 +113,10 @@ pub async fn run(
         index,
         config.shards,
     );
-    for (id, version) in crate::broadcasts::load(&config.data_dir) {
-        driver.on_broadcast(&id, &version);
+    if config.cluster.is_none() {
+        for (id, version) in crate::broadcasts::load(&config.data_dir) {
+            driver.on_broadcast(&id, &version);
+        }
     }
     drop(recovered);
     let listeners = shared_listener(config.ua_listen)
@@ -174,6 +176,7 @@ pub async fn run(
     let writer = ctx.journal.clone();
     spawn_local(async move { writer.run_writer(index).await }).detach();
     spawn_local(release_answers(ctx.clone())).detach();
+    spawn_local(crate::broadcasts::follow_cluster(ctx.clone())).detach();
     let _ = ready.send(Ok(()));
     // Accept only once every shard has replayed its log: a UA handed to, or an
     // AS request routed to, a shard still replaying would wait on it.

@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use herald_tests::as_client::{push_aes128gcm, put_version};
+use herald_tests::as_client::{http, push_aes128gcm, put_version};
 use herald_tests::redis_cluster::RedisCluster;
 use herald_tests::server::{Server, ServerOptions};
 use herald_tests::ua::{WsClient, WsEvent};
 use herald_tests::util::{b64url_encode, free_port, random_hex, wait_until, TempDir};
 use herald_tests::DEADLINE;
+
+const ADMIN_TOKEN: &str = "cluster-admin-token";
 
 /// Herald nodes of one cluster, sharing one key file.
 struct Nodes {
@@ -48,7 +50,8 @@ impl Nodes {
                         .arg("--node-listen")
                         .arg(&format!("127.0.0.1:{node_port}"))
                         .arg("--keys-file")
-                        .arg(key_file.to_str().expect("utf-8 temp path")),
+                        .arg(key_file.to_str().expect("utf-8 temp path"))
+                        .env("HERALD_ADMIN_TOKEN", ADMIN_TOKEN),
                 )
             })
             .collect();
@@ -529,4 +532,36 @@ fn a_redis_master_restart_loses_nothing_acknowledged() {
         stop.store(true, Ordering::Relaxed);
     });
     load.all_delivered_at(&cluster, 0);
+}
+
+#[test]
+fn a_broadcast_set_at_one_node_reaches_subscribers_of_every_node() {
+    let cluster = Nodes::start(2);
+    let id = "remote-settings/monitor_changes";
+    let subscribe = |node: usize| {
+        let mut ua = cluster.nodes[node].ua();
+        ua.hello_raw(
+            &json!({"messageType": "hello", "use_webpush": true, "broadcasts": {id: "v0"}}),
+        );
+        ua
+    };
+    let (mut at_a, mut at_b) = (subscribe(0), subscribe(1));
+    let url = format!("{}/v1/broadcasts/{id}", cluster.nodes[0].as_url());
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    http(
+        "PUT",
+        &url,
+        &[("Authorization", &bearer)],
+        Some(b"version=v1"),
+    )
+    .assert_status(200, "PUT a broadcast at node A");
+    for ua in [&mut at_a, &mut at_b] {
+        let message = ua.recv_type("broadcast", DEADLINE);
+        assert_eq!(message["broadcasts"][id], "v1", "{message}");
+    }
+    // A UA that says hello later, anywhere, is told the current version.
+    let mut later = cluster.nodes[1].ua();
+    let reply = later
+        .hello_raw(&json!({"messageType": "hello", "use_webpush": true, "broadcasts": {id: "v0"}}));
+    assert_eq!(reply["broadcasts"][id], "v1", "{reply}");
 }
