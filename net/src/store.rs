@@ -9,7 +9,7 @@ use std::pin::Pin;
 use herald_engine::record::Record;
 use herald_engine::{Lsn, Uaid};
 use herald_store::cluster::{ClusterLog, ClusterStats};
-use herald_store::{Claim, ClaimError, DiskLog, LogStats, RecordLog, StoreError};
+use herald_store::{Claim, ClaimError, DiskLog, Fenced, LogStats, RecordLog, StoreError};
 
 #[derive(Clone)]
 pub enum ShardStore {
@@ -137,7 +137,7 @@ impl RecordLog for ShardStore {
         }
     }
 
-    fn take_fenced(&self) -> Vec<(Lsn, Uaid)> {
+    fn take_fenced(&self) -> Vec<Fenced> {
         match self {
             ShardStore::Wal(_) => Vec::new(),
             ShardStore::Cluster(log) => log.take_fenced(),

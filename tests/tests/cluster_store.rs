@@ -80,7 +80,12 @@ fn a_claim_reads_every_write_before_it_and_fences_every_write_after_it() {
 
         // x does not know yet: its next write is refused, and says so.
         let late = write(&x, &[registered(uaid, 2)]).await;
-        assert_eq!(x.take_fenced(), vec![(late, uaid)]);
+        let fenced = x.take_fenced();
+        assert_eq!(fenced.len(), 1);
+        assert_eq!(
+            (fenced[0].lsn, fenced[0].uaid, fenced[0].lost),
+            (late, uaid, true)
+        );
 
         // y's writes go through; x's refused one never happened.
         write(&y, &[registered(uaid, 3)]).await;

@@ -36,7 +36,7 @@ use herald_engine::record::Record;
 use herald_engine::{Lsn, Uaid};
 
 use crate::redis::{ClusterClient, Command, RedisError, Reply, ScriptId};
-use crate::{Claim, ClaimError, RecordLog, StoreError};
+use crate::{Claim, ClaimError, Fenced, RecordLog, StoreError};
 
 pub use keys::ua_keys;
 
@@ -89,6 +89,8 @@ enum Op {
     Write {
         lsn: Lsn,
         uaid: Uaid,
+        /// The claim it was written under.
+        token: Rc<[u8]>,
         call: Command,
     },
     Release {
@@ -110,7 +112,7 @@ struct Inner {
     durable_lsn: Cell<Lsn>,
     /// The last batch failed; the writer is trying again.
     unavailable: RefCell<Option<String>>,
-    fenced: RefCell<Vec<(Lsn, Uaid)>>,
+    fenced: RefCell<Vec<Fenced>>,
     /// The claim token this shard writes each UA it holds under. A UA with
     /// none was minted here: its first write creates it.
     tokens: RefCell<AHashMap<Uaid, Rc<[u8]>>>,
@@ -299,14 +301,23 @@ impl ClusterLog {
                 break;
             };
             match op {
-                Op::Write { lsn, uaid, .. } => {
+                Op::Write {
+                    lsn, uaid, token, ..
+                } => {
                     durable = durable.max(lsn);
                     if let Reply::Error(error) = reply {
                         if !error.starts_with("FENCED") {
                             tracing::error!(%error, lsn, "cluster store refused a record");
                         }
-                        inner.tokens.borrow_mut().remove(&uaid);
-                        inner.fenced.borrow_mut().push((lsn, uaid));
+                        // A claim made since is not lost by this refusal.
+                        let mut tokens = inner.tokens.borrow_mut();
+                        let lost = tokens
+                            .get(&uaid)
+                            .is_some_and(|current| Rc::ptr_eq(current, &token));
+                        if lost {
+                            tokens.remove(&uaid);
+                        }
+                        inner.fenced.borrow_mut().push(Fenced { lsn, uaid, lost });
                         self.count(|stats| stats.fenced_writes += 1);
                     }
                 }
@@ -433,7 +444,12 @@ impl RecordLog for ClusterLog {
             args.extend(keys::write_op(record)?);
             let call = Command::script(WRITE, &keys.each_ref().map(Vec::as_slice), args);
             self.inner.appended.set(self.inner.appended.get() + 1);
-            self.push(Op::Write { lsn, uaid, call });
+            self.push(Op::Write {
+                lsn,
+                uaid,
+                token,
+                call,
+            });
         }
         self.inner.last_lsn.set(lsn);
         Ok(lsn)
@@ -527,7 +543,7 @@ impl RecordLog for ClusterLog {
         self.push(Op::Release { call });
     }
 
-    fn take_fenced(&self) -> Vec<(Lsn, Uaid)> {
+    fn take_fenced(&self) -> Vec<Fenced> {
         std::mem::take(&mut *self.inner.fenced.borrow_mut())
     }
 }
