@@ -20,7 +20,7 @@ use herald_engine::push::HttpResponse;
 use herald_engine::{Millis, Uaid};
 use herald_store::DiskLog;
 
-use crate::per_ip::IpSlot;
+use crate::per_ip::{AddressRates, IpSlot};
 use crate::shard::{Driver, RingMsg, Runtime};
 use crate::shared::Shared;
 use crate::wakeup_client::WakeupClient;
@@ -115,6 +115,8 @@ pub struct Ctx {
     pub senders: Rc<Senders<ShardRing>>,
     /// `GET /token` requests per source address in the current minute.
     token_requests: RefCell<AHashMap<IpAddr, (Millis, u32)>>,
+    /// This shard's rate limits per source address.
+    pub address_rates: AddressRates,
 }
 
 impl Ctx {
@@ -129,6 +131,7 @@ impl Ctx {
     ) -> Ctx {
         Ctx {
             index,
+            address_rates: AddressRates::new(&shared.config.limits),
             shared,
             keys,
             driver: RefCell::new(driver),

@@ -23,6 +23,7 @@ use crate::identity::{Keys, MessageClaims};
 use crate::limits::Limits;
 use crate::message::{MessageBody, Registration, Removal, StoredMessage, Urgency, WakeupInfo};
 use crate::push::{errno, HttpResponse, Notification, PushRequest, VERSION_FROM_CLOCK};
+use crate::rate::{Limiter, Rate};
 use crate::record::Record;
 use crate::ua::{self, AckVersion, ClientMessage, Hello};
 use crate::{ChannelId, ConnId, KeyHash, Lsn, Millis, RequestId, Uaid};
@@ -123,6 +124,8 @@ pub struct Stats {
     pub unregisters: u64,
     /// UAs dropped at compaction, not seen for `ua_expiry_days`.
     pub user_agents_expired: u64,
+    /// AS requests refused (429) by a channel's rate limit.
+    pub channel_rate_limited: u64,
 }
 
 struct Channel {
@@ -181,6 +184,14 @@ struct Conn {
     extended: bool,
 }
 
+/// What a channel's rate limit counts: one UA's channel, or an
+/// extended-protocol app, which is one channel on many UAs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Endpoint {
+    Channel(Uaid, ChannelId),
+    App(ChannelId),
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Timer {
     HelloDeadline(ConnId),
@@ -212,12 +223,23 @@ pub struct Shard {
     broadcast_subscribers: AHashMap<String, ahash::AHashSet<ConnId>>,
     /// Extended-protocol web apps this shard's UAs registered (SPEC §3.6).
     web_apps: AHashMap<ChannelId, WebApp>,
+    /// Notifications per endpoint (`notifications_per_channel_per_minute`):
+    /// memory, not records, so a restart refills every bucket.
+    endpoint_rates: Limiter<Endpoint>,
     actions: VecDeque<Action>,
     stats: Stats,
 }
 
 impl Shard {
     pub fn new(config: ShardConfig, keys: Keys, rng: StdRng) -> Shard {
+        let limits = &config.limits;
+        let endpoint_rates = Limiter::new(
+            Rate::per_minute(
+                limits.notifications_per_channel_per_minute,
+                limits.notifications_per_channel_burst,
+            ),
+            limits.rate_limited_keys_max,
+        );
         Shard {
             config,
             keys,
@@ -232,6 +254,7 @@ impl Shard {
             broadcasts: BTreeMap::new(),
             broadcast_subscribers: AHashMap::new(),
             web_apps: AHashMap::new(),
+            endpoint_rates,
             actions: VecDeque::new(),
             stats: Stats::default(),
         }
