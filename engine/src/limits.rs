@@ -134,7 +134,7 @@ impl Default for Limits {
             ua_expiry_days: UA_EXPIRY_DAYS_DEFAULT,
             notifications_per_channel_per_minute: 600,
             notifications_per_channel_burst: 1_000,
-            as_requests_per_ip_per_s: 10_000,
+            as_requests_per_ip_per_s: 1_000,
             as_requests_per_ip_burst: 10_000,
             ua_connects_per_ip_per_s: 100,
             ua_connects_per_ip_burst: 1_000,
