@@ -168,15 +168,6 @@ impl RawHttp {
         })
     }
 
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
     /// Status must be `status` and the body the spec's JSON error.
     pub fn assert_json_error(&self, status: u16) {
         assert_eq!(
