@@ -31,6 +31,7 @@ use crate::{ChannelId, KeyHash, Uaid};
 /// as an endpoint token).
 const UAID_TAG_DOMAIN: &[u8] = b"herald/uaid-tag/v1\0";
 const NONCE_KEY_DOMAIN: &[u8] = b"herald/siv-nonce-key/v1\0";
+const NODE_LINK_DOMAIN: &[u8] = b"herald/node-link/v1\0";
 const ENDPOINT_DOMAIN: &[u8] = b"herald/endpoint-token/v1\0";
 const MESSAGE_DOMAIN: &[u8] = b"herald/message-id/v1\0";
 
@@ -63,6 +64,18 @@ impl KeyMaterial {
             uaid_keys: vec![uaid_key],
             token_keys: vec![token_key],
         }
+    }
+
+    /// The bearer secret of the node-to-node link (cluster mode): every node
+    /// has the same key file, so every node derives the same secret, and it
+    /// reveals nothing of the keys themselves.
+    pub fn node_link_secret(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(NODE_LINK_DOMAIN);
+        for key in &self.token_keys {
+            hasher.update(key);
+        }
+        hex(&hasher.finalize())
     }
 
     /// The key file's text form (what `parse` reads back).

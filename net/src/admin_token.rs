@@ -33,7 +33,7 @@ pub fn check(
     let given = authorization
         .and_then(|value| value.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if token_matches(given.trim(), admin_token) {
+    if token_matches(given.trim().as_bytes(), admin_token.as_bytes()) {
         return Ok(());
     }
     Err(HttpResponse::error(
@@ -45,9 +45,9 @@ pub fn check(
 }
 
 /// Compares digests so the comparison takes the same time wherever the
-/// tokens differ.
-fn token_matches(given: &str, expected: &str) -> bool {
-    Sha256::digest(given.as_bytes()) == Sha256::digest(expected.as_bytes())
+/// tokens differ (the node link's secret is compared the same way).
+pub fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    Sha256::digest(given) == Sha256::digest(expected)
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ impl Routes for AsRoutes {
     }
 
     fn body_bytes_max(&self) -> usize {
-        self.limits().push_body_bytes_max * FORM_ENCODING_EXPANSION
+        body_bytes_max(self.limits())
     }
 
     fn too_large(&self, head: &Head) -> HttpResponse {
@@ -51,11 +51,25 @@ impl Routes for AsRoutes {
     }
 
     async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse {
-        route(&self.ctx, self.peer, head, body).await
+        route(&self.ctx, self.peer, head, body, false).await
     }
 }
 
-async fn route(ctx: &Rc<Ctx>, peer: Option<IpAddr>, head: &Head, body: &[u8]) -> HttpResponse {
+/// The largest body an AS request may carry.
+pub fn body_bytes_max(limits: &Limits) -> usize {
+    limits.push_body_bytes_max * FORM_ENCODING_EXPANSION
+}
+
+/// One AS request from `peer` (for the per-address rate limit; `None`
+/// counts nothing). In cluster mode, one for a UA another node holds goes
+/// there (`cluster.rs`), unless another node already `forwarded` it here.
+pub async fn route(
+    ctx: &Rc<Ctx>,
+    peer: Option<IpAddr>,
+    head: &Head,
+    body: &[u8],
+    forwarded: bool,
+) -> HttpResponse {
     let path = head.path.split('?').next().unwrap_or_default();
     if let Some(page) = Page::of(&head.method, path) {
         return public_page(ctx, head, page);
@@ -93,10 +107,20 @@ async fn route(ctx: &Rc<Ctx>, peer: Option<IpAddr>, head: &Head, body: &[u8]) ->
         audience: &audience,
         now_ms: now_ms(),
     };
-    match push::decode(&context, &request) {
-        Ok(push) => dispatch(ctx, push).await,
-        Err(response) => response,
+    let push = match push::decode(&context, &request) {
+        Ok(push) => push,
+        Err(response) => return response,
+    };
+    if let (Some(cluster), false) = (&ctx.cluster, forwarded) {
+        if let Some(holder) = cluster.holder_elsewhere(&push.uaid()).await {
+            match cluster.link.forward(&holder, head, body).await {
+                Ok(response) => return response,
+                // The holder is down or cut off: take the UA from it here.
+                Err(error) => tracing::warn!(%error, "forwarding to the UA's node failed"),
+            }
+        }
     }
+    dispatch(ctx, push).await
 }
 
 /// The per-address rate limit, checked before a request costs a decode

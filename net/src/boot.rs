@@ -16,17 +16,24 @@ use glommio::timer::sleep;
 use rand::SeedableRng;
 
 use herald_engine::identity::Keys;
+use herald_engine::record::Record;
 use herald_engine::shard::{close, Shard, ShardConfig, Stats};
+use herald_store::cluster::{ClusterLog, ClusterLogOptions, SCRIPTS};
+use herald_store::redis::{ClusterClient, RedisConfig};
 use herald_store::LogOptions;
+use herald_store::RecordLog;
 
+use crate::cluster::ClusterNode;
 use crate::compaction::{maybe_compact, Compaction};
 use crate::ctx::{Ctx, ShardRing};
 use crate::health::ShardState;
 use crate::metrics::ShardSnapshot;
+use crate::node_link::NodeLink;
 use crate::process::shared_listener;
 use crate::shard::Driver;
 use crate::shared::Shared;
-use crate::{admin_conn, as_conn, ua_conn, WakeupRoute};
+use crate::store::ShardStore;
+use crate::{admin_conn, as_conn, ua_conn, ClusterConfig, ServerConfig, WakeupRoute};
 
 /// How often the engine's timers are checked and metrics published.
 const TICK: Duration = Duration::from_millis(50);
@@ -75,53 +82,38 @@ pub async fn run(
             .filter(|(_, route)| matches!(route, WakeupRoute::Udp | WakeupRoute::Proxy(_)))
             .map(|(network, _)| network.clone())
             .collect(),
+        resident_only: config.cluster.is_some(),
     };
     let engine = Shard::new(
         engine_config,
         keys.clone(),
         rand::rngs::StdRng::from_entropy(),
     );
-    let options = LogOptions {
-        fsync: config.fsync,
-        ..LogOptions::default()
+    let opened = match &config.cluster {
+        None => open_wal(index, config).await,
+        Some(cluster) => open_cluster(index, config, cluster).await,
     };
-    let (journal, recovered) =
-        match herald_store::open_shard(&config.data_dir, index, options).await {
-            Ok(opened) => opened,
-            Err(error) => {
-                let _ = ready.send(Err(format!(
-                    "shard {index}: cannot open its WAL in {}: {error}",
-                    config.data_dir.display()
-                )));
-                return;
-            }
-        };
+    let (journal, recovered, cluster) = match opened {
+        Ok(opened) => opened,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
     let senders = Rc::new(senders);
-    let runtime = Ctx::runtime(index, senders.clone(), &shared);
+    let link = cluster.as_ref().map(|cluster| cluster.link.clone());
+    let (runtime, claims) = Ctx::runtime(index, senders.clone(), &shared, link);
     let mut driver = Driver::start(
         engine,
         &config.limits,
         journal.clone(),
-        &recovered.records,
+        &recovered,
         runtime,
         index,
         config.shards,
     );
     for (id, version) in crate::broadcasts::load(&config.data_dir) {
         driver.on_broadcast(&id, &version);
-    }
-    let report = &recovered.report;
-    if report.records > 0 || report.cut.is_some() {
-        tracing::info!(
-            shard = index,
-            records = report.records,
-            segments = report.segments,
-            bytes = report.bytes,
-            cut = ?report.cut,
-            user_agents = driver.engine().user_agents(),
-            pending = driver.engine().pending_messages(),
-            "WAL replayed"
-        );
     }
     drop(recovered);
     let listeners = shared_listener(config.ua_listen)
@@ -142,8 +134,29 @@ pub async fn run(
         keys,
         driver,
         journal,
+        cluster,
         senders,
     ));
+    let node_listener = match &config.cluster {
+        Some(cluster) => match shared_listener(cluster.node_listen) {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                let _ = ready.send(Err(format!(
+                    "cannot listen on {}: {error}",
+                    cluster.node_listen
+                )));
+                return;
+            }
+        },
+        None => None,
+    };
+    let fed = ctx.clone();
+    spawn_local(async move {
+        while let Some((uaid, claimed)) = claims.recv().await {
+            fed.with_driver(|driver| driver.on_claimed(uaid, claimed));
+        }
+    })
+    .detach();
     let mut receivers = receivers;
     for (_, receiver) in receivers.streams() {
         let ctx = ctx.clone();
@@ -157,13 +170,8 @@ pub async fn run(
         })
         .detach();
     }
-    let committer = ctx.journal.clone();
-    spawn_local(async move {
-        if let Err(error) = committer.run_committer().await {
-            tracing::error!(shard = index, %error, "WAL committer stopped");
-        }
-    })
-    .detach();
+    let writer = ctx.journal.clone();
+    spawn_local(async move { writer.run_writer(index).await }).detach();
     spawn_local(release_answers(ctx.clone())).detach();
     let _ = ready.send(Ok(()));
     // Accept only once every shard has replayed its log: a UA handed to, or an
@@ -177,6 +185,9 @@ pub async fn run(
     }
     spawn_local(accept_loop(index, ua_listener, Listener::Ua(ctx.clone()))).detach();
     spawn_local(accept_loop(index, as_listener, Listener::As(ctx.clone()))).detach();
+    if let Some(listener) = node_listener {
+        spawn_local(accept_loop(index, listener, Listener::Node(ctx.clone()))).detach();
+    }
     tick_until_shutdown(&ctx).await;
     drain(&ctx).await;
 }
@@ -185,13 +196,15 @@ pub async fn run(
 enum Listener {
     Ua(Rc<Ctx>),
     As(Rc<Ctx>),
+    /// Cluster mode: other nodes.
+    Node(Rc<Ctx>),
     Admin(Arc<Shared>),
 }
 
 impl Listener {
     fn shared(&self) -> &Shared {
         match self {
-            Listener::Ua(ctx) | Listener::As(ctx) => &ctx.shared,
+            Listener::Ua(ctx) | Listener::As(ctx) | Listener::Node(ctx) => &ctx.shared,
             Listener::Admin(shared) => shared,
         }
     }
@@ -224,6 +237,9 @@ async fn accept_loop(index: usize, listener: TcpListener, kind: Listener) {
                             drop(slot);
                         })
                     }
+                    Listener::Node(ctx) => {
+                        spawn_local(crate::node_conn::serve(ctx.clone(), stream))
+                    }
                     Listener::Admin(shared) => {
                         let shared = shared.clone();
                         spawn_local(async move {
@@ -255,10 +271,18 @@ async fn tick_until_shutdown(ctx: &Rc<Ctx>) {
             let late = tick_started.elapsed().saturating_sub(TICK);
             compaction.stall.set(compaction.stall.get().max(late));
         }
-        if !store_failure_seen && ctx.journal.failed() {
-            store_failure_seen = true;
-            ctx.shared.metrics.error(ctx.index, "store_failed", 1);
-            ctx.shared.states.set(ctx.index, ShardState::StoreFailed);
+        let failed = ctx.journal.failed();
+        if failed != store_failure_seen {
+            store_failure_seen = failed;
+            let state = match (failed, ctx.journal.is_cluster()) {
+                (false, _) => ShardState::Serving,
+                (true, false) => ShardState::StoreFailed,
+                (true, true) => ShardState::StoreUnreachable,
+            };
+            if failed {
+                ctx.shared.metrics.error(ctx.index, "store_failed", 1);
+            }
+            ctx.shared.states.set(ctx.index, state);
         }
         ctx.with_driver(|driver| driver.on_tick());
         ticks += 1;
@@ -341,4 +365,70 @@ async fn release_answers(ctx: Rc<Ctx>) {
         let _ = ctx.journal.wait_durable(gate).await;
         ctx.with_driver(|driver| driver.on_durable());
     }
+}
+
+/// What a shard opens before it serves: its store, the records to replay
+/// into its engine, and in cluster mode what the cluster needs besides.
+type Opened = (ShardStore, Vec<Record>, Option<ClusterNode>);
+
+/// A single node: the shard's WAL, replayed.
+async fn open_wal(index: usize, config: &ServerConfig) -> Result<Opened, String> {
+    let options = LogOptions {
+        fsync: config.fsync,
+        ..LogOptions::default()
+    };
+    let (journal, recovered) = herald_store::open_shard(&config.data_dir, index, options)
+        .await
+        .map_err(|error| {
+            format!(
+                "shard {index}: cannot open its WAL in {}: {error}",
+                config.data_dir.display()
+            )
+        })?;
+    let report = &recovered.report;
+    if report.records > 0 || report.cut.is_some() {
+        tracing::info!(
+            shard = index,
+            records = report.records,
+            segments = report.segments,
+            bytes = report.bytes,
+            cut = ?report.cut,
+            "WAL replayed"
+        );
+    }
+    Ok((ShardStore::Wal(journal), recovered.records, None))
+}
+
+/// A cluster node: two Redis clients of its own (writes, and lookups of
+/// where UAs are held), nothing to replay (a UA is loaded when named).
+async fn open_cluster(
+    index: usize,
+    config: &ServerConfig,
+    cluster: &ClusterConfig,
+) -> Result<Opened, String> {
+    let mut redis = RedisConfig::new(cluster.seeds.clone());
+    redis.replicas = cluster.replicas;
+    redis.wait_timeout_ms = cluster.wait_timeout_ms;
+    redis.pipeline_max = cluster.pipeline_max;
+    let unreachable = |error| format!("shard {index}: cannot reach the Redis Cluster: {error}");
+    let writer = ClusterClient::connect(redis.clone(), &SCRIPTS)
+        .await
+        .map_err(unreachable)?;
+    let reader = ClusterClient::connect(redis, &[])
+        .await
+        .map_err(unreachable)?;
+    let log = ClusterLog::new(
+        writer,
+        ClusterLogOptions {
+            node_url: cluster.node_url.clone(),
+            ua_ttl_ms: config.limits.ua_expiry_ms().unwrap_or(0),
+            pipeline_max: cluster.pipeline_max,
+        },
+    );
+    let link = NodeLink::new(cluster.node_url.clone(), config.keys.node_link_secret());
+    let node = ClusterNode {
+        reader,
+        link: Rc::new(link),
+    };
+    Ok((ShardStore::Cluster(log), Vec::new(), Some(node)))
 }

@@ -1,5 +1,6 @@
-//! One shard on glommio: its [`Driver`] over the WAL, the [`Runtime`] the
-//! driver reaches glommio through, and what the listeners need besides.
+//! One shard on glommio: its [`Driver`] over its store (the WAL, or the
+//! cluster's Redis), the [`Runtime`] the driver reaches glommio through, and
+//! what the listeners need besides.
 //! Listeners and pages use [`Ctx`]; it knows none of them.
 
 use std::cell::RefCell;
@@ -17,12 +18,16 @@ use glommio::spawn_local;
 use herald_engine::identity::Keys;
 use herald_engine::message::{Urgency, WakeupInfo};
 use herald_engine::push::HttpResponse;
+use herald_engine::record::Record;
 use herald_engine::{Millis, Uaid};
-use herald_store::DiskLog;
+use herald_store::{Claim, ClaimError};
 
+use crate::cluster::ClusterNode;
+use crate::node_link::NodeLink;
 use crate::per_ip::{AddressRates, IpSlot};
 use crate::shard::{Driver, RingMsg, Runtime};
 use crate::shared::Shared;
+use crate::store::ShardStore;
 use crate::wakeup_client::WakeupClient;
 
 /// A UA socket handed to the shard that owns its UAID (SPEC §8).
@@ -41,7 +46,10 @@ pub struct Adopted {
 pub type ShardRing = RingMsg<Adopted>;
 
 /// The driver as glommio runs it.
-pub type ShardDriver = Driver<DiskLog, Glommio>;
+pub type ShardDriver = Driver<ShardStore, Glommio>;
+
+/// A claim's outcome, on its way back to the driver (cluster mode).
+pub type Claimed = (Uaid, Result<Vec<Record>, ClaimError>);
 
 pub fn now_ms() -> Millis {
     SystemTime::now()
@@ -55,6 +63,10 @@ pub struct Glommio {
     index: usize,
     senders: Rc<Senders<ShardRing>>,
     wakeups: WakeupClient,
+    /// Claims that finished (cluster mode), for the task that feeds them to
+    /// the driver, and the link that tells a UA's previous node.
+    claimed: Rc<LocalSender<Claimed>>,
+    link: Option<Rc<NodeLink>>,
 }
 
 impl Runtime for Glommio {
@@ -102,6 +114,27 @@ impl Runtime for Glommio {
     fn awake(&self, uaid: Uaid) {
         self.wakeups.awake(uaid);
     }
+
+    fn load(
+        &self,
+        uaid: Uaid,
+        claim: impl std::future::Future<Output = Result<Claim, ClaimError>> + 'static,
+    ) {
+        let (claimed, link) = (self.claimed.clone(), self.link.clone());
+        spawn_local(async move {
+            let outcome = claim.await;
+            if let (Ok(claim), Some(link)) = (&outcome, link) {
+                let previous = claim.previous_owner.as_deref();
+                if let Some(peer) = previous.filter(|peer| *peer != link.own_url) {
+                    let peer = peer.to_owned();
+                    spawn_local(async move { link.dropped(&peer, uaid).await }).detach();
+                }
+            }
+            // Unbounded: one entry per claim the driver itself started.
+            let _ = claimed.try_send((uaid, outcome.map(|claim| claim.records)));
+        })
+        .detach();
+    }
 }
 
 pub struct Ctx {
@@ -109,9 +142,11 @@ pub struct Ctx {
     pub shared: Arc<Shared>,
     pub keys: Keys,
     pub driver: RefCell<ShardDriver>,
-    /// The driver's log, for the tasks that wait on it (durability, the
-    /// committer, compaction, shutdown).
-    pub journal: DiskLog,
+    /// The driver's store, for the tasks that wait on it (durability, the
+    /// writer, compaction, shutdown).
+    pub journal: ShardStore,
+    /// Cluster mode: where UAs are held, and the node link.
+    pub cluster: Option<ClusterNode>,
     pub senders: Rc<Senders<ShardRing>>,
     /// `GET /token` requests per source address in the current minute.
     token_requests: RefCell<AHashMap<IpAddr, (Millis, u32)>>,
@@ -126,7 +161,8 @@ impl Ctx {
         shared: Arc<Shared>,
         keys: Keys,
         driver: ShardDriver,
-        journal: DiskLog,
+        journal: ShardStore,
+        cluster: Option<ClusterNode>,
         senders: Rc<Senders<ShardRing>>,
     ) -> Ctx {
         Ctx {
@@ -136,18 +172,29 @@ impl Ctx {
             keys,
             driver: RefCell::new(driver),
             journal,
+            cluster,
             senders,
             token_requests: RefCell::new(AHashMap::new()),
         }
     }
 
-    /// The runtime a shard's driver uses.
-    pub fn runtime(index: usize, senders: Rc<Senders<ShardRing>>, shared: &Shared) -> Glommio {
-        Glommio {
+    /// The runtime a shard's driver uses; finished claims come out of the
+    /// receiver it returns.
+    pub fn runtime(
+        index: usize,
+        senders: Rc<Senders<ShardRing>>,
+        shared: &Shared,
+        link: Option<Rc<NodeLink>>,
+    ) -> (Glommio, LocalReceiver<Claimed>) {
+        let (claimed, claims) = local_channel::new_unbounded();
+        let runtime = Glommio {
             index,
             senders,
             wakeups: shared.wakeups.clone(),
-        }
+            claimed: Rc::new(claimed),
+            link,
+        };
+        (runtime, claims)
     }
 
     /// Runs `input` against the driver. Never held across an `await`.

@@ -5,7 +5,9 @@
 //! Each shard sets its own state: `Serving` once its WAL is replayed,
 //! `StoreFailed` on the tick that first sees its store failed (a failed
 //! store stays failed: nothing more becomes durable, every push to the
-//! shard's UAs is refused until an operator restarts the process).
+//! shard's UAs is refused until an operator restarts the process). In
+//! cluster mode a shard is `StoreUnreachable` while its batches to Redis
+//! fail, and `Serving` again once one goes through.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -17,6 +19,8 @@ pub enum ShardState {
     Serving = 1,
     /// Its store failed for good.
     StoreFailed = 2,
+    /// Cluster mode: Redis does not answer or acknowledge; retrying.
+    StoreUnreachable = 3,
 }
 
 impl ShardState {
@@ -24,7 +28,8 @@ impl ShardState {
         match value {
             0 => ShardState::Replaying,
             1 => ShardState::Serving,
-            _ => ShardState::StoreFailed,
+            2 => ShardState::StoreFailed,
+            _ => ShardState::StoreUnreachable,
         }
     }
 }
@@ -86,6 +91,7 @@ fn readiness(states: &[ShardState], shutting_down: bool) -> Readiness {
     };
     let replaying = shards_in(ShardState::Replaying);
     let store_failed = shards_in(ShardState::StoreFailed);
+    let unreachable = shards_in(ShardState::StoreUnreachable);
     let list = |shards: &[usize]| {
         let numbers: Vec<String> = shards.iter().map(usize::to_string).collect();
         match numbers.len() {
@@ -99,6 +105,11 @@ fn readiness(states: &[ShardState], shutting_down: bool) -> Readiness {
         format!(
             "the store failed on {}: pushes to its UAs are refused until a restart (the cause is in the server log)",
             list(&store_failed)
+        )
+    } else if !unreachable.is_empty() {
+        format!(
+            "the cluster store is unreachable from {}: pushes are refused while it retries",
+            list(&unreachable)
         )
     } else if !replaying.is_empty() {
         format!("{} still replaying the WAL", list(&replaying))
@@ -116,6 +127,19 @@ fn readiness(states: &[ShardState], shutting_down: bool) -> Readiness {
 mod tests {
     use super::*;
     use ShardState::*;
+
+    #[test]
+    fn a_cluster_store_out_of_reach_is_not_ready_and_says_so() {
+        let Readiness::NotReady { reason, .. } = readiness(&[Serving, StoreUnreachable], false)
+        else {
+            panic!("an unreachable cluster store is not ready");
+        };
+        assert!(reason.contains("unreachable from shard 1"), "{reason}");
+        assert_eq!(
+            ShardState::from_u8(StoreUnreachable as u8),
+            StoreUnreachable
+        );
+    }
 
     #[test]
     fn ready_only_when_every_shard_serves_and_not_shutting_down() {

@@ -8,18 +8,23 @@ mod admin_token;
 mod as_conn;
 mod boot;
 mod broadcasts;
+mod cluster;
 mod compaction;
 mod ctx;
 mod health;
 pub mod http;
+mod http_client;
 mod http_conn;
 pub mod metrics;
+mod node_conn;
+mod node_link;
 mod pages;
 mod per_ip;
 pub mod process;
 mod runtime;
 pub mod shard;
 mod shared;
+mod store;
 mod ua_conn;
 mod wakeup;
 mod wakeup_client;
@@ -67,6 +72,24 @@ pub struct ServerConfig {
     /// (`PUT /v1/broadcasts/<id>`, `/metrics`, `/about`); `None` disables them
     /// there.
     pub admin_token: Option<String>,
+    /// Cluster mode (`--cluster`); `None`: a single node with its own WAL.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// One node of a cluster whose state lives in a Redis Cluster (SPEC §2).
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// `redis://host:port` of every seed node (a dead one is skipped).
+    pub seeds: Vec<String>,
+    /// The node-to-node listener.
+    pub node_listen: SocketAddr,
+    /// How other nodes reach `node_listen` (`http://host:port`).
+    pub node_url: String,
+    /// Replicas that must acknowledge a write before it counts (`WAIT`).
+    pub replicas: u32,
+    pub wait_timeout_ms: u64,
+    /// Redis calls per pipelined batch of a shard.
+    pub pipeline_max: usize,
 }
 
 /// `scheme://host[:port]` of a URL: the VAPID `aud` Herald expects.

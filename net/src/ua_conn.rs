@@ -26,6 +26,7 @@ use herald_engine::push::HttpResponse;
 use herald_engine::rate::Limited;
 use herald_engine::shard::close;
 use herald_engine::ConnId;
+use herald_store::RecordLog;
 
 use crate::ctx::{Adopted, Ctx};
 use crate::http;

@@ -11,10 +11,11 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 
+use crate::http_client::{read_response, split_http_url, Response};
 use crate::wakeup_metrics::{reason, WakeupMetrics};
 
 /// Calls written before reading their answers.
@@ -24,9 +25,6 @@ pub const QUEUE_MAX: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A proxy that takes longer than this to answer is treated as down.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest response head and body we accept from a proxy.
-const RESPONSE_HEAD_BYTES_MAX: usize = 8 * 1024;
-const RESPONSE_BODY_BYTES_MAX: usize = 64 * 1024;
 
 /// `http://host[:port][/prefix]` split into what a request needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,24 +37,8 @@ pub struct ProxyUrl {
 
 impl ProxyUrl {
     pub fn parse(url: &str) -> Result<ProxyUrl, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("wakeup proxy {url:?}: only http:// proxies are supported"))?;
-        let (authority, prefix) = match rest.find('/') {
-            Some(index) => (&rest[..index], &rest[index..]),
-            None => (rest, ""),
-        };
-        if authority.is_empty() || authority.contains(['@', ' ', '?', '#']) {
-            return Err(format!("wakeup proxy {url:?}: bad host"));
-        }
-        let authority = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
-        {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
+        let (authority, prefix) =
+            split_http_url(url).map_err(|error| format!("wakeup proxy {error}"))?;
         Ok(ProxyUrl {
             authority,
             path: format!("{}/wakeup", prefix.trim_end_matches('/')),
@@ -161,7 +143,7 @@ async fn exchange(
     }
     for _ in bodies {
         match read_response(stream, buffer).await {
-            Ok((status, close)) => {
+            Ok(Response { status, close, .. }) => {
                 if (200..300).contains(&status) {
                     outcome.ok += 1;
                 } else {
@@ -180,63 +162,6 @@ async fn exchange(
     }
     outcome.keep = true;
     outcome
-}
-
-/// Reads one response (head via httparse, body by Content-Length) from
-/// `buffer` + the stream; leaves any following bytes in `buffer`. Returns the
-/// status and whether the proxy will close the connection.
-async fn read_response(
-    stream: &mut TcpStream,
-    buffer: &mut Vec<u8>,
-) -> Result<(u16, bool), &'static str> {
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut response = httparse::Response::new(&mut headers);
-        match response.parse(buffer) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let status = response.code.ok_or("no status")?;
-                let mut length = 0usize;
-                let mut close = response.version == Some(0);
-                for header in response.headers.iter() {
-                    if header.name.eq_ignore_ascii_case("content-length") {
-                        length = std::str::from_utf8(header.value)
-                            .ok()
-                            .and_then(|text| text.trim().parse().ok())
-                            .ok_or("bad content-length")?;
-                    } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-                        return Err("chunked answers are not supported");
-                    } else if header.name.eq_ignore_ascii_case("connection") {
-                        close |= header.value.eq_ignore_ascii_case(b"close");
-                    }
-                }
-                if length > RESPONSE_BODY_BYTES_MAX {
-                    return Err("answer too large");
-                }
-                while buffer.len() < head_len + length {
-                    read_some(stream, buffer).await?;
-                }
-                buffer.drain(..head_len + length);
-                return Ok((status, close));
-            }
-            Ok(httparse::Status::Partial) if buffer.len() < RESPONSE_HEAD_BYTES_MAX => {
-                read_some(stream, buffer).await?;
-            }
-            Ok(httparse::Status::Partial) => return Err("answer head too large"),
-            Err(_) => return Err("malformed answer"),
-        }
-    }
-}
-
-async fn read_some(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(), &'static str> {
-    let mut chunk = [0u8; 2048];
-    match stream.read(&mut chunk).await {
-        Ok(0) => Err("proxy closed the connection"),
-        Ok(read) => {
-            buffer.extend_from_slice(&chunk[..read]);
-            Ok(())
-        }
-        Err(_) => Err("read failed or timed out"),
-    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,9 @@ pub enum StoreError {
     Compaction(String),
     /// The log was closed.
     Closed,
+    /// Cluster mode: Redis does not answer or acknowledge right now; the
+    /// store keeps trying (`cause`: the last failure).
+    Unreachable { cause: String },
 }
 
 impl StoreError {
@@ -127,6 +130,9 @@ impl fmt::Display for StoreError {
             StoreError::Layout { data_dir, reason } => write!(f, "data dir {data_dir}: {reason}"),
             StoreError::Compaction(reason) => write!(f, "cannot compact: {reason}"),
             StoreError::Closed => write!(f, "the write-ahead log is closed"),
+            StoreError::Unreachable { cause } => {
+                write!(f, "the cluster store is unreachable ({cause})")
+            }
         }
     }
 }

@@ -54,6 +54,7 @@
 // `u64::is_multiple_of` is newer (1.87) than the workspace's rust-version (1.85).
 #![allow(clippy::manual_is_multiple_of)]
 
+pub mod cluster;
 mod error;
 pub mod format;
 mod glommio_storage;
@@ -65,6 +66,7 @@ mod log;
 mod mem_log;
 pub mod record_log;
 pub mod recovery;
+pub mod redis;
 pub mod storage;
 
 pub use error::StoreError;
@@ -75,7 +77,7 @@ pub use layout::{check_layout, shard_dir};
 pub use lock::DataDirLock;
 pub use log::{CompactReport, FsyncMode, Log, LogOptions, LogStats, ProgressFn, Recovered};
 pub use mem_log::MemLog;
-pub use record_log::RecordLog;
+pub use record_log::{Claim, ClaimError, RecordLog};
 pub use recovery::{RecoveryProgress, RecoveryReport};
 pub use storage::{CrashSpec, FaultStorage, MemStorage, Storage};
 

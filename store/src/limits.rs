@@ -45,3 +45,12 @@ pub const RECOVERY_PROGRESS_EVERY_RECORDS: u64 = 100_000;
 /// Upper bound on a snapshot record count we are willing to believe when it is
 /// read back; anything above is treated as damage.
 pub const SNAPSHOT_MAX_RECORDS: u64 = 1 << 40;
+
+/// Largest reply frame the Redis client buffers (store/src/redis/). Herald's
+/// replies are a UA's records at most (a few MiB even for a full queue);
+/// a server that sends more is answered with a protocol error, not with
+/// memory.
+pub const REDIS_REPLY_MAX_BYTES: usize = 64 << 20;
+
+/// The Redis client reads its sockets in pieces of this size.
+pub const REDIS_READ_CHUNK_BYTES: usize = 64 << 10;

@@ -16,9 +16,21 @@
 use std::future::Future;
 
 use herald_engine::record::Record;
-use herald_engine::Lsn;
+use herald_engine::{Lsn, Uaid};
 
 use crate::StoreError;
+
+/// A cluster store's answer to a claim: the UA's records, to apply in order.
+#[derive(Debug, Default)]
+pub struct Claim {
+    pub records: Vec<Record>,
+    /// The node that held the UA before (its node URL), told to let go.
+    pub previous_owner: Option<String>,
+}
+
+/// A claim failed: the store did not answer or did not make it durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimError(pub String);
 
 /// A shard's log of records, as its driver uses it. Single-threaded: an
 /// implementation lives on its shard's thread, so its futures need not be
@@ -35,7 +47,8 @@ pub trait RecordLog {
     /// Every record up to this LSN survives a crash.
     fn durable_lsn(&self) -> Lsn;
 
-    /// The store failed for good: nothing more becomes durable.
+    /// The store failed: nothing more becomes durable (for good for a WAL;
+    /// a cluster store may come back, and then reads false again).
     fn failed(&self) -> bool;
 
     /// Bytes appended since the store was opened (what compaction is
@@ -45,6 +58,28 @@ pub trait RecordLog {
     /// Resolves once `lsn` is durable, or with the failure that means it
     /// never will be.
     fn wait_durable(&self, lsn: Lsn) -> impl Future<Output = Result<(), StoreError>> + 'static;
+
+    /// Cluster stores only (SPEC §8): makes this shard the one that writes
+    /// `uaid`, taking it from any other node (the last claim wins), and
+    /// returns its records. A WAL holds every UA of its shard, whose engine
+    /// never asks.
+    fn claim(&self, _uaid: Uaid) -> impl Future<Output = Result<Claim, ClaimError>> + 'static {
+        std::future::ready(Err(ClaimError(
+            "this store holds every UA of its shard; there is nothing to claim".to_owned(),
+        )))
+    }
+
+    /// Cluster stores only: gives the claim on `uaid` back, after the records
+    /// appended before this call.
+    fn release(&self, _uaid: Uaid) {}
+
+    /// Cluster stores only: appended records the store refused because
+    /// another node had taken their UA over, with their LSNs. They count as
+    /// settled for [`RecordLog::durable_lsn`], so the caller must not treat
+    /// them as durable: it answers their requests 503 and drops the UA.
+    fn take_fenced(&self) -> Vec<(Lsn, Uaid)> {
+        Vec::new()
+    }
 
     /// Replaces everything up to `covers_lsn` with `live`: records that,
     /// replayed from an empty shard, rebuild the state after every record

@@ -11,6 +11,8 @@
 //!   [`http_raw`]: [`raw_http`], exact bytes for the malformed cases;
 //! - [`metrics`]: `/metrics` parsed;
 //! - [`ece`]: RFC 8291 decryption, the UA's side;
+//! - [`redis_cluster`]: [`RedisCluster`], nine `redis-server` processes in
+//!   three "data centres", for cluster mode;
 //! - [`util`]: ids, base64url, ports, temp dirs, [`wait_until`].
 //!
 //! Everything is re-exported here, so tests say `use herald_tests::*;`.
@@ -25,6 +27,7 @@ pub mod http_raw;
 pub mod messages;
 pub mod metrics;
 pub mod process;
+pub mod redis_cluster;
 pub mod server;
 pub mod ua;
 pub mod util;
@@ -34,6 +37,7 @@ pub use http_raw::*;
 pub use messages::*;
 pub use metrics::*;
 pub use process::*;
+pub use redis_cluster::RedisCluster;
 pub use serde_json;
 pub use server::*;
 pub use ua::*;

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use herald_engine::identity::KeyMaterial;
 use herald_engine::limits::Limits;
-use herald_net::{FsyncMode, ServerConfig, WakeupRoute};
+use herald_net::{ClusterConfig, FsyncMode, ServerConfig, WakeupRoute};
 use herald_store::DataDirLock;
 
 #[derive(Args, Debug, Default)]
@@ -58,6 +58,44 @@ pub struct ServeArgs {
     /// file: flags show in `ps`) [default: none, disabled]
     #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Run as one node of a cluster: every seed node of its Redis Cluster,
+    /// comma-separated (redis://H:P,redis://H:P,...) [default: none, a
+    /// single node with its own WAL]
+    #[arg(long, env = "HERALD_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Cluster mode: the node-to-node listener (other nodes send it the
+    /// pushes for UAs held here; keep it on a private network)
+    #[arg(long, env = "HERALD_NODE_LISTEN")]
+    pub node_listen: Option<SocketAddr>,
+    /// Cluster mode: how other nodes reach --node-listen [default:
+    /// http://<node-listen>]
+    #[arg(long, env = "HERALD_NODE_URL")]
+    pub node_url: Option<String>,
+}
+
+/// `[cluster]` in the config file: the Redis Cluster behind cluster mode.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct ClusterFile {
+    /// The `--cluster` value: every seed node.
+    seeds: Option<String>,
+    /// Replicas that must acknowledge each write (`WAIT`) before a 2xx.
+    replicas: u32,
+    /// How long a `WAIT` may take before the writes count as failed (503).
+    wait_timeout_ms: u64,
+    /// Redis calls per pipelined batch of one shard.
+    pipeline_max: usize,
+}
+
+impl Default for ClusterFile {
+    fn default() -> ClusterFile {
+        ClusterFile {
+            seeds: None,
+            replicas: 1,
+            wait_timeout_ms: 1000,
+            pipeline_max: 512,
+        }
+    }
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -75,6 +113,10 @@ struct FileConfig {
     wakeup_routes: Vec<String>,
     keys_file: Option<PathBuf>,
     admin_token: Option<String>,
+    node_listen: Option<SocketAddr>,
+    node_url: Option<String>,
+    #[serde(default)]
+    cluster: ClusterFile,
     #[serde(default)]
     limits: Limits,
 }
@@ -115,11 +157,14 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
         .admin_listen
         .or(file.admin_listen)
         .unwrap_or_else(|| "127.0.0.1:8082".parse().expect("literal address"));
-    refuse_shared_listeners(&[
+    let node_listen = args.node_listen.or(file.node_listen);
+    let mut listeners = vec![
         ("UA", ua_listen),
         ("AS", as_listen),
         ("admin", admin_listen),
-    ])?;
+    ];
+    listeners.extend(node_listen.map(|address| ("node", address)));
+    refuse_shared_listeners(&listeners)?;
     let endpoint_url = args
         .endpoint_url
         .or(file.endpoint_url)
@@ -156,7 +201,24 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
         .keys_file
         .or(file.keys_file)
         .unwrap_or_else(|| data_dir.join("keys"));
+    let seeds = args.cluster.or(file.cluster.seeds.clone());
+    if seeds.is_some() && !keys_file.exists() {
+        return Err(format!(
+            "cluster mode: the key file {} must exist, the same on every node (start one node \
+             without --cluster to generate it, then copy it to the others)",
+            keys_file.display()
+        ));
+    }
     let keys = load_or_create_keys(&keys_file)?;
+    let cluster = match seeds {
+        None => None,
+        Some(seeds) => Some(cluster_config(
+            &seeds,
+            node_listen,
+            args.node_url.or(file.node_url),
+            &file.cluster,
+        )?),
+    };
     let config = ServerConfig {
         ua_listen,
         as_listen,
@@ -172,8 +234,40 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
             .admin_token
             .or(file.admin_token)
             .filter(|token| !token.is_empty()),
+        cluster,
     };
     Ok((config, lock))
+}
+
+/// Cluster mode's settings: the seeds, and a node listener other nodes can
+/// reach.
+fn cluster_config(
+    seeds: &str,
+    node_listen: Option<SocketAddr>,
+    node_url: Option<String>,
+    file: &ClusterFile,
+) -> Result<ClusterConfig, String> {
+    let seeds =
+        herald_store::redis::parse_seeds(seeds).map_err(|error| format!("--cluster: {error}"))?;
+    let node_listen =
+        node_listen.ok_or("cluster mode needs --node-listen: other nodes send pushes there")?;
+    let node_url = node_url.unwrap_or_else(|| format!("http://{node_listen}"));
+    if !node_url.starts_with("http://") {
+        return Err(format!(
+            "--node-url must start with http://, got {node_url:?}"
+        ));
+    }
+    if file.pipeline_max == 0 || file.wait_timeout_ms == 0 {
+        return Err("[cluster] pipeline_max and wait_timeout_ms must be above 0".to_owned());
+    }
+    Ok(ClusterConfig {
+        seeds,
+        node_listen,
+        node_url: node_url.trim_end_matches('/').to_owned(),
+        replicas: file.replicas,
+        wait_timeout_ms: file.wait_timeout_ms,
+        pipeline_max: file.pipeline_max,
+    })
 }
 
 /// Two listeners on one port would both bind (SO_REUSEPORT) and split its

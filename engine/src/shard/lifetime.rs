@@ -60,6 +60,7 @@ impl Shard {
         } else {
             self.seen(uaid, at_ms);
         }
+        self.release_if_unused(uaid);
     }
 
     /// `uaid` was seen at `at_ms`. A recorded UA gets a new `UaidCreated`
@@ -107,17 +108,7 @@ impl Shard {
             .collect();
         for uaid in expired {
             self.stats.user_agents_expired += 1;
-            let Some(ua) = self.uas.remove(&uaid) else {
-                continue;
-            };
-            for channel in ua.channels.keys() {
-                if let Some(app) = self.web_apps.get_mut(channel) {
-                    app.uaids.remove(&uaid);
-                    if app.uaids.is_empty() {
-                        self.web_apps.remove(channel);
-                    }
-                }
-            }
+            self.forget_user_agent(uaid);
         }
         self.uas
             .retain(|_, ua| ua.conn.is_some() || !ua.holds_nothing());

@@ -29,6 +29,7 @@ use crate::ua::{self, AckVersion, ClientMessage, Hello};
 use crate::{ChannelId, ConnId, KeyHash, Lsn, Millis, RequestId, Uaid};
 use channels::Channels;
 use lifetime::seen_in_snapshot;
+use residency::Parked;
 
 mod app_protocol;
 mod broadcasts;
@@ -36,6 +37,7 @@ mod channels;
 mod delivery;
 mod lifetime;
 mod requests;
+mod residency;
 mod sockets;
 mod timers;
 
@@ -94,6 +96,17 @@ pub enum Action {
     Awake {
         uaid: Uaid,
     },
+    /// Cluster mode: claim `uaid` in the cluster store, taking it from any
+    /// other node, and load its records (answer with [`Shard::on_loaded`]
+    /// or [`Shard::on_load_failed`]).
+    Load {
+        uaid: Uaid,
+    },
+    /// Cluster mode: this shard no longer holds `uaid`; give its claim back
+    /// (after the records appended before this action).
+    Release {
+        uaid: Uaid,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +118,9 @@ pub struct ShardConfig {
     pub limits: Limits,
     /// `MCC-MNC` keys that have a wakeup route (SPEC §5).
     pub wakeup_networks: Vec<String>,
+    /// Cluster mode: hold only the UAs loaded from the cluster store
+    /// (`residency.rs`), not every UA of the shard's hash range.
+    pub resident_only: bool,
 }
 
 /// Counters for `/metrics` and `/about`; monotonic unless named otherwise.
@@ -226,6 +242,10 @@ pub struct Shard {
     /// Notifications per endpoint (`notifications_per_channel_per_minute`):
     /// memory, not records, so a restart refills every bucket.
     endpoint_rates: Limiter<Endpoint>,
+    /// Cluster mode: the UAs this shard claimed and holds, and what waits
+    /// for the ones being loaded.
+    resident: ahash::AHashSet<Uaid>,
+    loading: AHashMap<Uaid, Parked>,
     actions: VecDeque<Action>,
     stats: Stats,
 }
@@ -255,6 +275,8 @@ impl Shard {
             broadcast_subscribers: AHashMap::new(),
             web_apps: AHashMap::new(),
             endpoint_rates,
+            resident: ahash::AHashSet::new(),
+            loading: AHashMap::new(),
             actions: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -295,6 +317,11 @@ impl Shard {
     /// The WAL failed: refuse every write from now on (SPEC §7, issue 3).
     pub fn on_store_failed(&mut self) {
         self.store_failed = true;
+    }
+
+    /// A cluster store is reachable again (a WAL never comes back).
+    pub fn on_store_recovered(&mut self) {
+        self.store_failed = false;
     }
 
     pub fn next_deadline(&self) -> Option<Millis> {

@@ -4,6 +4,9 @@ use super::*;
 
 impl Shard {
     pub fn on_push(&mut self, now_ms: Millis, request: RequestId, push: PushRequest) {
+        if self.needs_load(push.uaid()) {
+            return self.park_request(request, push);
+        }
         let (after, response) = match push {
             PushRequest::Notify {
                 uaid,

@@ -145,10 +145,15 @@ impl Shard {
             return;
         }
         let uaid = match claimed {
+            Some(uaid) if self.needs_load(uaid) => return self.park_hello(conn, uaid, text),
             Some(uaid) => uaid,
-            None => self
-                .keys
-                .mint_uaid(&mut self.rng, self.config.index, self.config.shards),
+            None => {
+                let minted =
+                    self.keys
+                        .mint_uaid(&mut self.rng, self.config.index, self.config.shards);
+                self.mark_resident(minted);
+                minted
+            }
         };
         self.ua_for_socket(now_ms, uaid);
         if claimed.is_some() {

@@ -21,7 +21,7 @@ use herald_engine::push::{errno, HttpResponse, PushRequest};
 use herald_engine::record::Record;
 use herald_engine::shard::{close, Action, Shard};
 use herald_engine::{ChannelId, ConnId, Lsn, RequestId, Uaid};
-use herald_store::RecordLog;
+use herald_store::{ClaimError, RecordLog};
 
 use super::outbox::{Outbox, Outgoing};
 use super::ring::RingMsg;
@@ -67,6 +67,9 @@ pub struct Driver<L: RecordLog, R: Runtime> {
     batch: Vec<Record>,
     batch_first_lsn: Lsn,
     store_failure_seen: bool,
+    /// Records a cluster store refused (another node took their UA): their
+    /// answers are 503s, not the engine's.
+    fenced: std::collections::BTreeSet<Lsn>,
     /// Frames the engine addressed to a socket it had closed, handed off or
     /// been told is gone: an engine bug, counted for the tests to check.
     frames_for_closed_sockets: u64,
@@ -106,6 +109,7 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
             batch: Vec::new(),
             batch_first_lsn: 0,
             store_failure_seen: false,
+            fenced: std::collections::BTreeSet::new(),
             frames_for_closed_sockets: 0,
             // A hello may legitimately queue every pending message at once;
             // only frames beyond that (and the slack) mean the UA is not reading.
@@ -328,6 +332,7 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
                 self.engine.on_app_notify(now, local, channel, notification);
             }
             RingMsg::Broadcast { id, version } => self.engine.on_broadcast(&id, &version),
+            RingMsg::Dropped { uaid } => self.engine.on_dropped(uaid),
             RingMsg::Reply { request, response } => {
                 self.remote_in_flight = self.remote_in_flight.saturating_sub(1);
                 if let Some(Origin::Local(waiter)) = self.requests.remove(&request) {
@@ -353,12 +358,24 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
 
     // ---- time and durability ----------------------------------------------
 
-    /// The engine's timers; also notices a store that failed since.
+    /// The engine's timers; also notices a store that failed since (or, a
+    /// cluster store, came back).
     pub fn on_tick(&mut self) {
-        if !self.store_failure_seen && self.log.failed() {
-            self.store_failure_seen = true;
-            tracing::error!(shard = self.index, "store failed: refusing writes");
-            self.engine.on_store_failed();
+        let failed = self.log.failed();
+        if failed != self.store_failure_seen {
+            self.store_failure_seen = failed;
+            if failed {
+                tracing::error!(shard = self.index, "store failed: refusing writes");
+                self.engine.on_store_failed();
+            } else {
+                tracing::info!(shard = self.index, "store reachable again: taking writes");
+                self.engine.on_store_recovered();
+            }
+        }
+        if failed {
+            // Held answers get their 503 now, whether or not the store's
+            // waiters return (a cluster store's wait out an outage).
+            self.on_durable();
         }
         let now = self.runtime.now_ms();
         self.engine.on_tick(now);
@@ -380,6 +397,7 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
     /// The store made progress (or failed): answers whose records are now
     /// durable leave; after a failure every held answer is a 503.
     pub fn on_durable(&mut self) {
+        self.take_fenced();
         let durable = self.log.durable_lsn();
         let failed = self.log.failed();
         while let Some(entry) = self.held_replies.first_entry() {
@@ -388,12 +406,56 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
                 break;
             }
             let (origin, response) = entry.remove();
-            let response = if lsn <= durable {
+            let response = if lsn <= durable && !self.fenced.contains(&lsn) {
                 response
             } else {
                 HttpResponse::error(503, errno::STORAGE_FAILED, "storage unavailable")
             };
             self.deliver(origin, response);
+        }
+        // Held answers wait only for LSNs above the durable one.
+        self.fenced = self.fenced.split_off(&(durable + 1));
+    }
+
+    /// Records the store refused because another node took their UA over:
+    /// the UA is no longer this shard's (its socket closes here).
+    fn take_fenced(&mut self) {
+        let fenced = self.log.take_fenced();
+        if fenced.is_empty() {
+            return;
+        }
+        for (lsn, uaid) in fenced {
+            tracing::info!(shard = self.index, uaid = %uaid.to_hex(), lsn, "write fenced: the UA moved to another node");
+            self.fenced.insert(lsn);
+            self.engine.on_dropped(uaid);
+        }
+        self.run_actions();
+    }
+
+    // ---- cluster residency ----------------------------------------------
+
+    /// A claim the runtime ran for an [`Action::Load`] finished.
+    pub fn on_claimed(&mut self, uaid: Uaid, claimed: Result<Vec<Record>, ClaimError>) {
+        let now = self.runtime.now_ms();
+        match claimed {
+            Ok(records) => self.engine.on_loaded(now, uaid, &records),
+            Err(ClaimError(reason)) => {
+                tracing::warn!(shard = self.index, uaid = %uaid.to_hex(), %reason, "claim failed");
+                self.engine.on_load_failed(uaid)
+            }
+        }
+        self.run_actions();
+    }
+
+    /// Another node took `uaid` over (it told this node so): the shard
+    /// that holds it lets go.
+    pub fn on_dropped(&mut self, uaid: Uaid) {
+        let holder = uaid.shard(self.shards);
+        if holder == self.index {
+            self.engine.on_dropped(uaid);
+            self.run_actions();
+        } else {
+            self.runtime.send(holder, RingMsg::Dropped { uaid });
         }
     }
 
@@ -443,6 +505,11 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
                     urgency,
                 } => self.runtime.wakeup(uaid, target, urgency),
                 Action::Awake { uaid } => self.runtime.awake(uaid),
+                Action::Load { uaid } => {
+                    let claim = self.log.claim(uaid);
+                    self.runtime.load(uaid, claim);
+                }
+                Action::Release { uaid } => self.log.release(uaid),
             }
         }
         self.append_batch();

@@ -2,7 +2,7 @@
 
 use herald_engine::extended::AppNotification;
 use herald_engine::push::{HttpResponse, PushRequest};
-use herald_engine::{ChannelId, RequestId};
+use herald_engine::{ChannelId, RequestId, Uaid};
 
 /// A message from one shard to another. `S` is a UA socket in transit, as
 /// the runtime represents it (a descriptor and what was read from it).
@@ -23,6 +23,9 @@ pub enum RingMsg<S> {
         channel: ChannelId,
         notification: AppNotification,
     },
+    /// Cluster mode: another node took this UA over (it says so over the
+    /// node link, to whichever shard took the call).
+    Dropped { uaid: Uaid },
     /// An operator changed a broadcast on another shard.
     Broadcast { id: String, version: String },
     /// The owner's answer, already durable.

@@ -3,9 +3,12 @@
 //! glommio implements it in `net/src/ctx.rs`; the whole-shard simulation
 //! implements it with virtual time and in-memory rings.
 
+use std::future::Future;
+
 use herald_engine::message::{Urgency, WakeupInfo};
 use herald_engine::push::HttpResponse;
 use herald_engine::{Millis, Uaid};
+use herald_store::{Claim, ClaimError};
 
 use super::ring::RingMsg;
 
@@ -42,4 +45,9 @@ pub trait Runtime {
 
     /// The UA reconnected: stop any wakeup in flight for it.
     fn awake(&self, uaid: Uaid);
+
+    /// Cluster mode: runs a claim of `uaid` (a future of the store), tells
+    /// the node that held the UA before to let go, and gives the result to
+    /// [`super::Driver::on_claimed`].
+    fn load(&self, uaid: Uaid, claim: impl Future<Output = Result<Claim, ClaimError>> + 'static);
 }

@@ -217,6 +217,14 @@ impl Runtime for SimRuntime {
     fn awake(&self, uaid: Uaid) {
         self.world.awake.borrow_mut().push(uaid);
     }
+    fn load(
+        &self,
+        _uaid: Uaid,
+        _claim: impl std::future::Future<Output = Result<herald_store::Claim, herald_store::ClaimError>>
+            + 'static,
+    ) {
+        unreachable!("these shards hold every UA of their range (not resident_only)")
+    }
 }
 
 pub type SimDriver = Driver<MemLog, SimRuntime>;
@@ -254,6 +262,7 @@ pub fn shard_config(index: usize, shards: usize, limits: &Limits, wakeup: &[&str
         endpoint_url: ORIGIN.to_owned(),
         limits: limits.clone(),
         wakeup_networks: wakeup.iter().map(|network| network.to_string()).collect(),
+        resident_only: false,
     }
 }
 

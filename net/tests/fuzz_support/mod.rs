@@ -434,6 +434,14 @@ impl Runtime for FuzzRuntime {
     fn awake(&self, _uaid: Uaid) {
         self.effects.borrow_mut().awake += 1;
     }
+    fn load(
+        &self,
+        _uaid: Uaid,
+        _claim: impl std::future::Future<Output = Result<herald_store::Claim, herald_store::ClaimError>>
+            + 'static,
+    ) {
+        unreachable!("these shards hold every UA of their range (not resident_only)")
+    }
 }
 
 fn frame_text(input: &mut Input, world: &World) -> String {
@@ -657,6 +665,7 @@ pub fn shard_frames(data: &[u8]) -> u32 {
         endpoint_url: ORIGIN.to_owned(),
         limits: Limits::test_min(),
         wakeup_networks: vec!["214-07".to_owned()],
+        resident_only: false,
     };
     let keys = keys();
     let engine = Shard::new(config.clone(), keys.clone(), StdRng::seed_from_u64(7));

@@ -1,0 +1,44 @@
+//! Cluster mode on one shard (SPEC §8, issue 11): where a UA is held.
+//!
+//! An AS request for a UA reaches whichever node the AS picked. That node
+//! asks Redis which node holds the UA (`{uaid}u`'s `o` field, a claim
+//! token naming a node URL). If another node does, the request goes there
+//! over the node link and its answer comes back; if none does, or the
+//! holder cannot be reached, this node takes the request itself: its shard
+//! claims the UA, loads it, stores the message and lets go
+//! (`engine/src/shard/residency.rs`).
+
+use std::rc::Rc;
+
+use herald_engine::Uaid;
+use herald_store::cluster::ua_keys;
+use herald_store::redis::{ClusterClient, Command, Reply};
+
+use crate::node_link::NodeLink;
+
+/// What a shard of a cluster node has besides its store.
+pub struct ClusterNode {
+    /// Reads where UAs are held (the store's own client carries writes).
+    pub reader: ClusterClient,
+    pub link: Rc<NodeLink>,
+}
+
+impl ClusterNode {
+    /// The node URL of the other node that holds `uaid`, if one does. Redis
+    /// unreachable reads as "none": the shard's own claim then fails too,
+    /// and the AS gets its 503 from there.
+    pub async fn holder_elsewhere(&self, uaid: &Uaid) -> Option<String> {
+        let [ua_key, ..] = ua_keys(uaid);
+        let lookup = Command::new(
+            &ua_key,
+            vec![b"HGET".to_vec(), ua_key.clone(), b"o".to_vec()],
+        );
+        let replies = self.reader.run(&[lookup], false).await.ok()?;
+        let Some(Reply::Bulk(token)) = replies.into_iter().next() else {
+            return None;
+        };
+        let token = String::from_utf8(token).ok()?;
+        let node = token.split(' ').next().unwrap_or_default();
+        (!node.is_empty() && node != self.link.own_url).then(|| node.to_owned())
+    }
+}

@@ -1,0 +1,61 @@
+//! The node listener (cluster mode, `--node-listen`): calls from other
+//! nodes of the cluster, each with the cluster's node secret. A forwarded AS
+//! request is handled here as the AS listener would, and never sent on; a
+//! "dropped" call says another node took a UA over.
+
+use std::rc::Rc;
+
+use herald_engine::limits::Limits;
+use herald_engine::push::{errno, HttpResponse};
+use herald_engine::Uaid;
+
+use crate::ctx::Ctx;
+use crate::http::Head;
+use crate::http_conn::{self, Routes};
+use crate::node_link::{self, DROPPED_PATH, SECRET_HEADER};
+
+/// Serves one connection of the node listener.
+pub async fn serve(ctx: Rc<Ctx>, stream: glommio::net::TcpStream) {
+    http_conn::serve(&NodeRoutes(ctx), stream).await;
+}
+
+struct NodeRoutes(Rc<Ctx>);
+
+impl Routes for NodeRoutes {
+    fn limits(&self) -> &Limits {
+        &self.0.shared.config.limits
+    }
+
+    fn body_bytes_max(&self) -> usize {
+        crate::as_conn::body_bytes_max(self.limits())
+    }
+
+    fn too_large(&self, _head: &Head) -> HttpResponse {
+        HttpResponse::error(413, errno::PAYLOAD_TOO_LARGE, "body too large")
+    }
+
+    async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse {
+        let ctx = &self.0;
+        let Some(cluster) = &ctx.cluster else {
+            return node_link::unauthorized();
+        };
+        let secret = head
+            .headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(SECRET_HEADER))
+            .map(|(_, value)| value.as_slice());
+        if !cluster.link.admits(secret) {
+            return node_link::unauthorized();
+        }
+        if let Some(uaid) = head.path.strip_prefix(DROPPED_PATH) {
+            let Some(uaid) = Uaid::from_hex(uaid) else {
+                return HttpResponse::error(400, errno::BAD_REQUEST, "not a UAID");
+            };
+            ctx.with_driver(|driver| driver.on_dropped(uaid));
+            return HttpResponse::json(204, String::new());
+        }
+        // A request another node forwarded: handled here, never sent on;
+        // its sender's address was rate-limited on the node that took it.
+        crate::as_conn::route(ctx, None, head, body, true).await
+    }
+}
