@@ -113,10 +113,16 @@ pub async fn route(
     };
     if let (Some(cluster), false) = (&ctx.cluster, forwarded) {
         if let Some(holder) = cluster.holder_elsewhere(&push.uaid()).await {
+            cluster.forwards.set(cluster.forwards.get() + 1);
             match cluster.link.forward(&holder, head, body).await {
                 Ok(response) => return response,
                 // The holder is down or cut off: take the UA from it here.
-                Err(error) => tracing::warn!(%error, "forwarding to the UA's node failed"),
+                Err(error) => {
+                    cluster
+                        .forward_failures
+                        .set(cluster.forward_failures.get() + 1);
+                    tracing::warn!(%error, "forwarding to the UA's node failed");
+                }
             }
         }
     }

@@ -3,6 +3,7 @@
 //! listeners, tick the engine's timers and publish metrics, and drain on
 //! shutdown.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -325,6 +326,18 @@ fn publish(ctx: &Ctx, previous: &Stats) -> Stats {
     ctx.shared
         .metrics
         .publish_wal(ctx.index, wal.batches_synced, wal.records_synced);
+    if let (Some(store), Some(node)) = (ctx.journal.cluster_stats(), &ctx.cluster) {
+        let events = [
+            ("batches", store.batches),
+            ("calls", store.calls),
+            ("claims", store.claims),
+            ("failed_batches", store.failed_batches),
+            ("fenced_writes", store.fenced_writes),
+            ("forwards", node.forwards.get()),
+            ("forward_failures", node.forward_failures.get()),
+        ];
+        ctx.shared.metrics.publish_cluster(ctx.index, &events);
+    }
     ctx.shared.metrics.publish(
         ctx.index,
         &snapshot,
@@ -429,6 +442,8 @@ async fn open_cluster(
     let node = ClusterNode {
         reader,
         link: Rc::new(link),
+        forwards: Cell::new(0),
+        forward_failures: Cell::new(0),
     };
     Ok((ShardStore::Cluster(log), Vec::new(), Some(node)))
 }

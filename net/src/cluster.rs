@@ -8,6 +8,7 @@
 //! claims the UA, loads it, stores the message and lets go
 //! (`engine/src/shard/residency.rs`).
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use herald_engine::Uaid;
@@ -21,6 +22,10 @@ pub struct ClusterNode {
     /// Reads where UAs are held (the store's own client carries writes).
     pub reader: ClusterClient,
     pub link: Rc<NodeLink>,
+    /// AS requests sent to the node holding their UA, and those whose
+    /// holder could not be reached (for `/metrics`).
+    pub forwards: Cell<u64>,
+    pub forward_failures: Cell<u64>,
 }
 
 impl ClusterNode {

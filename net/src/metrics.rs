@@ -35,6 +35,12 @@ struct LimitLabel {
     limit: RateLimit,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub shard: String,
+    pub event: String,
+}
+
 /// What one shard last published, read by `/about` and `/health` too.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ShardSnapshot {
@@ -69,6 +75,7 @@ pub struct Metrics {
     /// Refusals by rate limit, for the process: which shard refused says
     /// nothing to an operator, and the three series exist from the start.
     rate_limited: Family<LimitLabel, Counter>,
+    cluster_events: Family<ClusterLabel, Counter>,
     /// Written by the wakeup core only (see `wakeup_metrics.rs`).
     pub wakeup: crate::wakeup_metrics::WakeupMetrics,
 }
@@ -101,6 +108,7 @@ impl Metrics {
             user_agents_expired: Family::default(),
             errors: Family::default(),
             rate_limited: Family::default(),
+            cluster_events: Family::default(),
             wakeup: crate::wakeup_metrics::WakeupMetrics::default(),
             registry: Registry::default(),
         };
@@ -190,6 +198,11 @@ impl Metrics {
             // Created at 0, so that a limit that never refused shows.
             let _ = metrics.rate_limited.get_or_create(&LimitLabel { limit });
         }
+        registry.register(
+            "cluster_events",
+            "Cluster mode: Redis batches, calls, claims, failed batches, fenced writes, forwards to other nodes",
+            metrics.cluster_events.clone(),
+        );
         metrics.wakeup.register(&mut registry);
         Metrics {
             registry,
@@ -318,6 +331,17 @@ impl Metrics {
             gauge.set(pause_us);
         }
         self.compactions.get_or_create(&label).inc();
+    }
+
+    /// Publishes a cluster node shard's counters, each `(event, total)`.
+    pub fn publish_cluster(&self, shard: usize, events: &[(&'static str, u64)]) {
+        for (event, total) in events {
+            let counter = self.cluster_events.get_or_create(&ClusterLabel {
+                shard: shard.to_string(),
+                event: (*event).to_owned(),
+            });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     pub fn publish_wal(&self, shard: usize, fsyncs: u64, records: u64) {

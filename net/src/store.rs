@@ -8,7 +8,7 @@ use std::pin::Pin;
 
 use herald_engine::record::Record;
 use herald_engine::{Lsn, Uaid};
-use herald_store::cluster::ClusterLog;
+use herald_store::cluster::{ClusterLog, ClusterStats};
 use herald_store::{Claim, ClaimError, DiskLog, LogStats, RecordLog, StoreError};
 
 #[derive(Clone)]
@@ -38,6 +38,14 @@ impl ShardStore {
         match self {
             ShardStore::Wal(log) => log.stats(),
             ShardStore::Cluster(_) => LogStats::default(),
+        }
+    }
+
+    /// The cluster store's counters (a WAL has none of these).
+    pub fn cluster_stats(&self) -> Option<ClusterStats> {
+        match self {
+            ShardStore::Wal(_) => None,
+            ShardStore::Cluster(log) => Some(log.stats()),
         }
     }
 

@@ -85,6 +85,29 @@ fn until_closed(ua: &mut WsClient) -> Vec<serde_json::Value> {
     }
 }
 
+/// The sum over shards of the metric named exactly `name` on `server`.
+fn metric(server: &Server, name: &str) -> f64 {
+    server
+        .metrics()
+        .iter()
+        .filter(|(sample, _)| sample.split('{').next() == Some(name))
+        .map(|(_, value)| *value)
+        .sum()
+}
+
+/// The sum over shards of one `herald_cluster_events_total` event.
+fn cluster_event(server: &Server, event: &str) -> f64 {
+    server
+        .metrics()
+        .iter()
+        .filter(|(sample, _)| {
+            sample.starts_with("herald_cluster_events_total{")
+                && sample.contains(&format!("event=\"{event}\""))
+        })
+        .map(|(_, value)| *value)
+        .sum()
+}
+
 fn versions_of(notification: &serde_json::Value) -> Vec<u64> {
     notification["updates"]
         .as_array()
@@ -126,6 +149,9 @@ fn a_push_taken_by_one_node_reaches_a_ua_held_by_another() {
     response.assert_status(200, "a SimplePush PUT through the other node");
     let notification = ua.recv_notification(DEADLINE);
     assert_eq!(versions_of(&notification), vec![7]);
+    wait_until(DEADLINE, "node A counts the forward it made", || {
+        cluster_event(&cluster.nodes[0], "forwards") >= 1.0
+    });
 
     let mut web = cluster.nodes[1].ua_webpush();
     let (_, endpoint) = web.register_new();
@@ -174,12 +200,25 @@ fn messages_for_a_disconnected_ua_wait_in_redis_for_its_reconnect_anywhere() {
     let (_, endpoint) = ua.register_new();
     let uaid = ua.uaid();
     ua.close();
+    // A node holds only the UAs connected to it (and one a request names,
+    // for that request): nothing once the socket is gone.
+    wait_until(DEADLINE, "node A forgets the UA once it left", || {
+        metric(&cluster.nodes[0], "herald_user_agents") == 0.0
+    });
     let mut accepted = 0;
     for _ in 0..5 {
         let response = push_aes128gcm(&cluster.via(1, &endpoint), &[7u8; 32], 300);
         response.assert_status(201, "a push for a disconnected UA");
         accepted += 1;
     }
+    wait_until(
+        DEADLINE,
+        "node B claimed the UA for each push and let it go",
+        || {
+            cluster_event(&cluster.nodes[1], "claims") >= 5.0
+                && metric(&cluster.nodes[1], "herald_user_agents") == 0.0
+        },
+    );
     let mut ua = cluster.nodes[1].ua_resume(&uaid, true);
     for _ in 0..accepted {
         let notification = ua.recv_notification(DEADLINE);

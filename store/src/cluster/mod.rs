@@ -70,6 +70,20 @@ pub struct ClusterLogOptions {
     pub pipeline_max: usize,
 }
 
+/// What the store did, counted since it opened (for `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Pipelined batches that went through, each with its `WAIT`s.
+    pub batches: u64,
+    /// Script calls in them (writes, claims, releases).
+    pub calls: u64,
+    pub claims: u64,
+    /// Batches that failed and were sent again.
+    pub failed_batches: u64,
+    /// Writes refused because another node had taken the UA.
+    pub fenced_writes: u64,
+}
+
 /// One call waiting in the queue.
 enum Op {
     Write {
@@ -105,6 +119,7 @@ struct Inner {
     writer: RefCell<Option<Waker>>,
     waiters: RefCell<BTreeMap<Lsn, Vec<Waker>>>,
     appended: Cell<u64>,
+    stats: Cell<ClusterStats>,
 }
 
 /// A shard's cluster store. Cheap to clone (an `Rc`); single-threaded.
@@ -129,8 +144,19 @@ impl ClusterLog {
                 writer: RefCell::new(None),
                 waiters: RefCell::new(BTreeMap::new()),
                 appended: Cell::new(0),
+                stats: Cell::new(ClusterStats::default()),
             }),
         }
+    }
+
+    pub fn stats(&self) -> ClusterStats {
+        self.inner.stats.get()
+    }
+
+    fn count(&self, update: impl FnOnce(&mut ClusterStats)) {
+        let mut stats = self.inner.stats.get();
+        update(&mut stats);
+        self.inner.stats.set(stats);
     }
 
     /// Calls queued and not yet acknowledged.
@@ -262,6 +288,11 @@ impl ClusterLog {
     /// answered.
     fn settle(&self, replies: Vec<Reply>) {
         let inner = &*self.inner;
+        let calls = replies.len() as u64;
+        self.count(|stats| {
+            stats.batches += 1;
+            stats.calls += calls;
+        });
         let mut durable = inner.durable_lsn.get();
         for reply in replies {
             let Some(op) = inner.queue.borrow_mut().pop_front() else {
@@ -276,10 +307,12 @@ impl ClusterLog {
                         }
                         inner.tokens.borrow_mut().remove(&uaid);
                         inner.fenced.borrow_mut().push((lsn, uaid));
+                        self.count(|stats| stats.fenced_writes += 1);
                     }
                 }
                 Op::Release { .. } => {}
                 Op::Claim { uaid, answer, .. } => {
+                    self.count(|stats| stats.claims += 1);
                     let claimed = claim_reply(uaid, reply);
                     let _ = answer.try_send(claimed);
                 }
@@ -297,6 +330,7 @@ impl ClusterLog {
     /// not wait out an outage).
     fn batch_failed(&self, error: &RedisError) {
         let inner = &*self.inner;
+        self.count(|stats| stats.failed_batches += 1);
         let first_failure = inner.unavailable.borrow().is_none();
         if first_failure {
             tracing::warn!(%error, "cluster store batch failed; retrying");
