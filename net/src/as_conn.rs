@@ -2,6 +2,7 @@
 //! owning shard over its ring, operator broadcasts, and the operations
 //! pages (the private ones only with the admin token).
 
+use std::net::IpAddr;
 use std::rc::Rc;
 
 use glommio::net::TcpStream;
@@ -13,6 +14,7 @@ use herald_engine::push::{self, errno, DecodeContext, HttpRequest, HttpResponse}
 use crate::ctx::{now_ms, Ctx};
 use crate::http::Head;
 use crate::http_conn::{self, Routes};
+use crate::metrics::RateLimit;
 use crate::pages::Page;
 use crate::shard::{refusal_response, Refusal};
 use crate::{admin_token, broadcasts};
@@ -21,14 +23,19 @@ use crate::{admin_token, broadcasts};
 const FORM_ENCODING_EXPANSION: usize = 3;
 
 pub async fn serve(ctx: Rc<Ctx>, stream: TcpStream) {
-    http_conn::serve(&AsRoutes(ctx), stream).await;
+    let peer = stream.peer_addr().ok().map(|address| address.ip());
+    http_conn::serve(&AsRoutes { ctx, peer }, stream).await;
 }
 
-struct AsRoutes(Rc<Ctx>);
+struct AsRoutes {
+    ctx: Rc<Ctx>,
+    /// The connection's source address, for the per-address rate limit.
+    peer: Option<IpAddr>,
+}
 
 impl Routes for AsRoutes {
     fn limits(&self) -> &Limits {
-        &self.0.shared.config.limits
+        &self.ctx.shared.config.limits
     }
 
     fn body_bytes_max(&self) -> usize {
@@ -44,7 +51,7 @@ impl Routes for AsRoutes {
     }
 
     async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse {
-        route(&self.0, head, body, false).await
+        route(&self.ctx, self.peer, head, body, false).await
     }
 }
 
@@ -53,12 +60,22 @@ pub fn body_bytes_max(limits: &Limits) -> usize {
     limits.push_body_bytes_max * FORM_ENCODING_EXPANSION
 }
 
-/// One AS request. In cluster mode, one for a UA another node holds goes
+/// One AS request from `peer` (for the per-address rate limit; `None`
+/// counts nothing). In cluster mode, one for a UA another node holds goes
 /// there (`cluster.rs`), unless another node already `forwarded` it here.
-pub async fn route(ctx: &Rc<Ctx>, head: &Head, body: &[u8], forwarded: bool) -> HttpResponse {
+pub async fn route(
+    ctx: &Rc<Ctx>,
+    peer: Option<IpAddr>,
+    head: &Head,
+    body: &[u8],
+    forwarded: bool,
+) -> HttpResponse {
     let path = head.path.split('?').next().unwrap_or_default();
     if let Some(page) = Page::of(&head.method, path) {
         return public_page(ctx, head, page);
+    }
+    if let Some(refusal) = over_address_rate(ctx, peer, path) {
+        return refusal;
     }
     match (head.method.as_str(), path) {
         ("POST", _) if path.starts_with("/notify/") => {
@@ -110,6 +127,20 @@ pub async fn route(ctx: &Rc<Ctx>, head: &Head, body: &[u8], forwarded: bool) -> 
         }
     }
     dispatch(ctx, push).await
+}
+
+/// The per-address rate limit, checked before a request costs a decode
+/// (token, VAPID) or a ring slot. Health checks are not counted (above): a
+/// load balancer must not read a sender's flood as the node being down.
+fn over_address_rate(ctx: &Ctx, peer: Option<IpAddr>, path: &str) -> Option<HttpResponse> {
+    let limited = ctx.address_rates.as_request(peer?).err()?;
+    ctx.shared.metrics.rate_limited(RateLimit::as_address, 1);
+    let reason = "too many requests from this address";
+    Some(if path.starts_with("/notify/") {
+        extended::as_error(429, reason).with_retry_after(limited)
+    } else {
+        HttpResponse::rate_limited(reason, limited)
+    })
 }
 
 /// Health is public (load balancers poll it here); the private pages need

@@ -22,11 +22,15 @@ use glommio::net::TcpStream;
 use glommio::spawn_local;
 use glommio::{GlommioError, ResourceType};
 
+use herald_engine::push::HttpResponse;
+use herald_engine::rate::Limited;
 use herald_engine::shard::close;
 use herald_engine::ConnId;
 use herald_store::RecordLog;
 
 use crate::ctx::{Adopted, Ctx};
+use crate::http;
+use crate::metrics::RateLimit;
 use crate::per_ip::IpSlot;
 use crate::shard::{Next, Outbox, Outgoing, RingMsg, STORE_FAILED_CLOSE};
 use crate::websocket::{self, Decoder, FrameError, HandshakeError, Incoming};
@@ -52,7 +56,13 @@ pub fn open_sockets() -> usize {
 /// task, then the protocol in a task of its own ([`Socket::start`]), so that
 /// nothing of the upgrade stays with the socket.
 pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream, ip_slot: Option<IpSlot>) {
-    let Some((buffer, extended)) = upgrade(&ctx, &mut stream).await else {
+    // Counted at connect, answered once the request is read: an answer and
+    // a close before it would reset the connection and lose the answer.
+    let limited = match stream.peer_addr() {
+        Ok(peer) => ctx.address_rates.ua_connect(peer.ip()).err(),
+        Err(_) => None,
+    };
+    let Some((buffer, extended)) = upgrade(&ctx, &mut stream, limited).await else {
         return;
     };
     let socket = Socket::register(&ctx, ip_slot, extended);
@@ -60,9 +70,14 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream, ip_slot: Option<IpSlot>)
     socket.start(ctx, stream, buffer);
 }
 
-/// Reads the upgrade request and answers 101; returns the bytes read past
-/// the request (a UA may send its hello right behind it).
-async fn upgrade(ctx: &Rc<Ctx>, stream: &mut TcpStream) -> Option<(Vec<u8>, bool)> {
+/// Reads the upgrade request and answers 101, or 429 when the connect was
+/// over its address's rate; returns the bytes read past the request (a UA
+/// may send its hello right behind it).
+async fn upgrade(
+    ctx: &Rc<Ctx>,
+    stream: &mut TcpStream,
+    limited: Option<Limited>,
+) -> Option<(Vec<u8>, bool)> {
     let limits = &ctx.shared.config.limits;
     let deadline = Instant::now() + Duration::from_millis(limits.handshake_timeout_ms);
     let mut buffer = Vec::new();
@@ -82,7 +97,10 @@ async fn upgrade(ctx: &Rc<Ctx>, stream: &mut TcpStream) -> Option<(Vec<u8>, bool
                 return None;
             }
             Err(HandshakeError::NotWebSocket) if websocket::is_token_request(&buffer) => {
-                answer_token_request(ctx, stream).await;
+                match limited {
+                    Some(limited) => refuse_rate_limited(ctx, stream, limited).await,
+                    None => answer_token_request(ctx, stream).await,
+                }
                 return None;
             }
             Err(HandshakeError::NotWebSocket) => {
@@ -98,6 +116,10 @@ async fn upgrade(ctx: &Rc<Ctx>, stream: &mut TcpStream) -> Option<(Vec<u8>, bool
             return None;
         }
     };
+    if let Some(limited) = limited {
+        refuse_rate_limited(ctx, stream, limited).await;
+        return None;
+    }
     let response = websocket::upgrade_response(&upgrade);
     if stream.set_read_timeout(None).is_err() || stream.write_all(&response).await.is_err() {
         return None;
@@ -137,6 +159,17 @@ pub fn adopt(ctx: &Rc<Ctx>, adopted: Adopted) {
     let (conn, hello) = (socket.conn, &adopted.hello);
     ctx.with_driver(|driver| driver.on_adopted(conn, hello, adopted.extended));
     socket.start(ctx.clone(), stream, adopted.buffered);
+}
+
+/// 429 with `Retry-After` and a JSON reason, then close: a UA that backs
+/// off as told gets in.
+async fn refuse_rate_limited(ctx: &Ctx, stream: &mut TcpStream, limited: Limited) {
+    ctx.shared.metrics.rate_limited(RateLimit::ua_address, 1);
+    let reason = "too many connections from this address";
+    let response = HttpResponse::rate_limited(reason, limited);
+    let _ = stream
+        .write_all(&http::write_response(&response, false))
+        .await;
 }
 
 async fn refuse(stream: &mut TcpStream, status: &str) {
