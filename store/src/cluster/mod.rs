@@ -409,7 +409,7 @@ fn claim_reply(uaid: Uaid, reply: Reply) -> Result<Claim, ClaimError> {
 }
 
 /// An `HGETALL` reply as (field, value) pairs.
-fn pairs(reply: Reply) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClaimError> {
+fn pairs(reply: Reply) -> Result<keys::HashFields, ClaimError> {
     let Reply::Array(items) = reply else {
         return Err(ClaimError(
             "malformed claim reply: a hash is not an array".into(),
