@@ -192,9 +192,14 @@ fn forged_frame(input: &mut Input) -> Vec<u8> {
         header[7] = input.byte();
         header[12] = input.byte();
     }
-    let body_len = match input.below(4) {
+    let limit = RECORD_BODY_MAX_BYTES as u32;
+    let body_len = match input.below(5) {
         0 => body.len() as u32,
-        1 => (RECORD_BODY_MAX_BYTES as u32).wrapping_add(input.byte().into()),
+        // Longer than the bytes that follow, within the limit.
+        1 => body.len() as u32 + 1 + u32::from(input.byte()),
+        2 => input.u32() % (limit + 1),
+        // At the limit and just past it.
+        3 => limit + u32::from(input.byte()),
         _ => input.u32(),
     };
     header[8..12].copy_from_slice(&body_len.to_le_bytes());
