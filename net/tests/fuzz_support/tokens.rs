@@ -121,19 +121,31 @@ const SWAPS: &[char] = &[
     'A', 'a', 'z', '0', '9', 'f', 'F', 'g', '-', '_', '+', '/', '=', ' ', '%', '.', 'é',
 ];
 
+const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
 /// `text` changed in one place (sometimes not at all: a swap may put back
 /// the same character).
 fn altered(input: &mut Input, text: &str) -> String {
     let mut chars: Vec<char> = text.chars().collect();
     let at = input.below(chars.len() + 1);
     let swap = input.pick(SWAPS);
-    match input.below(5) {
+    match input.below(6) {
         0 if at < chars.len() => chars[at] = swap,
         1 if at < chars.len() => {
             chars.remove(at);
         }
         2 => chars.insert(at, swap),
         3 => chars.truncate(at),
+        4 => {
+            // The last character with its low bits changed: in unpadded
+            // base64 they can be bits past the data, which must be zero
+            // for a token to have one spelling.
+            if let Some(last) = chars.last_mut() {
+                if let Some(index) = BASE64URL.iter().position(|&c| char::from(c) == *last) {
+                    *last = char::from(BASE64URL[index ^ (1 + input.below(3))]);
+                }
+            }
+        }
         _ => chars.push(swap),
     }
     chars.into_iter().collect()
