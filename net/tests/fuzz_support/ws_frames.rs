@@ -15,7 +15,7 @@
 
 use herald_net::websocket::{self, Decoder, FrameError, HandshakeError, Incoming};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
-use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::{Frame, FrameHeader};
 
 use super::Input;
 
@@ -200,12 +200,27 @@ struct Script {
     message: Option<Vec<u8>>,
 }
 
+/// One frame as a client writes it: `mask` applied to the payload (None:
+/// unmasked, which a client must not send). Built from its header, since
+/// tungstenite's other constructors each make one kind of frame.
+fn client_frame(out: &mut Vec<u8>, header: FrameHeader, mask: Option<[u8; 4]>, payload: Vec<u8>) {
+    let header = FrameHeader { mask, ..header };
+    // Writing into a Vec cannot fail.
+    let _ = Frame::from_payload(header, tungstenite::Bytes::from(payload)).format(out);
+}
+
+fn header(opcode: OpCode, is_final: bool) -> FrameHeader {
+    FrameHeader {
+        is_final,
+        opcode,
+        ..FrameHeader::default()
+    }
+}
+
 impl Script {
     fn frame(&mut self, input: &mut Input, opcode: OpCode, is_final: bool, payload: Vec<u8>) {
-        let mut frame = Frame::message(payload, opcode, is_final);
-        frame.header_mut().mask = Some(input.array());
-        // Writing into a Vec cannot fail.
-        let _ = frame.format(&mut self.bytes);
+        let mask = Some(input.array());
+        client_frame(&mut self.bytes, header(opcode, is_final), mask, payload);
     }
 
     /// One data frame of a text message; false once the script must stop.
@@ -238,13 +253,16 @@ impl Script {
 
     /// A frame the decoder must refuse as a protocol error.
     fn broken(&mut self, input: &mut Input) {
-        let payload = input.take(8).to_vec();
-        let mut frame = match input.below(7) {
-            0 => Frame::message(payload, OpCode::Data(Data::Binary), true),
-            1 => Frame::message(payload, OpCode::Data(Data::Reserved(3)), true),
-            2 => Frame::message(payload, OpCode::Control(Control::Reserved(11)), true),
-            3 => Frame::message(payload, OpCode::Control(Control::Ping), false),
-            4 => Frame::ping(vec![b'p'; CONTROL_PAYLOAD_BYTES_MAX + 1]),
+        let mut payload = input.take(8).to_vec();
+        let frame = match input.below(7) {
+            0 => header(OpCode::Data(Data::Binary), true),
+            1 => header(OpCode::Data(Data::Reserved(3)), true),
+            2 => header(OpCode::Control(Control::Reserved(11)), true),
+            3 => header(OpCode::Control(Control::Ping), false),
+            4 => {
+                payload = vec![b'p'; CONTROL_PAYLOAD_BYTES_MAX + 1];
+                header(OpCode::Control(Control::Ping), true)
+            }
             5 => {
                 // Out of sequence: a continuation with no message open, or
                 // a new message while one is.
@@ -252,19 +270,16 @@ impl Script {
                     None => Data::Continue,
                     Some(_) => Data::Text,
                 };
-                Frame::message(payload, OpCode::Data(opcode), true)
+                header(OpCode::Data(opcode), true)
             }
-            _ => {
-                let mut frame = Frame::message(payload, OpCode::Data(Data::Text), true);
-                frame.header_mut().rsv1 = true;
-                frame
-            }
+            _ => FrameHeader {
+                rsv1: true,
+                ..header(OpCode::Data(Data::Text), true)
+            },
         };
-        // Unmasked: a client frame must be masked (RFC 6455 §5.1).
-        if !input.one_in(4) {
-            frame.header_mut().mask = Some(input.array());
-        }
-        let _ = frame.format(&mut self.bytes);
+        // Unmasked now and then: a client frame must be masked (RFC 6455 §5.1).
+        let mask = (!input.one_in(4)).then(|| input.array());
+        client_frame(&mut self.bytes, frame, mask, payload);
         self.expected.push(Event::Protocol);
     }
 }
