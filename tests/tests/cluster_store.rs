@@ -36,6 +36,7 @@ async fn node(seeds: &str, node_url: &str) -> ClusterLog {
             ua_ttl_ms: 60_000,
             pipeline_max: 64,
         },
+        Default::default(),
     );
     let writer = log.clone();
     spawn_local(async move { writer.run_writer().await }).detach();
