@@ -37,7 +37,7 @@ use herald_engine::record::Record;
 use herald_engine::{Lsn, Uaid};
 
 use crate::redis::{ClusterClient, Command, RedisError, Reply, ScriptId};
-use crate::{Claim, ClaimError, Fenced, RecordLog, StoreError};
+use crate::{Claim, ClaimError, Fenced, PreviousClaim, RecordLog, StoreError};
 
 pub use keys::ua_keys;
 
@@ -422,15 +422,15 @@ fn claim_reply(uaid: Uaid, reply: Reply) -> Result<Claim, ClaimError> {
     };
     let (ua, channels, messages) = (pairs(ua)?, pairs(channels)?, pairs(messages)?);
     let records = keys::records_of(uaid, &ua, &channels, &messages).map_err(ClaimError)?;
-    let previous_owner = std::str::from_utf8(&previous)
+    let previous = std::str::from_utf8(&previous)
         .ok()
-        .and_then(|token| token.split(' ').next())
-        .filter(|node| !node.is_empty())
-        .map(str::to_owned);
-    Ok(Claim {
-        records,
-        previous_owner,
-    })
+        .and_then(|token| token.split_once(' '))
+        .filter(|(node, _)| !node.is_empty())
+        .map(|(node, nonce)| PreviousClaim {
+            node: node.to_owned(),
+            nonce: nonce.to_owned(),
+        });
+    Ok(Claim { records, previous })
 }
 
 /// An `HGETALL` reply as (field, value) pairs.
@@ -566,6 +566,16 @@ impl RecordLog for ClusterLog {
             vec![token.to_vec()],
         );
         self.push(Op::Release { call });
+    }
+
+    fn displaced(&self, uaid: Uaid, nonce: &str) -> bool {
+        let current = self.inner.tokens.borrow().get(&uaid).is_some_and(|token| {
+            token.rsplit(|byte| *byte == b' ').next() == Some(nonce.as_bytes())
+        });
+        if current {
+            self.let_go(&uaid);
+        }
+        current
     }
 
     fn take_fenced(&self) -> Vec<Fenced> {
