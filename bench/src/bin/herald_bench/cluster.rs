@@ -60,7 +60,7 @@ fn label((target, placement): (Target, Placement)) -> String {
     }
 }
 
-const FIGURES: [&str; 23] = [
+const FIGURES: [&str; 25] = [
     "delivered_per_s",
     "accepted_per_s",
     "to_ua.p50_ms",
@@ -70,6 +70,7 @@ const FIGURES: [&str; 23] = [
     "as_answer.p99_ms",
     "server_us_per_notification",
     "redis_us_per_notification",
+    "redis_command_us_per_notification",
     "generator_us_per_notification",
     "server_cpu_s",
     "redis_cpu_s",
@@ -78,6 +79,7 @@ const FIGURES: [&str; 23] = [
     "steal_s",
     "refused",
     "redis_masters_bytes_per_ua",
+    "redis_masters_data_bytes_per_ua",
     "redis_all_nodes_bytes_per_ua",
     "redis_memory_usage_one_ua",
     "connects_per_s",

@@ -1,6 +1,8 @@
 //! Readings from the Redis Cluster behind a cluster target: the CPU time of
-//! its processes, the memory its masters and all its nodes use, and what one
-//! UA's keys take.
+//! its processes, the commands they ran, the memory its masters and all its
+//! nodes use, and what one UA's keys take.
+
+use std::collections::BTreeMap;
 
 use herald_tests::redis_cluster::{info_field, request};
 use herald_tests::RedisCluster;
@@ -16,29 +18,47 @@ pub fn cpu_seconds(redis: &RedisCluster) -> f64 {
         .sum()
 }
 
-/// `INFO memory` `used_memory`, summed.
+/// `INFO memory` figures, summed.
 #[derive(Serialize, Clone, Copy, Debug)]
 pub struct UsedMemory {
-    /// Over the masters: one copy of the data.
+    /// `used_memory` over the masters: one copy of the data.
     pub masters: u64,
-    /// Over every node: the masters and their replicas.
+    /// The part of it that is buffers of a fixed or passing size, not data:
+    /// connections (`mem_clients_normal`: Herald's, opened on first use,
+    /// with their buffers; `mem_cluster_links`) and replication
+    /// (`mem_replication_backlog`, which fills up to `repl-backlog-size`,
+    /// 1 MiB, as writes stream through it, and `mem_clients_slaves`).
+    pub masters_buffers: u64,
+    /// `used_memory` over every node: the masters and their replicas.
     pub all: u64,
 }
 
 pub fn used_memory(redis: &RedisCluster) -> UsedMemory {
-    let sum = |ports: &[u16]| -> u64 {
+    let sum = |ports: &[u16], fields: &[&str]| -> u64 {
         ports
             .iter()
-            .map(|&port| {
-                info_field(port, "INFO", "memory", "used_memory")
-                    .parse::<u64>()
-                    .unwrap_or(0)
+            .flat_map(|&port| {
+                fields.iter().map(move |field| {
+                    info_field(port, "INFO", "memory", field)
+                        .parse::<u64>()
+                        .unwrap_or(0)
+                })
             })
             .sum()
     };
+    let masters = redis.masters();
     UsedMemory {
-        masters: sum(&redis.masters()),
-        all: sum(&redis.ports()),
+        masters: sum(&masters, &["used_memory"]),
+        masters_buffers: sum(
+            &masters,
+            &[
+                "mem_clients_normal",
+                "mem_cluster_links",
+                "mem_replication_backlog",
+                "mem_clients_slaves",
+            ],
+        ),
+        all: sum(&redis.ports(), &["used_memory"]),
     }
 }
 
@@ -63,4 +83,68 @@ pub fn one_ua_bytes(redis: &RedisCluster) -> Option<u64> {
             })
             .sum()
     })
+}
+
+/// `INFO commandstats` summed over every node (masters run what Herald
+/// sends, replicas what the masters replicate): per command, its calls and
+/// the µs Redis spent executing them (its own clock: no I/O, no event loop).
+pub fn command_stats(redis: &RedisCluster) -> BTreeMap<String, (u64, u64)> {
+    let mut stats = BTreeMap::new();
+    for port in redis.ports() {
+        let Ok(OwnedFrame::BulkString(text)) = request(port, &["INFO", "commandstats"]) else {
+            continue;
+        };
+        for line in String::from_utf8_lossy(&text).lines() {
+            let Some((command, fields)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|rest| rest.split_once(':'))
+            else {
+                continue;
+            };
+            let field = |name: &str| -> u64 {
+                fields
+                    .split(',')
+                    .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(0)
+            };
+            let entry = stats.entry(command.to_owned()).or_insert((0, 0));
+            entry.0 += field("calls");
+            entry.1 += field("usec");
+        }
+    }
+    stats
+}
+
+/// One command's share of a notification.
+#[derive(Serialize, Clone, Copy, Debug)]
+pub struct PerNotification {
+    pub calls: f64,
+    pub us: f64,
+}
+
+/// What the commands of `after` minus `before` were per notification, per
+/// command and (the µs of execution) all together.
+pub fn commands_per(
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+    notifications: u64,
+) -> (BTreeMap<String, PerNotification>, f64) {
+    let per = |count: u64| count as f64 / notifications.max(1) as f64;
+    let mut commands = BTreeMap::new();
+    let mut usec = 0;
+    for (command, (calls_after, usec_after)) in after {
+        let (calls_before, usec_before) = before.get(command).copied().unwrap_or((0, 0));
+        let calls = calls_after.saturating_sub(calls_before);
+        let spent = usec_after.saturating_sub(usec_before);
+        if calls > 0 {
+            let share = PerNotification {
+                calls: per(calls),
+                us: per(spent),
+            };
+            commands.insert(command.clone(), share);
+        }
+        usec += spent;
+    }
+    (commands, per(usec))
 }

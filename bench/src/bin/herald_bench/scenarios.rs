@@ -174,6 +174,7 @@ pub fn load_run(
     let connected = processes.collect("connected");
     let cpu_before = server.cpu_seconds();
     let redis_cpu_before = redis_cpu_seconds(&server);
+    let commands_before = server.redis().map(crate::redis::command_stats);
     let machine_before = machine_cpu_seconds();
     tell_start(&mut processes);
     let done = processes.collect("done");
@@ -183,6 +184,7 @@ pub fn load_run(
     let redis_cpu = redis_cpu_seconds(&server)
         .zip(redis_cpu_before)
         .map(|(after, before)| after - before);
+    let commands_after = server.redis().map(crate::redis::command_stats);
     processes.finish();
     server.stop();
 
@@ -241,6 +243,11 @@ pub fn load_run(
     if let Some(redis_cpu) = redis_cpu {
         figures["redis_cpu_s"] = json!(redis_cpu);
         figures["redis_us_per_notification"] = json!(us_per(redis_cpu, delivered));
+    }
+    if let (Some(before), Some(after)) = (commands_before, commands_after) {
+        let (commands, usec) = crate::redis::commands_per(&before, &after, delivered);
+        figures["redis_commands_per_notification"] = json!(commands);
+        figures["redis_command_us_per_notification"] = json!(usec);
     }
     figures
 }
@@ -319,6 +326,13 @@ pub fn idle_run(target: Target, shards: usize, args: &IdleArgs) -> Value {
         figures["redis_used_memory_before"] = json!(before);
         figures["redis_used_memory_after"] = json!(after);
         figures["redis_masters_bytes_per_ua"] = json!(per_ua(before.masters, after.masters));
+        // The same without buffers that do not grow with the UAs but do
+        // grow during the run: Herald's connections to the masters open on
+        // first use, the replication backlog fills as writes go through.
+        figures["redis_masters_data_bytes_per_ua"] = json!(per_ua(
+            before.masters.saturating_sub(before.masters_buffers),
+            after.masters.saturating_sub(after.masters_buffers)
+        ));
         figures["redis_all_nodes_bytes_per_ua"] = json!(per_ua(before.all, after.all));
         figures["redis_memory_usage_one_ua"] = json!(one_ua);
     }
