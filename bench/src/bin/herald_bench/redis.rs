@@ -148,3 +148,29 @@ pub fn commands_per(
     }
     (commands, per(usec))
 }
+
+/// `MEMORY STATS` summed over the masters: each numeric field (a database's
+/// own fields as `db.0.<field>`), for where memory per UA goes.
+pub fn memory_stats(redis: &RedisCluster) -> BTreeMap<String, i64> {
+    let mut stats = BTreeMap::new();
+    for port in redis.masters() {
+        if let Ok(OwnedFrame::Array(fields)) = request(port, &["MEMORY", "STATS"]) {
+            add_fields(&mut stats, "", &fields);
+        }
+    }
+    stats
+}
+
+fn add_fields(stats: &mut BTreeMap<String, i64>, prefix: &str, fields: &[OwnedFrame]) {
+    for pair in fields.chunks(2) {
+        let [OwnedFrame::BulkString(name) | OwnedFrame::SimpleString(name), value] = pair else {
+            continue;
+        };
+        let name = format!("{prefix}{}", String::from_utf8_lossy(name));
+        match value {
+            OwnedFrame::Integer(number) => *stats.entry(name).or_insert(0) += number,
+            OwnedFrame::Array(inner) => add_fields(stats, &format!("{name}."), inner),
+            _ => {}
+        }
+    }
+}

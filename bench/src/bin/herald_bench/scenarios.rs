@@ -272,6 +272,7 @@ pub fn idle_run(target: Target, shards: usize, args: &IdleArgs) -> Value {
     let server = UnderTest::start(target, shards);
     let baseline = server.rss_bytes();
     let redis_baseline = server.redis().map(crate::redis::used_memory);
+    let stats_baseline = server.redis().map(crate::redis::memory_stats);
     let workers = args.workers.max(1);
     let specs: Vec<Spec> = (0..workers)
         .map(|index| Spec {
@@ -297,6 +298,7 @@ pub fn idle_run(target: Target, shards: usize, args: &IdleArgs) -> Value {
     let loaded = server.rss_bytes();
     let redis_loaded = server.redis().map(crate::redis::used_memory);
     let one_ua = server.redis().and_then(crate::redis::one_ua_bytes);
+    let stats_loaded = server.redis().map(crate::redis::memory_stats);
     processes.tell(&json!({"verify": true}));
     let done = processes.collect("done");
     processes.finish();
@@ -335,6 +337,18 @@ pub fn idle_run(target: Target, shards: usize, args: &IdleArgs) -> Value {
         ));
         figures["redis_all_nodes_bytes_per_ua"] = json!(per_ua(before.all, after.all));
         figures["redis_memory_usage_one_ua"] = json!(one_ua);
+    }
+    if let (Some(before), Some(after)) = (stats_baseline, stats_loaded) {
+        // Where the masters' memory per UA went (keys, hash tables, data).
+        let per_ua: serde_json::Map<String, Value> = after
+            .iter()
+            .map(|(field, value)| {
+                let grown = value - before.get(field).copied().unwrap_or(0);
+                (field.clone(), json!(grown as f64 / uas.max(1) as f64))
+            })
+            .filter(|(_, grown)| grown.as_f64() != Some(0.0))
+            .collect();
+        figures["redis_masters_memory_stats_per_ua"] = Value::Object(per_ua);
     }
     figures
 }
