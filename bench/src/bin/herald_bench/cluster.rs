@@ -60,7 +60,7 @@ fn label((target, placement): (Target, Placement)) -> String {
     }
 }
 
-const FIGURES: [&str; 25] = [
+const FIGURES: [&str; 24] = [
     "delivered_per_s",
     "accepted_per_s",
     "to_ua.p50_ms",
@@ -70,7 +70,6 @@ const FIGURES: [&str; 25] = [
     "as_answer.p99_ms",
     "server_us_per_notification",
     "redis_us_per_notification",
-    "redis_command_us_per_notification",
     "generator_us_per_notification",
     "server_cpu_s",
     "redis_cpu_s",

@@ -87,7 +87,8 @@ pub fn one_ua_bytes(redis: &RedisCluster) -> Option<u64> {
 
 /// `INFO commandstats` summed over every node (masters run what Herald
 /// sends, replicas what the masters replicate): per command, its calls and
-/// the µs Redis spent executing them (its own clock: no I/O, no event loop).
+/// the µs spent inside them (wall clock, so a node preempted mid-command
+/// counts the wait; no I/O, no event loop).
 pub fn command_stats(redis: &RedisCluster) -> BTreeMap<String, (u64, u64)> {
     let mut stats = BTreeMap::new();
     for port in redis.ports() {
@@ -120,33 +121,31 @@ pub fn command_stats(redis: &RedisCluster) -> BTreeMap<String, (u64, u64)> {
 #[derive(Serialize, Clone, Copy, Debug)]
 pub struct PerNotification {
     pub calls: f64,
+    /// Execution µs. A script's (`evalsha`) and a transaction's (`exec`)
+    /// include the commands they ran, which are counted on their own as
+    /// well: the figures do not add up.
     pub us: f64,
 }
 
-/// What the commands of `after` minus `before` were per notification, per
-/// command and (the µs of execution) all together.
+/// What the commands of `after` minus `before` were per notification.
 pub fn commands_per(
     before: &BTreeMap<String, (u64, u64)>,
     after: &BTreeMap<String, (u64, u64)>,
     notifications: u64,
-) -> (BTreeMap<String, PerNotification>, f64) {
+) -> BTreeMap<String, PerNotification> {
     let per = |count: u64| count as f64 / notifications.max(1) as f64;
-    let mut commands = BTreeMap::new();
-    let mut usec = 0;
-    for (command, (calls_after, usec_after)) in after {
-        let (calls_before, usec_before) = before.get(command).copied().unwrap_or((0, 0));
-        let calls = calls_after.saturating_sub(calls_before);
-        let spent = usec_after.saturating_sub(usec_before);
-        if calls > 0 {
+    after
+        .iter()
+        .filter_map(|(command, (calls_after, usec_after))| {
+            let (calls_before, usec_before) = before.get(command).copied().unwrap_or((0, 0));
+            let calls = calls_after.saturating_sub(calls_before);
             let share = PerNotification {
                 calls: per(calls),
-                us: per(spent),
+                us: per(usec_after.saturating_sub(usec_before)),
             };
-            commands.insert(command.clone(), share);
-        }
-        usec += spent;
-    }
-    (commands, per(usec))
+            (calls > 0).then(|| (command.clone(), share))
+        })
+        .collect()
 }
 
 /// `MEMORY STATS` summed over the masters: each numeric field (a database's

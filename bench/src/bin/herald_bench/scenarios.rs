@@ -245,9 +245,8 @@ pub fn load_run(
         figures["redis_us_per_notification"] = json!(us_per(redis_cpu, delivered));
     }
     if let (Some(before), Some(after)) = (commands_before, commands_after) {
-        let (commands, usec) = crate::redis::commands_per(&before, &after, delivered);
+        let commands = crate::redis::commands_per(&before, &after, delivered);
         figures["redis_commands_per_notification"] = json!(commands);
-        figures["redis_command_us_per_notification"] = json!(usec);
     }
     figures
 }
