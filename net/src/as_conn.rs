@@ -3,6 +3,7 @@
 //! pages (the private ones only with the admin token).
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use glommio::net::TcpStream;
 
@@ -10,6 +11,7 @@ use herald_engine::extended;
 use herald_engine::limits::Limits;
 use herald_engine::push::{self, errno, DecodeContext, HttpRequest, HttpResponse};
 
+use crate::client_addr;
 use crate::ctx::{now_ms, Ctx};
 use crate::http::Head;
 use crate::http_conn::{self, Routes};
@@ -20,15 +22,26 @@ use crate::{admin_token, broadcasts};
 /// A form-encoded SimplePush body may spell each payload byte as `%XX`.
 const FORM_ENCODING_EXPANSION: usize = 3;
 
-pub async fn serve(ctx: Rc<Ctx>, stream: TcpStream) {
-    http_conn::serve(&AsRoutes(ctx), stream).await;
+pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
+    let limits = &ctx.shared.config.limits;
+    // A trusted proxy's PROXY header gets the time any request's head gets.
+    let deadline = Instant::now() + Duration::from_millis(limits.http_read_timeout_ms);
+    let Some(origin) = client_addr::accept(&ctx.shared, ctx.index, &mut stream, deadline).await
+    else {
+        return;
+    };
+    http_conn::serve(&AsRoutes { ctx }, stream, origin.rest).await;
+    // The connection's place under the cap on connections per IP ends here.
+    drop(origin.slot);
 }
 
-struct AsRoutes(Rc<Ctx>);
+struct AsRoutes {
+    ctx: Rc<Ctx>,
+}
 
 impl Routes for AsRoutes {
     fn limits(&self) -> &Limits {
-        &self.0.shared.config.limits
+        &self.ctx.shared.config.limits
     }
 
     fn body_bytes_max(&self) -> usize {
@@ -44,7 +57,7 @@ impl Routes for AsRoutes {
     }
 
     async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse {
-        route(&self.0, head, body, false).await
+        route(&self.ctx, head, body, false).await
     }
 }
 

@@ -8,6 +8,8 @@ mod admin_token;
 mod as_conn;
 mod boot;
 mod broadcasts;
+pub mod cidrs;
+mod client_addr;
 mod cluster;
 mod compaction;
 mod ctx;
@@ -21,6 +23,7 @@ mod node_link;
 mod pages;
 mod per_ip;
 pub mod process;
+mod proxy_header;
 mod runtime;
 pub mod shard;
 mod shared;
@@ -41,6 +44,7 @@ use std::path::PathBuf;
 use herald_engine::identity::KeyMaterial;
 use herald_engine::limits::Limits;
 
+pub use cidrs::Cidrs;
 pub use herald_store::FsyncMode;
 pub use runtime::serve;
 
@@ -74,6 +78,10 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// Cluster mode (`--cluster`); `None`: a single node with its own WAL.
     pub cluster: Option<ClusterConfig>,
+    /// Peers whose PROXY headers (UA and AS listeners) and `Forwarded` /
+    /// `X-Forwarded-For` headers (AS listener) name the client
+    /// (`--trusted-proxy`); everyone else's are not believed.
+    pub trusted_proxies: cidrs::Cidrs,
 }
 
 /// One node of a cluster whose state lives in a Redis Cluster (SPEC §2).

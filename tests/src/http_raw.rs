@@ -25,7 +25,18 @@ pub struct RawHttp {
 /// for the server closing the connection.
 pub fn raw_http(addr: &str, request: &[u8], within: Duration, close_window: Duration) -> RawHttp {
     let sa = addr.to_socket_addrs().unwrap().next().unwrap();
-    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(5)).expect("connect");
+    let s = TcpStream::connect_timeout(&sa, Duration::from_secs(5)).expect("connect");
+    raw_http_on(s, request, within, close_window)
+}
+
+/// [`raw_http`] on a connected stream (one from a chosen source address,
+/// say).
+pub fn raw_http_on(
+    mut s: TcpStream,
+    request: &[u8],
+    within: Duration,
+    close_window: Duration,
+) -> RawHttp {
     s.set_nodelay(true).ok();
     let mut note = String::new();
     if let Err(e) = s.write_all(request) {
@@ -145,7 +156,7 @@ impl RawHttp {
     }
 }
 
-pub(crate) fn read_http_head(
+pub fn read_http_head(
     stream: &mut TcpStream,
     within: Duration,
 ) -> Result<(String, Vec<u8>), String> {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use herald_engine::identity::KeyMaterial;
 use herald_engine::limits::Limits;
-use herald_net::{ClusterConfig, FsyncMode, ServerConfig, WakeupRoute};
+use herald_net::{Cidrs, ClusterConfig, FsyncMode, ServerConfig, WakeupRoute};
 use herald_store::DataDirLock;
 
 #[derive(Args, Debug, Default)]
@@ -71,6 +71,15 @@ pub struct ServeArgs {
     /// http://<node-listen>]
     #[arg(long, env = "HERALD_NODE_URL")]
     pub node_url: Option<String>,
+    /// A proxy (CIDR) whose PROXY protocol headers (UA and AS listeners) and
+    /// Forwarded / X-Forwarded-For headers (AS listener) name the client
+    /// (repeatable; env: comma-separated) [default: none]
+    #[arg(
+        long = "trusted-proxy",
+        env = "HERALD_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[cluster]` in the config file: the Redis Cluster behind cluster mode.
@@ -115,6 +124,8 @@ struct FileConfig {
     admin_token: Option<String>,
     node_listen: Option<SocketAddr>,
     node_url: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
     #[serde(default)]
     cluster: ClusterFile,
     #[serde(default)]
@@ -195,6 +206,13 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
         .iter()
         .map(|route| parse_route(route))
         .collect::<Result<Vec<_>, _>>()?;
+    let trusted_proxies = if args.trusted_proxies.is_empty() {
+        file.trusted_proxies
+    } else {
+        args.trusted_proxies
+    };
+    let trusted_proxies =
+        Cidrs::parse(&trusted_proxies).map_err(|error| format!("--trusted-proxy: {error}"))?;
     let lock = DataDirLock::acquire(&data_dir).map_err(|error| error.to_string())?;
     prepare_data_dir(&data_dir)?;
     let keys_file = args
@@ -235,6 +253,7 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
             .or(file.admin_token)
             .filter(|token| !token.is_empty()),
         cluster,
+        trusted_proxies,
     };
     Ok((config, lock))
 }
@@ -428,6 +447,28 @@ mod tests {
             error.contains("fsync must be always, batch or never, not \"sometimes\""),
             "{error}"
         );
+    }
+
+    #[test]
+    fn trusted_proxies_from_the_file_the_flag_wins() {
+        let scratch = Scratch::new("proxies");
+        let path = scratch.config("batch");
+        let mut text = fs::read_to_string(&path).expect("config");
+        text.push_str("trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\n");
+        fs::write(&path, text).expect("write config");
+        let resolved = |flags: &[&str]| {
+            let mut argv = vec!["herald", "--config", path.to_str().expect("utf-8")];
+            argv.extend_from_slice(flags);
+            let cli = Cli::try_parse_from(argv).expect("parses");
+            resolve(cli.serve).map(|(config, _)| config.trusted_proxies)
+        };
+        let from_file = resolved(&[]).expect("resolves");
+        assert_eq!(from_file.to_string(), "10.0.0.0/8, 2001:db8::1/128");
+        let from_flags =
+            resolved(&["--trusted-proxy", "192.0.2.0/24,198.51.100.1"]).expect("flags");
+        assert_eq!(from_flags.to_string(), "192.0.2.0/24, 198.51.100.1/32");
+        let error = resolved(&["--trusted-proxy", "10.0.0.0/40"]).expect_err("a bad range");
+        assert!(error.starts_with("--trusted-proxy: "), "{error}");
     }
 
     #[test]
