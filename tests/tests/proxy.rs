@@ -250,3 +250,26 @@ fn a_strangers_proxy_header_is_protocol_bytes() {
         .expect("a stranger's plain upgrade")
         .hello(None, None, true);
 }
+
+/// `GET /token` (SPEC §3.6) is limited per client address: per named
+/// client behind the proxy.
+#[test]
+fn ua_tokens_are_limited_per_named_client() {
+    let server = Server::start(
+        ServerOptions::new()
+            .limit("tokens_per_ip_per_minute_max", 2)
+            .arg("--trusted-proxy")
+            .arg("127.0.0.1/32"),
+    );
+    let listener = socket_addr(&server.ua_addr());
+    let token = |client: IpAddr| {
+        let stream = connect_from(ip(PROXY), &server.ua_addr());
+        let mut request = proxy_v2(client, listener);
+        request.extend_from_slice(b"GET /token HTTP/1.1\r\nHost: herald\r\n\r\n");
+        raw_http_on(stream, &request, DEADLINE, Duration::ZERO).status
+    };
+    let (first, second) = (ip("203.0.113.50"), ip("203.0.113.51"));
+    assert_eq!([token(first), token(first)], [Some(200), Some(200)]);
+    assert_eq!(token(first), Some(429), "a third token for one client");
+    assert_eq!(token(second), Some(200), "another client of the same proxy");
+}
