@@ -10,6 +10,7 @@ pub mod identity;
 pub mod limits;
 pub mod message;
 pub mod push;
+pub mod rate;
 pub mod record;
 pub mod shard;
 pub mod ua;

@@ -75,6 +75,34 @@ pub struct Limits {
     /// figure, so that UAs that are gone for good do not fill disk and RAM.
     /// 0 keeps UAs forever.
     pub ua_expiry_days: u64,
+    /// Notifications one channel (endpoint) may take: a token bucket that
+    /// refills at this rate and holds up to `notifications_per_channel_burst`;
+    /// beyond it the AS gets 429 with `Retry-After`, and nothing is stored.
+    /// An extended-protocol app url is limited the same way on each shard.
+    /// 0 turns the limit off.
+    pub notifications_per_channel_per_minute: u32,
+    pub notifications_per_channel_burst: u32,
+    /// AS requests one source address may make (health checks aside), per
+    /// shard: each shard limits the requests it accepts, so an address
+    /// whose connections land on every shard may make up to `shards` times
+    /// this. Beyond it: 429 with `Retry-After`, the connection stays open.
+    /// 0 turns the limit off.
+    pub as_requests_per_ip_per_s: u32,
+    pub as_requests_per_ip_burst: u32,
+    /// UA connects (WebSocket upgrades and `GET /token`s) one source address
+    /// may make, per shard as above; a socket says hello once, so this bounds
+    /// hellos too. Beyond it the upgrade is refused with 429 and
+    /// `Retry-After`. 0 turns the limit off.
+    pub ua_connects_per_ip_per_s: u32,
+    pub ua_connects_per_ip_burst: u32,
+    /// Whether the per-address limits also count loopback sources. Off by
+    /// default: on loopback the address says nothing about the client (a
+    /// TLS proxy on the same host, local tools, load generators), and one
+    /// bucket for all of them would throttle every client at once.
+    pub rate_limit_loopback: bool,
+    /// Keys (channels, source addresses) one shard tracks for each rate
+    /// limit: the bound on the limits' memory whatever keys arrive.
+    pub rate_limited_keys_max: usize,
 }
 
 impl Default for Limits {
@@ -110,6 +138,14 @@ impl Default for Limits {
             wakeup_per_network_per_s: 1_000,
             wakeup_per_network_burst: 2_000,
             ua_expiry_days: UA_EXPIRY_DAYS_DEFAULT,
+            notifications_per_channel_per_minute: 600,
+            notifications_per_channel_burst: 1_000,
+            as_requests_per_ip_per_s: 1_000,
+            as_requests_per_ip_burst: 10_000,
+            ua_connects_per_ip_per_s: 100,
+            ua_connects_per_ip_burst: 1_000,
+            rate_limit_loopback: false,
+            rate_limited_keys_max: 100_000,
         }
     }
 }
@@ -141,6 +177,9 @@ impl Limits {
     }
 
     /// Tiny limits so that tests hit every bound within a few operations.
+    /// The rate limits keep their defaults: the rule tests and the
+    /// simulation push as fast as they like, and tests of a rate limit set
+    /// their own.
     pub fn test_min() -> Limits {
         Limits {
             ws_message_bytes_max: 1024,

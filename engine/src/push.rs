@@ -7,6 +7,7 @@ use serde_json::json;
 use crate::identity::{EndpointClaims, Keys, MessageClaims};
 use crate::limits::Limits;
 use crate::message::{MessageBody, Urgency};
+use crate::rate::Limited;
 use crate::{vapid, ChannelId, KeyHash, Millis, Uaid};
 
 /// Error numbers in JSON error bodies; autopush's values where one exists.
@@ -29,6 +30,8 @@ pub mod errno {
     pub const BAD_REQUEST: u16 = 119;
     pub const OVERLOADED: u16 = 201;
     pub const STORAGE_FAILED: u16 = 202;
+    /// 429: a rate limit (per channel, per source address); autopush has none.
+    pub const RATE_LIMITED: u16 = 203;
     pub const INTERNAL: u16 = 999;
 }
 
@@ -71,6 +74,16 @@ impl HttpResponse {
     pub fn overloaded(message: &str) -> HttpResponse {
         HttpResponse::error(503, errno::OVERLOADED, message)
             .with_header("Retry-After", "1".to_owned())
+    }
+
+    /// 429 with `Retry-After`: a rate limit said no.
+    pub fn rate_limited(message: &str, limited: Limited) -> HttpResponse {
+        HttpResponse::error(429, errno::RATE_LIMITED, message).with_retry_after(limited)
+    }
+
+    /// `Retry-After` in whole seconds (RFC 9110 §10.2.3).
+    pub fn with_retry_after(self, limited: Limited) -> HttpResponse {
+        self.with_header("Retry-After", limited.retry_after_s().to_string())
     }
 }
 

@@ -27,6 +27,7 @@ use ahash::AHashMap;
 
 use crate::limits::Limits;
 use crate::message::{Urgency, WakeupInfo};
+use crate::rate::{Bucket, Rate};
 use crate::Uaid;
 
 /// Monotonic milliseconds on the wakeup core's clock.
@@ -111,23 +112,13 @@ struct Entry {
 struct Network {
     key: String,
     route: usize,
-    /// Thousandths of a token, so that refill is exact in integer maths.
-    tokens_milli: u64,
-    refilled_ms: Ms,
+    /// Paid a token per dispatch, at `per_network_per_s`.
+    bucket: Bucket,
     /// Indexed by [`Urgency::to_u8`]; drained from the highest index down.
     ready: [VecDeque<(Uaid, u64)>; 4],
 }
 
 impl Network {
-    fn refill(&mut self, now_ms: Ms, limits: &PlanLimits) {
-        let elapsed_ms = now_ms.saturating_sub(self.refilled_ms);
-        // rate per second == milli-tokens per millisecond.
-        let added = elapsed_ms.saturating_mul(u64::from(limits.per_network_per_s));
-        let cap = u64::from(limits.per_network_burst) * 1000;
-        self.tokens_milli = self.tokens_milli.saturating_add(added).min(cap);
-        self.refilled_ms = now_ms;
-    }
-
     fn queued(&self) -> bool {
         self.ready.iter().any(|queue| !queue.is_empty())
     }
@@ -151,6 +142,8 @@ pub struct PlanStats {
 
 pub struct Planner {
     limits: PlanLimits,
+    /// Each network's bucket refills at this rate.
+    rate: Rate,
     entries: AHashMap<Uaid, Entry>,
     networks: Vec<Network>,
     network_index: AHashMap<String, usize>,
@@ -163,15 +156,13 @@ pub struct Planner {
 
 impl Planner {
     /// `networks`: (MCC-MNC, route index) for every configured route.
-    pub fn new(limits: PlanLimits, networks: &[(String, usize)], now_ms: Ms) -> Planner {
-        let burst_milli = u64::from(limits.per_network_burst) * 1000;
+    pub fn new(limits: PlanLimits, networks: &[(String, usize)]) -> Planner {
         let networks: Vec<Network> = networks
             .iter()
             .map(|(key, route)| Network {
                 key: key.clone(),
                 route: *route,
-                tokens_milli: burst_milli,
-                refilled_ms: now_ms,
+                bucket: Bucket::default(),
                 ready: Default::default(),
             })
             .collect();
@@ -180,8 +171,11 @@ impl Planner {
             .enumerate()
             .map(|(index, network)| (network.key.clone(), index))
             .collect();
+        let rate = Rate::per_s(limits.per_network_per_s.max(1), limits.per_network_burst)
+            .expect("a rate of at least one a second");
         Planner {
             limits,
+            rate,
             entries: AHashMap::new(),
             networks,
             network_index,
@@ -312,7 +306,6 @@ impl Planner {
         if !network.queued() {
             return false;
         }
-        network.refill(now_ms, &self.limits);
         loop {
             let Some((level, (uaid, generation))) = (0..4)
                 .rev()
@@ -329,11 +322,10 @@ impl Planner {
                 network.ready[level].pop_front();
                 continue;
             }
-            if network.tokens_milli < 1000 {
+            if network.bucket.take(&self.rate, now_ms).is_err() {
                 self.stats.rate_limited += 1;
                 return false;
             }
-            network.tokens_milli -= 1000;
             network.ready[level].pop_front();
             let route = network.route;
             let Some(entry) = self.entries.get_mut(&uaid) else {
@@ -384,7 +376,7 @@ impl Planner {
         self.next_generation += 1;
         entry.generation = self.next_generation;
         let network = &mut self.networks[entry.network];
-        network.tokens_milli += 1000;
+        network.bucket.refund(&self.rate);
         network.ready[entry.urgency.to_u8() as usize].push_front((dispatch.uaid, entry.generation));
     }
 
@@ -422,14 +414,7 @@ impl Planner {
             .networks
             .iter()
             .filter(|network| network.queued())
-            .map(|network| {
-                let elapsed_ms = now_ms.saturating_sub(network.refilled_ms);
-                let have = network.tokens_milli.saturating_add(
-                    elapsed_ms.saturating_mul(u64::from(self.limits.per_network_per_s)),
-                );
-                let missing = 1000u64.saturating_sub(have);
-                now_ms + missing.div_ceil(u64::from(self.limits.per_network_per_s))
-            })
+            .map(|network| network.bucket.ready_at_ms(&self.rate, now_ms))
             .min();
         match (retry, refill) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -481,7 +466,6 @@ mod tests {
         Planner::new(
             limits,
             &[("214-07".to_owned(), 0), ("310-410".to_owned(), 1)],
-            0,
         )
     }
 

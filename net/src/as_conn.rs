@@ -2,6 +2,7 @@
 //! owning shard over its ring, operator broadcasts, and the operations
 //! pages (the private ones only with the admin token).
 
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use crate::client_addr;
 use crate::ctx::{now_ms, Ctx};
 use crate::http::Head;
 use crate::http_conn::{self, Routes};
+use crate::metrics::RateLimit;
 use crate::pages::Page;
 use crate::shard::{refusal_response, Refusal};
 use crate::{admin_token, broadcasts};
@@ -30,13 +32,19 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
     else {
         return;
     };
-    http_conn::serve(&AsRoutes { ctx }, stream, origin.rest).await;
+    let routes = AsRoutes {
+        ctx,
+        connection: origin.client,
+    };
+    http_conn::serve(&routes, stream, origin.rest).await;
     // The connection's place under the cap on connections per IP ends here.
     drop(origin.slot);
 }
 
 struct AsRoutes {
     ctx: Rc<Ctx>,
+    /// The connection's client (`client_addr::accept`).
+    connection: IpAddr,
 }
 
 impl Routes for AsRoutes {
@@ -57,7 +65,7 @@ impl Routes for AsRoutes {
     }
 
     async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse {
-        route(&self.ctx, head, body, false).await
+        route(&self.ctx, Some(self.connection), head, body, false).await
     }
 }
 
@@ -66,12 +74,22 @@ pub fn body_bytes_max(limits: &Limits) -> usize {
     limits.push_body_bytes_max * FORM_ENCODING_EXPANSION
 }
 
-/// One AS request. In cluster mode, one for a UA another node holds goes
+/// One AS request from `client` (for the per-address rate limit; `None`
+/// counts nothing). In cluster mode, one for a UA another node holds goes
 /// there (`cluster.rs`), unless another node already `forwarded` it here.
-pub async fn route(ctx: &Rc<Ctx>, head: &Head, body: &[u8], forwarded: bool) -> HttpResponse {
+pub async fn route(
+    ctx: &Rc<Ctx>,
+    client: Option<IpAddr>,
+    head: &Head,
+    body: &[u8],
+    forwarded: bool,
+) -> HttpResponse {
     let path = head.path.split('?').next().unwrap_or_default();
     if let Some(page) = Page::of(&head.method, path) {
         return public_page(ctx, head, page);
+    }
+    if let Some(refusal) = over_address_rate(ctx, client, path) {
+        return refusal;
     }
     match (head.method.as_str(), path) {
         ("POST", _) if path.starts_with("/notify/") => {
@@ -109,14 +127,34 @@ pub async fn route(ctx: &Rc<Ctx>, head: &Head, body: &[u8], forwarded: bool) -> 
     };
     if let (Some(cluster), false) = (&ctx.cluster, forwarded) {
         if let Some(holder) = cluster.holder_elsewhere(&push.uaid()).await {
+            cluster.forwards.set(cluster.forwards.get() + 1);
             match cluster.link.forward(&holder, head, body).await {
                 Ok(response) => return response,
                 // The holder is down or cut off: take the UA from it here.
-                Err(error) => tracing::warn!(%error, "forwarding to the UA's node failed"),
+                Err(error) => {
+                    cluster
+                        .forward_failures
+                        .set(cluster.forward_failures.get() + 1);
+                    tracing::warn!(%error, "forwarding to the UA's node failed");
+                }
             }
         }
     }
     dispatch(ctx, push).await
+}
+
+/// The per-address rate limit, checked before a request costs a decode
+/// (token, VAPID) or a ring slot. Health checks are not counted (above): a
+/// load balancer must not read a sender's flood as the node being down.
+fn over_address_rate(ctx: &Ctx, client: Option<IpAddr>, path: &str) -> Option<HttpResponse> {
+    let limited = ctx.address_rates.as_request(client?).err()?;
+    ctx.shared.metrics.rate_limited(RateLimit::as_address, 1);
+    let reason = "too many requests from this address";
+    Some(if path.starts_with("/notify/") {
+        extended::as_error(429, reason).with_retry_after(limited)
+    } else {
+        HttpResponse::rate_limited(reason, limited)
+    })
 }
 
 /// Health is public (load balancers poll it here); the private pages need

@@ -3,6 +3,7 @@
 //! listeners, tick the engine's timers and publish metrics, and drain on
 //! shutdown.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -112,8 +113,10 @@ pub async fn run(
         index,
         config.shards,
     );
-    for (id, version) in crate::broadcasts::load(&config.data_dir) {
-        driver.on_broadcast(&id, &version);
+    if config.cluster.is_none() {
+        for (id, version) in crate::broadcasts::load(&config.data_dir) {
+            driver.on_broadcast(&id, &version);
+        }
     }
     drop(recovered);
     let listeners = shared_listener(config.ua_listen)
@@ -173,6 +176,7 @@ pub async fn run(
     let writer = ctx.journal.clone();
     spawn_local(async move { writer.run_writer(index).await }).detach();
     spawn_local(release_answers(ctx.clone())).detach();
+    spawn_local(crate::broadcasts::follow_cluster(ctx.clone())).detach();
     let _ = ready.send(Ok(()));
     // Accept only once every shard has replayed its log: a UA handed to, or an
     // AS request routed to, a shard still replaying would wait on it.
@@ -321,6 +325,18 @@ fn publish(ctx: &Ctx, previous: &Stats) -> Stats {
     ctx.shared
         .metrics
         .publish_wal(ctx.index, wal.batches_synced, wal.records_synced);
+    if let (Some(store), Some(node)) = (ctx.journal.cluster_stats(), &ctx.cluster) {
+        let events = [
+            ("batches", store.batches),
+            ("calls", store.calls),
+            ("claims", store.claims),
+            ("failed_batches", store.failed_batches),
+            ("fenced_writes", store.fenced_writes),
+            ("forwards", node.forwards.get()),
+            ("forward_failures", node.forward_failures.get()),
+        ];
+        ctx.shared.metrics.publish_cluster(ctx.index, &events);
+    }
     ctx.shared.metrics.publish(
         ctx.index,
         &snapshot,
@@ -425,6 +441,8 @@ async fn open_cluster(
     let node = ClusterNode {
         reader,
         link: Rc::new(link),
+        forwards: Cell::new(0),
+        forward_failures: Cell::new(0),
     };
     Ok((ShardStore::Cluster(log), Vec::new(), Some(node)))
 }

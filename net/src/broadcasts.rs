@@ -5,7 +5,8 @@
 //! outside the per-UAID WALs: one file per broadcast in `<data-dir>/broadcasts/`
 //! (written atomically and synced before the 200), loaded by every shard at
 //! start; a change is applied on the accepting shard and sent to the others
-//! over the rings.
+//! over the rings. A cluster node keeps them in Redis instead
+//! (`cluster.rs`), where every shard of every node reads them once a second.
 
 use std::fs;
 use std::io::Write;
@@ -107,7 +108,14 @@ pub async fn set(
             "body must be version=<1-128 printable characters>",
         );
     };
-    if let Err(error) = store(&config.data_dir, id, &version) {
+    let stored = match &ctx.cluster {
+        Some(cluster) => cluster
+            .store_broadcast(id, &version)
+            .await
+            .map_err(|error| error.to_string()),
+        None => store(&config.data_dir, id, &version).map_err(|error| error.to_string()),
+    };
+    if let Err(error) = stored {
         tracing::error!(%error, id, "cannot store broadcast");
         return HttpResponse::error(503, errno::STORAGE_FAILED, "cannot store the broadcast");
     }
@@ -122,6 +130,25 @@ pub async fn set(
         }
     }
     HttpResponse::json(200, "{}".to_owned())
+}
+
+/// Cluster mode: applies the cluster's broadcasts to this shard once a
+/// second, for as long as the shard runs (a version it already has is a
+/// no-op; Redis out of reach is tried again on the next round).
+pub async fn follow_cluster(ctx: Rc<Ctx>) {
+    let Some(cluster) = &ctx.cluster else {
+        return;
+    };
+    loop {
+        if let Ok(broadcasts) = cluster.broadcasts().await {
+            ctx.with_driver(|driver| {
+                for (id, version) in &broadcasts {
+                    driver.on_broadcast(id, version);
+                }
+            });
+        }
+        glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 #[cfg(test)]

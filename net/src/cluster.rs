@@ -1,4 +1,5 @@
-//! Cluster mode on one shard (SPEC §8, issue 11): where a UA is held.
+//! Cluster mode on one shard (SPEC §8, issue 11): where a UA is held, and
+//! the operator's broadcasts, which every node serves.
 //!
 //! An AS request for a UA reaches whichever node the AS picked. That node
 //! asks Redis which node holds the UA (`{uaid}u`'s `o` field, a claim
@@ -8,19 +9,27 @@
 //! claims the UA, loads it, stores the message and lets go
 //! (`engine/src/shard/residency.rs`).
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use herald_engine::Uaid;
 use herald_store::cluster::ua_keys;
-use herald_store::redis::{ClusterClient, Command, Reply};
+use herald_store::redis::{ClusterClient, Command, RedisError, Reply};
 
 use crate::node_link::NodeLink;
+
+/// Every broadcast of the cluster: one hash (one slot), id → version.
+const BROADCASTS_KEY: &[u8] = b"{herald}broadcasts";
 
 /// What a shard of a cluster node has besides its store.
 pub struct ClusterNode {
     /// Reads where UAs are held (the store's own client carries writes).
     pub reader: ClusterClient,
     pub link: Rc<NodeLink>,
+    /// AS requests sent to the node holding their UA, and those whose
+    /// holder could not be reached (for `/metrics`).
+    pub forwards: Cell<u64>,
+    pub forward_failures: Cell<u64>,
 }
 
 impl ClusterNode {
@@ -40,5 +49,48 @@ impl ClusterNode {
         let token = String::from_utf8(token).ok()?;
         let node = token.split(' ').next().unwrap_or_default();
         (!node.is_empty() && node != self.link.own_url).then(|| node.to_owned())
+    }
+
+    /// Stores a broadcast's version, acknowledged by the configured replicas
+    /// like any record.
+    pub async fn store_broadcast(&self, id: &str, version: &str) -> Result<(), RedisError> {
+        let set = Command::new(
+            BROADCASTS_KEY,
+            vec![
+                b"HSET".to_vec(),
+                BROADCASTS_KEY.to_vec(),
+                id.as_bytes().to_vec(),
+                version.as_bytes().to_vec(),
+            ],
+        );
+        match self.reader.run(&[set], true).await?.into_iter().next() {
+            Some(Reply::Error(error)) => Err(RedisError::Protocol(error)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every broadcast the cluster holds (each shard reads them once a
+    /// second: an operator's change reaches every node within about that).
+    pub async fn broadcasts(&self) -> Result<Vec<(String, String)>, RedisError> {
+        let all = Command::new(
+            BROADCASTS_KEY,
+            vec![b"HGETALL".to_vec(), BROADCASTS_KEY.to_vec()],
+        );
+        let reply = self.reader.run(&[all], false).await?.into_iter().next();
+        let Some(Reply::Array(items)) = reply else {
+            return Ok(Vec::new());
+        };
+        let text = |item: Reply| match item {
+            Reply::Bulk(bytes) => String::from_utf8(bytes).ok(),
+            _ => None,
+        };
+        let mut items = items.into_iter();
+        let mut broadcasts = Vec::new();
+        while let (Some(id), Some(version)) = (items.next(), items.next()) {
+            if let (Some(id), Some(version)) = (text(id), text(version)) {
+                broadcasts.push((id, version));
+            }
+        }
+        Ok(broadcasts)
     }
 }

@@ -24,7 +24,7 @@ use herald_store::{Claim, ClaimError};
 
 use crate::cluster::ClusterNode;
 use crate::node_link::NodeLink;
-use crate::per_ip::IpSlot;
+use crate::per_ip::{AddressRates, IpSlot};
 use crate::shard::{Driver, RingMsg, Runtime};
 use crate::shared::Shared;
 use crate::store::ShardStore;
@@ -153,6 +153,8 @@ pub struct Ctx {
     pub senders: Rc<Senders<ShardRing>>,
     /// `GET /token` requests per source address in the current minute.
     token_requests: RefCell<AHashMap<IpAddr, (Millis, u32)>>,
+    /// This shard's rate limits per source address.
+    pub address_rates: AddressRates,
 }
 
 impl Ctx {
@@ -168,6 +170,7 @@ impl Ctx {
     ) -> Ctx {
         Ctx {
             index,
+            address_rates: AddressRates::new(&shared.config.limits),
             shared,
             keys,
             driver: RefCell::new(driver),

@@ -2,7 +2,7 @@
 //! publishes its engine's counters into its own labelled series once a second,
 //! so the hot paths touch no shared memory.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -19,6 +19,26 @@ pub struct ShardLabel {
 pub struct ErrorLabel {
     pub shard: String,
     pub kind: String,
+}
+
+/// The rate limits of SPEC §9, as `herald_rate_limited_total` names them.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, reason = "the label values Prometheus shows")]
+pub enum RateLimit {
+    channel,
+    as_address,
+    ua_address,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: RateLimit,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub shard: String,
+    pub event: String,
 }
 
 /// What one shard last published, read by `/about` and `/health` too.
@@ -52,6 +72,10 @@ pub struct Metrics {
     hand_offs: Family<ShardLabel, Counter>,
     user_agents_expired: Family<ShardLabel, Counter>,
     errors: Family<ErrorLabel, Counter>,
+    /// Refusals by rate limit, for the process: which shard refused says
+    /// nothing to an operator, and the three series exist from the start.
+    rate_limited: Family<LimitLabel, Counter>,
+    cluster_events: Family<ClusterLabel, Counter>,
     /// Written by the wakeup core only (see `wakeup_metrics.rs`).
     pub wakeup: crate::wakeup_metrics::WakeupMetrics,
 }
@@ -83,6 +107,8 @@ impl Metrics {
             hand_offs: Family::default(),
             user_agents_expired: Family::default(),
             errors: Family::default(),
+            rate_limited: Family::default(),
+            cluster_events: Family::default(),
             wakeup: crate::wakeup_metrics::WakeupMetrics::default(),
             registry: Registry::default(),
         };
@@ -159,6 +185,24 @@ impl Metrics {
             metrics.user_agents_expired.clone(),
         );
         registry.register("errors", "Errors by kind", metrics.errors.clone());
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 by a rate limit (an app notification once per shard that refused it)",
+            metrics.rate_limited.clone(),
+        );
+        for limit in [
+            RateLimit::channel,
+            RateLimit::as_address,
+            RateLimit::ua_address,
+        ] {
+            // Created at 0, so that a limit that never refused shows.
+            let _ = metrics.rate_limited.get_or_create(&LimitLabel { limit });
+        }
+        registry.register(
+            "cluster_events",
+            "Cluster mode: Redis batches, calls, claims, failed batches, fenced writes, forwards to other nodes",
+            metrics.cluster_events.clone(),
+        );
         metrics.wakeup.register(&mut registry);
         Metrics {
             registry,
@@ -171,6 +215,14 @@ impl Metrics {
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    pub fn rate_limited(&self, limit: RateLimit, count: u64) {
+        if count > 0 {
+            self.rate_limited
+                .get_or_create(&LimitLabel { limit })
+                .inc_by(count);
+        }
     }
 
     pub fn error(&self, shard: usize, kind: &str, count: u64) {
@@ -232,6 +284,12 @@ impl Metrics {
             stats.user_agents_expired,
             previous.user_agents_expired,
         );
+        self.rate_limited(
+            RateLimit::channel,
+            stats
+                .channel_rate_limited
+                .saturating_sub(previous.channel_rate_limited),
+        );
         self.error(
             shard,
             "protocol",
@@ -273,6 +331,17 @@ impl Metrics {
             gauge.set(pause_us);
         }
         self.compactions.get_or_create(&label).inc();
+    }
+
+    /// Publishes a cluster node shard's counters, each `(event, total)`.
+    pub fn publish_cluster(&self, shard: usize, events: &[(&'static str, u64)]) {
+        for (event, total) in events {
+            let counter = self.cluster_events.get_or_create(&ClusterLabel {
+                shard: shard.to_string(),
+                event: (*event).to_owned(),
+            });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     pub fn publish_wal(&self, shard: usize, fsyncs: u64, records: u64) {

@@ -54,7 +54,8 @@ impl Routes for NodeRoutes {
             ctx.with_driver(|driver| driver.on_dropped(uaid));
             return HttpResponse::json(204, String::new());
         }
-        // A request another node forwarded: handled here, never sent on.
-        crate::as_conn::route(ctx, head, body, true).await
+        // A request another node forwarded: handled here, never sent on;
+        // its sender's address was rate-limited on the node that took it.
+        crate::as_conn::route(ctx, None, head, body, true).await
     }
 }

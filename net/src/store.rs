@@ -8,8 +8,8 @@ use std::pin::Pin;
 
 use herald_engine::record::Record;
 use herald_engine::{Lsn, Uaid};
-use herald_store::cluster::ClusterLog;
-use herald_store::{Claim, ClaimError, DiskLog, LogStats, RecordLog, StoreError};
+use herald_store::cluster::{ClusterLog, ClusterStats};
+use herald_store::{Claim, ClaimError, DiskLog, Fenced, LogStats, RecordLog, StoreError};
 
 #[derive(Clone)]
 pub enum ShardStore {
@@ -38,6 +38,14 @@ impl ShardStore {
         match self {
             ShardStore::Wal(log) => log.stats(),
             ShardStore::Cluster(_) => LogStats::default(),
+        }
+    }
+
+    /// The cluster store's counters (a WAL has none of these).
+    pub fn cluster_stats(&self) -> Option<ClusterStats> {
+        match self {
+            ShardStore::Wal(_) => None,
+            ShardStore::Cluster(log) => Some(log.stats()),
         }
     }
 
@@ -129,7 +137,7 @@ impl RecordLog for ShardStore {
         }
     }
 
-    fn take_fenced(&self) -> Vec<(Lsn, Uaid)> {
+    fn take_fenced(&self) -> Vec<Fenced> {
         match self {
             ShardStore::Wal(_) => Vec::new(),
             ShardStore::Cluster(log) => log.take_fenced(),

@@ -23,12 +23,16 @@ use glommio::net::TcpStream;
 use glommio::spawn_local;
 use glommio::{GlommioError, ResourceType};
 
+use herald_engine::push::HttpResponse;
+use herald_engine::rate::Limited;
 use herald_engine::shard::close;
 use herald_engine::ConnId;
 use herald_store::RecordLog;
 
 use crate::client_addr;
 use crate::ctx::{Adopted, Ctx};
+use crate::http;
+use crate::metrics::RateLimit;
 use crate::per_ip::IpSlot;
 use crate::shard::{Next, Outbox, Outgoing, RingMsg, STORE_FAILED_CLOSE};
 use crate::websocket::{self, Decoder, FrameError, HandshakeError, Incoming};
@@ -61,7 +65,18 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
     else {
         return;
     };
-    let upgraded = upgrade(&ctx, &mut stream, deadline, origin.client, origin.rest).await;
+    // Counted at connect, answered once the request is read: an answer and
+    // a close before it would reset the connection and lose the answer.
+    let limited = ctx.address_rates.ua_connect(origin.client).err();
+    let upgraded = upgrade(
+        &ctx,
+        &mut stream,
+        deadline,
+        origin.client,
+        limited,
+        origin.rest,
+    )
+    .await;
     let Some((buffer, extended)) = upgraded else {
         return;
     };
@@ -71,13 +86,15 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
 }
 
 /// Reads the upgrade request (after `buffer`, what was read before it) and
-/// answers 101; returns the bytes read past the request (a UA may send its
-/// hello right behind it).
+/// answers 101, or 429 when the connect was over its address's rate;
+/// returns the bytes read past the request (a UA may send its hello right
+/// behind it).
 async fn upgrade(
     ctx: &Rc<Ctx>,
     stream: &mut TcpStream,
     deadline: Instant,
     client: IpAddr,
+    limited: Option<Limited>,
     mut buffer: Vec<u8>,
 ) -> Option<(Vec<u8>, bool)> {
     let limits = &ctx.shared.config.limits;
@@ -97,7 +114,10 @@ async fn upgrade(
                 return None;
             }
             Err(HandshakeError::NotWebSocket) if websocket::is_token_request(&buffer) => {
-                answer_token_request(ctx, stream, client).await;
+                match limited {
+                    Some(limited) => refuse_rate_limited(ctx, stream, limited).await,
+                    None => answer_token_request(ctx, stream, client).await,
+                }
                 return None;
             }
             Err(HandshakeError::NotWebSocket) => {
@@ -113,6 +133,10 @@ async fn upgrade(
             return None;
         }
     };
+    if let Some(limited) = limited {
+        refuse_rate_limited(ctx, stream, limited).await;
+        return None;
+    }
     let response = websocket::upgrade_response(&upgrade);
     if stream.set_read_timeout(None).is_err() || stream.write_all(&response).await.is_err() {
         return None;
@@ -148,6 +172,17 @@ pub fn adopt(ctx: &Rc<Ctx>, adopted: Adopted) {
     let (conn, hello) = (socket.conn, &adopted.hello);
     ctx.with_driver(|driver| driver.on_adopted(conn, hello, adopted.extended));
     socket.start(ctx.clone(), stream, adopted.buffered);
+}
+
+/// 429 with `Retry-After` and a JSON reason, then close: a UA that backs
+/// off as told gets in.
+async fn refuse_rate_limited(ctx: &Ctx, stream: &mut TcpStream, limited: Limited) {
+    ctx.shared.metrics.rate_limited(RateLimit::ua_address, 1);
+    let reason = "too many connections from this address";
+    let response = HttpResponse::rate_limited(reason, limited);
+    let _ = stream
+        .write_all(&http::write_response(&response, false))
+        .await;
 }
 
 async fn refuse(stream: &mut TcpStream, status: &str) {

@@ -100,7 +100,7 @@ async fn run(shared: Arc<Shared>, core: WakeupCore) {
         .enumerate()
         .map(|(index, (network, _))| (network.clone(), index))
         .collect();
-    let mut planner = Planner::new(PlanLimits::from_limits(&config.limits), &networks, now_ms());
+    let mut planner = Planner::new(PlanLimits::from_limits(&config.limits), &networks);
     let mut udp = match UdpSender::new() {
         Ok(udp) => Some(udp),
         Err(error) => {

@@ -28,6 +28,16 @@ pub struct Claim {
     pub previous_owner: Option<String>,
 }
 
+/// A record a cluster store refused because another node had taken its UA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fenced {
+    pub lsn: Lsn,
+    pub uaid: Uaid,
+    /// The refusal hit the shard's current claim: the shard no longer holds
+    /// the UA. False when the shard has claimed it again since the write.
+    pub lost: bool,
+}
+
 /// A claim failed: the store did not answer or did not make it durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimError(pub String);
@@ -74,10 +84,11 @@ pub trait RecordLog {
     fn release(&self, _uaid: Uaid) {}
 
     /// Cluster stores only: appended records the store refused because
-    /// another node had taken their UA over, with their LSNs. They count as
-    /// settled for [`RecordLog::durable_lsn`], so the caller must not treat
-    /// them as durable: it answers their requests 503 and drops the UA.
-    fn take_fenced(&self) -> Vec<(Lsn, Uaid)> {
+    /// another node had taken their UA over. They count as settled for
+    /// [`RecordLog::durable_lsn`], so the caller must not treat them as
+    /// durable: it answers their requests 503, and drops the UA if it was
+    /// `lost`.
+    fn take_fenced(&self) -> Vec<Fenced> {
         Vec::new()
     }
 

@@ -24,24 +24,60 @@ pub struct RawHttp {
 /// Write raw bytes to `addr`, read one response; then watch `close_window`
 /// for the server closing the connection.
 pub fn raw_http(addr: &str, request: &[u8], within: Duration, close_window: Duration) -> RawHttp {
-    let sa = addr.to_socket_addrs().unwrap().next().unwrap();
-    let s = TcpStream::connect_timeout(&sa, Duration::from_secs(5)).expect("connect");
-    raw_http_on(s, request, within, close_window)
+    raw_http_on(RawConn::connect(addr), request, within, close_window)
 }
 
-/// [`raw_http`] on a connected stream (one from a chosen source address,
-/// say).
+/// [`raw_http`] on a connection opened elsewhere.
 pub fn raw_http_on(
-    mut s: TcpStream,
+    mut conn: RawConn,
     request: &[u8],
     within: Duration,
     close_window: Duration,
 ) -> RawHttp {
-    s.set_nodelay(true).ok();
-    let mut note = String::new();
-    if let Err(e) = s.write_all(request) {
-        note = format!("write error: {e}; ");
+    let mut response = conn.exchange(request, within);
+    if !response.closed {
+        let (closed, note) = watch_close(&mut conn.stream, close_window);
+        response.closed = closed;
+        response.note.push_str(&note);
     }
+    response
+}
+
+/// One connection for several requests in turn (keep-alive): each
+/// exchange writes a request and reads its whole response.
+pub struct RawConn {
+    stream: TcpStream,
+}
+
+impl RawConn {
+    pub fn connect(addr: &str) -> RawConn {
+        let sa = addr.to_socket_addrs().unwrap().next().unwrap();
+        RawConn::on(TcpStream::connect_timeout(&sa, Duration::from_secs(5)).expect("connect"))
+    }
+
+    /// A connection opened elsewhere (from a chosen source address, say).
+    pub fn on(stream: TcpStream) -> RawConn {
+        stream.set_nodelay(true).ok();
+        RawConn { stream }
+    }
+
+    /// Writes `request` and reads one response (`closed`: the server closed
+    /// the connection instead of, or while, answering).
+    pub fn exchange(&mut self, request: &[u8], within: Duration) -> RawHttp {
+        let mut note = String::new();
+        if let Err(e) = self.stream.write_all(request) {
+            note = format!("write error: {e}; ");
+        }
+        let mut response = read_response(&mut self.stream, within);
+        response.note.insert_str(0, &note);
+        response
+    }
+}
+
+/// Reads one response: its head, then `Content-Length` bytes of body (or
+/// until the server closes, without one).
+fn read_response(s: &mut TcpStream, within: Duration) -> RawHttp {
+    let mut note = String::new();
     let deadline = Instant::now() + within;
     let mut buf = vec![];
     let mut tmp = [0u8; 8192];
@@ -103,41 +139,48 @@ pub fn raw_http_on(
     } else {
         None
     };
-    let mut closed = eof;
-    if !closed {
-        let deadline = Instant::now() + close_window;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            s.set_read_timeout(Some(deadline - now)).ok();
-            match s.read(&mut tmp) {
-                Ok(0) => {
-                    closed = true;
-                    break;
-                }
-                Ok(n) => note.push_str(&format!("{n} extra bytes after response; ")),
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(_) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
-    }
     RawHttp {
         status,
         head,
         body,
-        closed,
+        closed: eof,
         note,
     }
 }
 
+/// Watches `window` for the server closing the connection: (closed, note).
+fn watch_close(s: &mut TcpStream, window: Duration) -> (bool, String) {
+    let mut note = String::new();
+    let mut tmp = [0u8; 8192];
+    let deadline = Instant::now() + window;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return (false, note);
+        }
+        s.set_read_timeout(Some(deadline - now)).ok();
+        match s.read(&mut tmp) {
+            Ok(0) => return (true, note),
+            Ok(n) => note.push_str(&format!("{n} extra bytes after response; ")),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return (true, note),
+        }
+    }
+}
+
 impl RawHttp {
+    /// First header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then_some(value.trim())
+        })
+    }
+
     /// Status must be `status` and the body the spec's JSON error.
     pub fn assert_json_error(&self, status: u16) {
         assert_eq!(
@@ -225,5 +268,29 @@ mod tests {
         assert_eq!(r.status, Some(400), "{r:?}");
         assert!(r.closed);
         r.assert_json_error(400);
+    }
+
+    #[test]
+    fn raw_conn_keeps_one_connection_for_several_exchanges() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            for n in 0..2 {
+                let (_h, _rest) = read_http_head(&mut s, DEADLINE).unwrap();
+                let reply =
+                    format!("HTTP/1.1 200 OK\r\nRetry-After: {n}\r\nContent-Length: 1\r\n\r\n{n}");
+                s.write_all(reply.as_bytes()).unwrap();
+            }
+        });
+        let mut conn = RawConn::connect(&addr);
+        for n in 0..2 {
+            let r = conn.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", DEADLINE);
+            assert_eq!(r.status, Some(200), "{r:?}");
+            assert_eq!(r.header("retry-after"), Some(n.to_string().as_str()));
+            assert_eq!(r.body, n.to_string().into_bytes());
+            assert!(!r.closed, "{r:?}");
+        }
+        t.join().unwrap();
     }
 }

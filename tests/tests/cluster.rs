@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use herald_tests::as_client::{push_aes128gcm, put_version};
+use herald_tests::as_client::{http, push_aes128gcm, put_version};
 use herald_tests::redis_cluster::RedisCluster;
 use herald_tests::server::{Server, ServerOptions};
 use herald_tests::ua::{WsClient, WsEvent};
 use herald_tests::util::{b64url_encode, free_port, random_hex, wait_until, TempDir};
 use herald_tests::DEADLINE;
+
+const ADMIN_TOKEN: &str = "cluster-admin-token";
 
 /// Herald nodes of one cluster, sharing one key file.
 struct Nodes {
@@ -48,7 +50,8 @@ impl Nodes {
                         .arg("--node-listen")
                         .arg(&format!("127.0.0.1:{node_port}"))
                         .arg("--keys-file")
-                        .arg(key_file.to_str().expect("utf-8 temp path")),
+                        .arg(key_file.to_str().expect("utf-8 temp path"))
+                        .env("HERALD_ADMIN_TOKEN", ADMIN_TOKEN),
                 )
             })
             .collect();
@@ -83,6 +86,29 @@ fn until_closed(ua: &mut WsClient) -> Vec<serde_json::Value> {
             other => panic!("expected the connection to end within {DEADLINE:?}, got {other:?}"),
         }
     }
+}
+
+/// The sum over shards of the metric named exactly `name` on `server`.
+fn metric(server: &Server, name: &str) -> f64 {
+    server
+        .metrics()
+        .iter()
+        .filter(|(sample, _)| sample.split('{').next() == Some(name))
+        .map(|(_, value)| *value)
+        .sum()
+}
+
+/// The sum over shards of one `herald_cluster_events_total` event.
+fn cluster_event(server: &Server, event: &str) -> f64 {
+    server
+        .metrics()
+        .iter()
+        .filter(|(sample, _)| {
+            sample.starts_with("herald_cluster_events_total{")
+                && sample.contains(&format!("event=\"{event}\""))
+        })
+        .map(|(_, value)| *value)
+        .sum()
 }
 
 fn versions_of(notification: &serde_json::Value) -> Vec<u64> {
@@ -126,6 +152,9 @@ fn a_push_taken_by_one_node_reaches_a_ua_held_by_another() {
     response.assert_status(200, "a SimplePush PUT through the other node");
     let notification = ua.recv_notification(DEADLINE);
     assert_eq!(versions_of(&notification), vec![7]);
+    wait_until(DEADLINE, "node A counts the forward it made", || {
+        cluster_event(&cluster.nodes[0], "forwards") >= 1.0
+    });
 
     let mut web = cluster.nodes[1].ua_webpush();
     let (_, endpoint) = web.register_new();
@@ -174,12 +203,25 @@ fn messages_for_a_disconnected_ua_wait_in_redis_for_its_reconnect_anywhere() {
     let (_, endpoint) = ua.register_new();
     let uaid = ua.uaid();
     ua.close();
+    // A node holds only the UAs connected to it (and one a request names,
+    // for that request): nothing once the socket is gone.
+    wait_until(DEADLINE, "node A forgets the UA once it left", || {
+        metric(&cluster.nodes[0], "herald_user_agents") == 0.0
+    });
     let mut accepted = 0;
     for _ in 0..5 {
         let response = push_aes128gcm(&cluster.via(1, &endpoint), &[7u8; 32], 300);
         response.assert_status(201, "a push for a disconnected UA");
         accepted += 1;
     }
+    wait_until(
+        DEADLINE,
+        "node B claimed the UA for each push and let it go",
+        || {
+            cluster_event(&cluster.nodes[1], "claims") >= 5.0
+                && metric(&cluster.nodes[1], "herald_user_agents") == 0.0
+        },
+    );
     let mut ua = cluster.nodes[1].ua_resume(&uaid, true);
     for _ in 0..accepted {
         let notification = ua.recv_notification(DEADLINE);
@@ -189,12 +231,18 @@ fn messages_for_a_disconnected_ua_wait_in_redis_for_its_reconnect_anywhere() {
 }
 
 #[test]
-fn with_redis_gone_no_push_is_acknowledged_and_service_comes_back_by_itself() {
+fn with_every_redis_node_stopped_no_push_is_acknowledged_and_service_comes_back_by_itself() {
     let mut cluster = Nodes::start(1);
     let mut ua = cluster.nodes[0].ua_simplepush();
     let (_, endpoint) = ua.register_new();
     put_version(&endpoint, 1).assert_status(200, "a push with Redis up");
-    cluster.redis.stop_all();
+    // Stopped, not killed: these Redis nodes keep no data on disk, and a
+    // cluster restarted empty would have forgotten the UA (a deployment
+    // that must survive restarting every node at once runs Redis with AOF).
+    let nodes = cluster.redis.ports().len();
+    for node in 0..nodes {
+        cluster.redis.freeze_node(node);
+    }
     let mut version = 2;
     wait_until(Duration::from_secs(20), "a 503 while Redis is down", || {
         let response = put_version(&endpoint, version);
@@ -206,7 +254,9 @@ fn with_redis_gone_no_push_is_acknowledged_and_service_comes_back_by_itself() {
         );
         response.status == 503
     });
-    cluster.redis.start_all();
+    for node in 0..nodes {
+        cluster.redis.thaw_node(node);
+    }
     wait_until(Duration::from_secs(30), "a 2xx once Redis is back", || {
         version += 1;
         put_version(&endpoint, version).status == 200
@@ -270,7 +320,7 @@ impl Load {
                         self.answers
                             .lock()
                             .unwrap()
-                            .push((started, response.status));
+                            .push((started, ua, response.status));
                         if response.status == 201 {
                             let data = b64url_encode(body.as_bytes());
                             self.accepted
@@ -482,4 +532,36 @@ fn a_redis_master_restart_loses_nothing_acknowledged() {
         stop.store(true, Ordering::Relaxed);
     });
     load.all_delivered_at(&cluster, 0);
+}
+
+#[test]
+fn a_broadcast_set_at_one_node_reaches_subscribers_of_every_node() {
+    let cluster = Nodes::start(2);
+    let id = "remote-settings/monitor_changes";
+    let subscribe = |node: usize| {
+        let mut ua = cluster.nodes[node].ua();
+        ua.hello_raw(
+            &json!({"messageType": "hello", "use_webpush": true, "broadcasts": {id: "v0"}}),
+        );
+        ua
+    };
+    let (mut at_a, mut at_b) = (subscribe(0), subscribe(1));
+    let url = format!("{}/v1/broadcasts/{id}", cluster.nodes[0].as_url());
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    http(
+        "PUT",
+        &url,
+        &[("Authorization", &bearer)],
+        Some(b"version=v1"),
+    )
+    .assert_status(200, "PUT a broadcast at node A");
+    for ua in [&mut at_a, &mut at_b] {
+        let message = ua.recv_type("broadcast", DEADLINE);
+        assert_eq!(message["broadcasts"][id], "v1", "{message}");
+    }
+    // A UA that says hello later, anywhere, is told the current version.
+    let mut later = cluster.nodes[1].ua();
+    let reply = later
+        .hello_raw(&json!({"messageType": "hello", "use_webpush": true, "broadcasts": {id: "v0"}}));
+    assert_eq!(reply["broadcasts"][id], "v1", "{reply}");
 }

@@ -699,6 +699,46 @@ fn as_unknown_app_token_is_404() {
     }
 }
 
+#[test]
+fn an_app_url_over_its_rate_is_429_with_retry_after_and_nothing_is_stored() {
+    let server = Server::start(
+        ServerOptions::new()
+            .shards(SHARDS)
+            .limit("notifications_per_channel_per_minute", 60)
+            .limit("notifications_per_channel_burst", 2),
+    );
+    let (mut ua, key, url) = registered_app(&server, 1);
+    let first = notify(&url, &key, "rate-1", "one");
+    let second = notify(&url, &key, "rate-2", "two");
+    let r = post_json(&url, &notification_body(&key, "rate-3", "three", 3600, 2));
+    assert_as_error(&r, 429, "Too many notifications for this app");
+    assert_eq!(r.header("retry-after"), Some("1"), "one a second");
+    ua.expect_notifications(&[&first, &second], &url);
+
+    let mut attempt = 0;
+    let mut accepted = None;
+    wait_until(DEADLINE, "the app url takes notifications again", || {
+        attempt += 1;
+        let id = format!("poll-{attempt}");
+        let body = notification_body(&key, &id, "later", 3600, 2);
+        let r = post_json(&url, &body);
+        if r.status == 200 {
+            accepted = Some(Sent {
+                id,
+                message: "later".to_owned(),
+                priority: 2,
+                timestamp_ms: body["timestamp"].as_u64().expect("timestamp"),
+            });
+            return true;
+        }
+        assert_as_error(&r, 429, "Too many notifications for this app");
+        std::thread::sleep(Duration::from_millis(50));
+        false
+    });
+    // Nothing refused was stored: the next notification is the accepted one.
+    ua.expect_notifications(&[&accepted.expect("accepted")], &url);
+}
+
 // ---------------------------------------------------------------------------
 // durability
 // ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 use herald_tests::serde_json::{json, Value};
 use herald_tests::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// After abuse, the server still serves a fresh UA end to end.
 fn server_still_serves(server: &Server) {
@@ -423,4 +423,273 @@ fn connections_per_ip_cap_refuses_extra_sockets_and_frees_slots() {
     wait_until(DEADLINE, "a slot frees once a socket closes", || {
         WsClient::connect_with(&server.ua_addr(), &Handshake::default()).is_ok()
     });
+}
+
+// ---------------------------------------------------------------------------
+// rate limits: per channel, per AS address, per UA address
+// ---------------------------------------------------------------------------
+
+/// Herald's errno for a rate limit's 429.
+const ERRNO_RATE_LIMITED: u64 = 203;
+
+/// `herald_rate_limited_total{limit="<limit>"}`, or None when the series
+/// is not shown.
+fn rate_limited(server: &Server, limit: &str) -> Option<f64> {
+    let name = format!("herald_rate_limited_total{{limit=\"{limit}\"}}");
+    server
+        .metrics()
+        .into_iter()
+        .find(|(sample, _)| *sample == name)
+        .map(|(_, value)| value)
+}
+
+/// A 429 as every rate limit answers it: `Retry-After: 1` (the limits
+/// here earn a token a second) and the JSON error with Herald's errno.
+fn assert_rate_limited(status: Option<u16>, retry_after: Option<&str>, body: &[u8], what: &str) {
+    let text = String::from_utf8_lossy(body);
+    assert_eq!(status, Some(429), "{what}: {text}");
+    assert_eq!(retry_after, Some("1"), "{what}: Retry-After");
+    let body: Value = serde_json::from_slice(body)
+        .unwrap_or_else(|error| panic!("{what}: the body is JSON ({error}): {text}"));
+    assert_eq!(body["code"], 429, "{what}: {body}");
+    assert_eq!(body["errno"], ERRNO_RATE_LIMITED, "{what}: {body}");
+    assert_eq!(body["error"], "Too Many Requests", "{what}: {body}");
+    assert!(body["message"].is_string(), "{what}: {body}");
+}
+
+/// A Web Push POST of `body` to `path` on a kept-alive connection.
+fn post_request(host: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// Pushes `poll-<n>` to `endpoint` every 50 ms until one is accepted (the
+/// refused ones cost the bucket nothing); returns the accepted body.
+fn push_until_accepted(endpoint: &str) -> Vec<u8> {
+    let mut attempt = 0;
+    let mut accepted = None;
+    wait_until(
+        DEADLINE,
+        "the bucket refills and a push is accepted",
+        || {
+            attempt += 1;
+            let body = format!("poll-{attempt}").into_bytes();
+            let r = push_aes128gcm(endpoint, &body, 600);
+            if r.status == 201 {
+                accepted = Some(body);
+                return true;
+            }
+            r.assert_status(429, "a push while the bucket is empty");
+            std::thread::sleep(Duration::from_millis(50));
+            false
+        },
+    );
+    accepted.expect("accepted")
+}
+
+#[test]
+fn a_channel_over_its_rate_gets_429_and_only_accepted_messages_are_kept() {
+    let mut server = Server::start(
+        ServerOptions::new()
+            .shards(2)
+            .limit("notifications_per_channel_per_minute", 60)
+            .limit("notifications_per_channel_burst", 3),
+    );
+    assert_eq!(rate_limited(&server, "channel"), Some(0.0), "shown at 0");
+    let mut ua = server.ua_webpush();
+    let uaid = ua.uaid();
+    let (_, busy) = ua.register_new();
+    let (_, quiet) = ua.register_new();
+    ua.close();
+
+    let started = Instant::now();
+    let mut accepted: Vec<Vec<u8>> = (0..3).map(|n| format!("burst-{n}").into_bytes()).collect();
+    for body in &accepted {
+        push_aes128gcm(&busy, body, 600).assert_status(201, "within the burst");
+    }
+    for n in 0..2 {
+        let r = push_aes128gcm(&busy, format!("refused-{n}").as_bytes(), 600);
+        assert_rate_limited(Some(r.status), r.header("retry-after"), &r.body, "over");
+    }
+    push_aes128gcm(&quiet, b"other channel", 600).assert_status(201, "another channel");
+    accepted.push(b"other channel".to_vec());
+    wait_until(DEADLINE, "the channel counter counts both refusals", || {
+        rate_limited(&server, "channel") == Some(2.0)
+    });
+
+    accepted.push(push_until_accepted(&busy));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "one token a second: accepted again after {:?}",
+        started.elapsed()
+    );
+
+    // Everything answered 201 is kept (a restart replays the log), and
+    // nothing answered 429 was stored.
+    server.restart();
+    let mut ua = server.ua_resume(&uaid, true);
+    let mut got: Vec<Vec<u8>> = ua
+        .collect_until_quiet(NEG_WINDOW)
+        .iter()
+        .map(notification_data)
+        .collect();
+    got.sort();
+    accepted.sort();
+    assert_eq!(got, accepted);
+}
+
+#[test]
+fn an_address_over_its_as_rate_gets_429_on_a_connection_that_stays_open() {
+    let server = Server::start(
+        ServerOptions::new()
+            .limit("rate_limit_loopback", true)
+            .limit("as_requests_per_ip_per_s", 1)
+            .limit("as_requests_per_ip_burst", 3)
+            .limit("ua_connects_per_ip_per_s", 0),
+    );
+    let (mut ua, path) = endpoint_path(&server);
+    let host = server.as_addr();
+    let mut conn = RawConn::connect(&host);
+    let started = Instant::now();
+    let mut accepted = Vec::new();
+    for n in 0..3 {
+        let body = format!("burst-{n}").into_bytes();
+        let r = conn.exchange(&post_request(&host, &path, &body), DEADLINE);
+        assert_eq!(r.status, Some(201), "within the burst: {r:?}");
+        accepted.push(body);
+    }
+    let r = conn.exchange(&post_request(&host, &path, b"refused"), DEADLINE);
+    assert_rate_limited(r.status, r.header("retry-after"), &r.body, "over");
+    assert!(!r.closed, "the connection stays open: {r:?}");
+    // Health is not counted: a load balancer must not see a flood as a
+    // node that is down.
+    for _ in 0..5 {
+        http("GET", &format!("{}/health", server.as_url()), &[], None)
+            .assert_status(200, "health while the address is limited");
+    }
+    wait_until(
+        DEADLINE,
+        "the AS address counter counts the refusal",
+        || rate_limited(&server, "as_address") == Some(1.0),
+    );
+
+    // The same connection is served again once the bucket refills.
+    let mut attempt = 0;
+    wait_until(DEADLINE, "the address is served again", || {
+        attempt += 1;
+        let body = format!("poll-{attempt}").into_bytes();
+        let r = conn.exchange(&post_request(&host, &path, &body), DEADLINE);
+        assert!(!r.closed, "the connection stays open: {r:?}");
+        if r.status == Some(201) {
+            accepted.push(body);
+            return true;
+        }
+        assert_eq!(r.status, Some(429), "{r:?}");
+        std::thread::sleep(Duration::from_millis(50));
+        false
+    });
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "one request a second: served again after {:?}",
+        started.elapsed()
+    );
+    // The UA got exactly what was accepted, in order: a refused request
+    // that had been stored would show up before the last one.
+    let got: Vec<Vec<u8>> = accepted
+        .iter()
+        .map(|_| notification_data(&ua.recv_notification(DEADLINE)))
+        .collect();
+    assert_eq!(got, accepted);
+}
+
+/// A WebSocket upgrade request as a UA sends it.
+fn upgrade_request(host: &str) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: push-notification\r\n\r\n"
+    )
+}
+
+#[test]
+fn an_address_over_its_ua_connect_rate_is_refused_with_429() {
+    let server = Server::start(
+        ServerOptions::new()
+            .limit("rate_limit_loopback", true)
+            .limit("ua_connects_per_ip_per_s", 1)
+            .limit("ua_connects_per_ip_burst", 3),
+    );
+    // The harness's readiness probe may have taken a token: connect until
+    // the first refusal. A token a second cannot let 10 quick connects by.
+    let mut held = Vec::new();
+    let mut refusal = None;
+    for _ in 0..10 {
+        match WsClient::connect_with(&server.ua_addr(), &Handshake::default()) {
+            Ok(ua) => held.push(ua),
+            Err(error) => {
+                refusal = Some(error);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("a connect over the burst of 3 is refused");
+    assert!(!held.is_empty(), "connects within the burst pass");
+    assert!(refusal.contains(" 429 "), "{refusal}");
+    let host = server.ua_addr();
+    let r = raw_http(&host, upgrade_request(&host).as_bytes(), DEADLINE, DEADLINE);
+    assert_rate_limited(r.status, r.header("retry-after"), &r.body, "upgrade");
+    assert!(r.closed, "a refused connect is closed: {r:?}");
+    wait_until(
+        DEADLINE,
+        "the UA address counter counts the refusals",
+        || rate_limited(&server, "ua_address") == Some(2.0),
+    );
+    // The limit refuses new connects; sockets already open keep working.
+    let reply = held[0].hello(None, None, true);
+    assert_eq!(reply["status"], 200, "{reply}");
+    http("GET", &format!("{}/health", server.as_url()), &[], None)
+        .assert_status(200, "the AS listener has its own limit");
+
+    let mut ua = None;
+    wait_until(
+        DEADLINE,
+        "a connect is accepted once the bucket refills",
+        || {
+            ua = WsClient::connect_with(&server.ua_addr(), &Handshake::default()).ok();
+            if ua.is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            ua.is_some()
+        },
+    );
+    let mut ua = ua.expect("connected");
+    let reply = ua.hello(None, None, true);
+    assert_eq!(reply["status"], 200, "{reply}");
+}
+
+#[test]
+fn loopback_sources_are_not_rate_limited_by_default() {
+    let server = Server::start(
+        ServerOptions::new()
+            .limit("as_requests_per_ip_per_s", 1)
+            .limit("as_requests_per_ip_burst", 1)
+            .limit("ua_connects_per_ip_per_s", 1)
+            .limit("ua_connects_per_ip_burst", 1),
+    );
+    let mut uas: Vec<WsClient> = (0..10).map(|_| server.ua_webpush()).collect();
+    let (_, endpoint) = uas[0].register_new();
+    for n in 0..10u8 {
+        push_aes128gcm(&endpoint, &[b'm', b'0' + n], 60).assert_status(201, "from 127.0.0.1");
+        assert_eq!(
+            notification_data(&uas[0].recv_notification(DEADLINE)),
+            [b'm', b'0' + n]
+        );
+    }
+    assert_eq!(rate_limited(&server, "as_address"), Some(0.0));
+    assert_eq!(rate_limited(&server, "ua_address"), Some(0.0));
 }

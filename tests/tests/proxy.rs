@@ -205,7 +205,7 @@ fn a_bad_header_from_a_trusted_proxy_closes_the_connection() {
         let mut preamble = bad.to_vec();
         preamble.extend_from_slice(request);
         let stream = connect_from(ip(PROXY), &server.as_addr());
-        let answer = raw_http_on(stream, &preamble, DEADLINE, Duration::ZERO);
+        let answer = raw_http_on(RawConn::on(stream), &preamble, DEADLINE, Duration::ZERO);
         assert_eq!(
             answer.status,
             None,
@@ -266,7 +266,7 @@ fn ua_tokens_are_limited_per_named_client() {
         let stream = connect_from(ip(PROXY), &server.ua_addr());
         let mut request = proxy_v2(client, listener);
         request.extend_from_slice(b"GET /token HTTP/1.1\r\nHost: herald\r\n\r\n");
-        raw_http_on(stream, &request, DEADLINE, Duration::ZERO).status
+        raw_http_on(RawConn::on(stream), &request, DEADLINE, Duration::ZERO).status
     };
     let (first, second) = (ip("203.0.113.50"), ip("203.0.113.51"));
     assert_eq!([token(first), token(first)], [Some(200), Some(200)]);

@@ -472,6 +472,44 @@ mod tests {
     }
 
     #[test]
+    fn rate_limits_come_from_the_limits_table() {
+        let scratch = Scratch::new("rates");
+        let path = scratch.config("batch");
+        let mut text = fs::read_to_string(&path).expect("config");
+        text.push_str(
+            "[limits]\nnotifications_per_channel_per_minute = 5\nnotifications_per_channel_burst = 6\n\
+             as_requests_per_ip_per_s = 0\nua_connects_per_ip_burst = 7\nrate_limit_loopback = true\n",
+        );
+        fs::write(&path, text).expect("write config");
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        let limits = resolve(args).expect("resolves").0.limits;
+        let defaults = Limits::default();
+        assert_eq!(
+            (
+                limits.notifications_per_channel_per_minute,
+                limits.notifications_per_channel_burst,
+                limits.as_requests_per_ip_per_s,
+                limits.as_requests_per_ip_burst,
+                limits.ua_connects_per_ip_per_s,
+                limits.ua_connects_per_ip_burst,
+                limits.rate_limit_loopback,
+            ),
+            (
+                5,
+                6,
+                0,
+                defaults.as_requests_per_ip_burst,
+                defaults.ua_connects_per_ip_per_s,
+                7,
+                true
+            )
+        );
+    }
+
+    #[test]
     fn listeners_on_one_port_are_refused() {
         let address = |text: &str| text.parse::<SocketAddr>().expect("address");
         let distinct = [

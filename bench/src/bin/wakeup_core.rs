@@ -80,7 +80,7 @@ fn main() {
         per_network_per_s: u32::MAX / 2000,
         per_network_burst: u32::MAX / 2000,
     };
-    let mut planner = Planner::new(limits, &[("214-07".to_owned(), 0)], 0);
+    let mut planner = Planner::new(limits, &[("214-07".to_owned(), 0)]);
     let mut sender = UdpSender::new().expect("udp sender");
     let started = Instant::now();
     for n in 0..args.wakeups {

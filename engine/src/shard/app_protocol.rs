@@ -218,6 +218,11 @@ impl Shard {
         if self.store_failed {
             return (None, extended::as_error(503, "Try again later"));
         }
+        if let Err(limited) = self.endpoint_rates.check(Endpoint::App(channel), now_ms) {
+            self.stats.channel_rate_limited += 1;
+            let refusal = extended::as_error(429, "Too many notifications for this app");
+            return (None, refusal.with_retry_after(limited));
+        }
         let uaids: Vec<Uaid> = app.uaids.iter().copied().collect();
         let mut after = None;
         for uaid in uaids {

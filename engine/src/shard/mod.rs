@@ -23,6 +23,7 @@ use crate::identity::{Keys, MessageClaims};
 use crate::limits::Limits;
 use crate::message::{MessageBody, Registration, Removal, StoredMessage, Urgency, WakeupInfo};
 use crate::push::{errno, HttpResponse, Notification, PushRequest, VERSION_FROM_CLOCK};
+use crate::rate::{Limiter, Rate};
 use crate::record::Record;
 use crate::ua::{self, AckVersion, ClientMessage, Hello};
 use crate::{ChannelId, ConnId, KeyHash, Lsn, Millis, RequestId, Uaid};
@@ -139,6 +140,8 @@ pub struct Stats {
     pub unregisters: u64,
     /// UAs dropped at compaction, not seen for `ua_expiry_days`.
     pub user_agents_expired: u64,
+    /// AS requests refused (429) by a channel's rate limit.
+    pub channel_rate_limited: u64,
 }
 
 struct Channel {
@@ -197,6 +200,14 @@ struct Conn {
     extended: bool,
 }
 
+/// What a channel's rate limit counts: one UA's channel, or an
+/// extended-protocol app, which is one channel on many UAs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Endpoint {
+    Channel(Uaid, ChannelId),
+    App(ChannelId),
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Timer {
     HelloDeadline(ConnId),
@@ -228,6 +239,9 @@ pub struct Shard {
     broadcast_subscribers: AHashMap<String, ahash::AHashSet<ConnId>>,
     /// Extended-protocol web apps this shard's UAs registered (SPEC §3.6).
     web_apps: AHashMap<ChannelId, WebApp>,
+    /// Notifications per endpoint (`notifications_per_channel_per_minute`):
+    /// memory, not records, so a restart refills every bucket.
+    endpoint_rates: Limiter<Endpoint>,
     /// Cluster mode: the UAs this shard claimed and holds, and what waits
     /// for the ones being loaded.
     resident: ahash::AHashSet<Uaid>,
@@ -238,6 +252,14 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(config: ShardConfig, keys: Keys, rng: StdRng) -> Shard {
+        let limits = &config.limits;
+        let endpoint_rates = Limiter::new(
+            Rate::per_minute(
+                limits.notifications_per_channel_per_minute,
+                limits.notifications_per_channel_burst,
+            ),
+            limits.rate_limited_keys_max,
+        );
         Shard {
             config,
             keys,
@@ -252,6 +274,7 @@ impl Shard {
             broadcasts: BTreeMap::new(),
             broadcast_subscribers: AHashMap::new(),
             web_apps: AHashMap::new(),
+            endpoint_rates,
             resident: ahash::AHashSet::new(),
             loading: AHashMap::new(),
             actions: VecDeque::new(),

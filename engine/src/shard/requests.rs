@@ -54,6 +54,13 @@ impl Shard {
                 HttpResponse::error(503, errno::STORAGE_FAILED, "storage unavailable"),
             );
         }
+        // Before anything is stored: a refused notification leaves no trace.
+        let endpoint = Endpoint::Channel(uaid, channel);
+        if let Err(limited) = self.endpoint_rates.check(endpoint, now_ms) {
+            self.stats.channel_rate_limited += 1;
+            let message = "too many notifications for this subscription";
+            return (None, HttpResponse::rate_limited(message, limited));
+        }
         self.stats.notifications_in += 1;
         let mut body = notification.body;
         if let MessageBody::Version(version) = &mut body {

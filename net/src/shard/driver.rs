@@ -372,6 +372,11 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
                 self.engine.on_store_recovered();
             }
         }
+        if failed {
+            // Held answers get their 503 now, whether or not the store's
+            // waiters return (a cluster store's wait out an outage).
+            self.on_durable();
+        }
         let now = self.runtime.now_ms();
         self.engine.on_tick(now);
         self.run_actions();
@@ -419,10 +424,13 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
         if fenced.is_empty() {
             return;
         }
-        for (lsn, uaid) in fenced {
-            tracing::info!(shard = self.index, uaid = %uaid.to_hex(), lsn, "write fenced: the UA moved to another node");
-            self.fenced.insert(lsn);
-            self.engine.on_dropped(uaid);
+        for fenced in fenced {
+            self.fenced.insert(fenced.lsn);
+            if fenced.lost {
+                let uaid = fenced.uaid;
+                tracing::info!(shard = self.index, uaid = %uaid.to_hex(), "write fenced: the UA moved to another node");
+                self.engine.on_dropped(uaid);
+            }
         }
         self.run_actions();
     }

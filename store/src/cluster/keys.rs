@@ -92,12 +92,16 @@ pub fn records_of(
             records.push(Record::UaidCreated { uaid, at_ms });
         }
     }
-    for (field, value) in channels {
+    // Hashes come back in no order: channels by id, so a UA always loads
+    // the same way.
+    let mut channels: Vec<&(Vec<u8>, Vec<u8>)> = channels.iter().collect();
+    channels.sort();
+    for (field, value) in &channels {
         if field.len() == 16 {
             records.push(decode_for(uaid, value)?);
         }
     }
-    for (field, value) in channels {
+    for (field, value) in &channels {
         if field.len() == 17 && field[0] == b'v' {
             let channel = ChannelId(field[1..].try_into().expect("17-byte field"));
             let version = std::str::from_utf8(value)

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use glommio::channels::local_channel::{self, LocalSender};
@@ -36,7 +36,7 @@ use herald_engine::record::Record;
 use herald_engine::{Lsn, Uaid};
 
 use crate::redis::{ClusterClient, Command, RedisError, Reply, ScriptId};
-use crate::{Claim, ClaimError, RecordLog, StoreError};
+use crate::{Claim, ClaimError, Fenced, RecordLog, StoreError};
 
 pub use keys::ua_keys;
 
@@ -52,6 +52,10 @@ const RELEASE: ScriptId = ScriptId(2);
 
 /// How long the writer waits before sending a failed batch again.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// How long a claim stays queued through failing batches before it fails:
+/// long enough for the slot map to settle after a failover (the hello or
+/// request waiting for it then goes on), short of a UA's hello timeout.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(3);
 
 /// What a shard's cluster store needs to know besides its client.
 #[derive(Clone, Debug)]
@@ -66,11 +70,27 @@ pub struct ClusterLogOptions {
     pub pipeline_max: usize,
 }
 
+/// What the store did, counted since it opened (for `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Pipelined batches that went through, each with its `WAIT`s.
+    pub batches: u64,
+    /// Script calls in them (writes, claims, releases).
+    pub calls: u64,
+    pub claims: u64,
+    /// Batches that failed and were sent again.
+    pub failed_batches: u64,
+    /// Writes refused because another node had taken the UA.
+    pub fenced_writes: u64,
+}
+
 /// One call waiting in the queue.
 enum Op {
     Write {
         lsn: Lsn,
         uaid: Uaid,
+        /// The claim it was written under.
+        token: Rc<[u8]>,
         call: Command,
     },
     Release {
@@ -80,6 +100,7 @@ enum Op {
         uaid: Uaid,
         call: Command,
         answer: LocalSender<Result<Claim, ClaimError>>,
+        queued_at: Instant,
     },
 }
 
@@ -91,7 +112,7 @@ struct Inner {
     durable_lsn: Cell<Lsn>,
     /// The last batch failed; the writer is trying again.
     unavailable: RefCell<Option<String>>,
-    fenced: RefCell<Vec<(Lsn, Uaid)>>,
+    fenced: RefCell<Vec<Fenced>>,
     /// The claim token this shard writes each UA it holds under. A UA with
     /// none was minted here: its first write creates it.
     tokens: RefCell<AHashMap<Uaid, Rc<[u8]>>>,
@@ -100,6 +121,7 @@ struct Inner {
     writer: RefCell<Option<Waker>>,
     waiters: RefCell<BTreeMap<Lsn, Vec<Waker>>>,
     appended: Cell<u64>,
+    stats: Cell<ClusterStats>,
 }
 
 /// A shard's cluster store. Cheap to clone (an `Rc`); single-threaded.
@@ -124,8 +146,19 @@ impl ClusterLog {
                 writer: RefCell::new(None),
                 waiters: RefCell::new(BTreeMap::new()),
                 appended: Cell::new(0),
+                stats: Cell::new(ClusterStats::default()),
             }),
         }
+    }
+
+    pub fn stats(&self) -> ClusterStats {
+        self.inner.stats.get()
+    }
+
+    fn count(&self, update: impl FnOnce(&mut ClusterStats)) {
+        let mut stats = self.inner.stats.get();
+        update(&mut stats);
+        self.inner.stats.set(stats);
     }
 
     /// Calls queued and not yet acknowledged.
@@ -134,16 +167,35 @@ impl ClusterLog {
     }
 
     /// Stops the writer once the queue is empty (or at once, if Redis is
-    /// unreachable: what is queued was never acknowledged).
+    /// unreachable: what is queued was never acknowledged), and ends every
+    /// wait for durability that is not over.
     pub fn close(&self) {
         self.inner.closed.set(true);
         self.wake_writer();
+        self.wake_waiters(Lsn::MAX);
     }
 
-    /// Waits until every queued call went through, or the store fails.
+    /// Waits until every record appended so far is durable; fails at once
+    /// while Redis is unreachable (shutdown does not wait out an outage).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let last = self.inner.last_lsn.get();
-        self.wait_durable(last).await
+        std::future::poll_fn(|cx| {
+            let inner = &*self.inner;
+            if inner.durable_lsn.get() >= last {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(cause) = inner.unavailable.borrow().clone() {
+                return Poll::Ready(Err(StoreError::Unreachable { cause }));
+            }
+            inner
+                .waiters
+                .borrow_mut()
+                .entry(last)
+                .or_default()
+                .push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     fn token_for(&self, uaid: &Uaid) -> (Rc<[u8]>, &'static [u8]) {
@@ -238,24 +290,40 @@ impl ClusterLog {
     /// answered.
     fn settle(&self, replies: Vec<Reply>) {
         let inner = &*self.inner;
+        let calls = replies.len() as u64;
+        self.count(|stats| {
+            stats.batches += 1;
+            stats.calls += calls;
+        });
         let mut durable = inner.durable_lsn.get();
         for reply in replies {
             let Some(op) = inner.queue.borrow_mut().pop_front() else {
                 break;
             };
             match op {
-                Op::Write { lsn, uaid, .. } => {
+                Op::Write {
+                    lsn, uaid, token, ..
+                } => {
                     durable = durable.max(lsn);
                     if let Reply::Error(error) = reply {
                         if !error.starts_with("FENCED") {
                             tracing::error!(%error, lsn, "cluster store refused a record");
                         }
-                        inner.tokens.borrow_mut().remove(&uaid);
-                        inner.fenced.borrow_mut().push((lsn, uaid));
+                        // A claim made since is not lost by this refusal.
+                        let mut tokens = inner.tokens.borrow_mut();
+                        let lost = tokens
+                            .get(&uaid)
+                            .is_some_and(|current| Rc::ptr_eq(current, &token));
+                        if lost {
+                            tokens.remove(&uaid);
+                        }
+                        inner.fenced.borrow_mut().push(Fenced { lsn, uaid, lost });
+                        self.count(|stats| stats.fenced_writes += 1);
                     }
                 }
                 Op::Release { .. } => {}
                 Op::Claim { uaid, answer, .. } => {
+                    self.count(|stats| stats.claims += 1);
                     let claimed = claim_reply(uaid, reply);
                     let _ = answer.try_send(claimed);
                 }
@@ -265,40 +333,42 @@ impl ClusterLog {
             tracing::info!("cluster store reachable again");
         }
         inner.durable_lsn.set(durable);
-        self.wake_waiters();
+        self.wake_waiters(durable);
     }
 
-    /// A batch failed: nothing in it counts; claims are answered (their
-    /// sockets and requests do not wait out an outage), writes stay queued.
+    /// A batch failed: nothing in it counts. Writes stay queued; claims too,
+    /// for [`CLAIM_PATIENCE`], then they fail (their sockets and requests do
+    /// not wait out an outage).
     fn batch_failed(&self, error: &RedisError) {
         let inner = &*self.inner;
+        self.count(|stats| stats.failed_batches += 1);
         let first_failure = inner.unavailable.borrow().is_none();
         if first_failure {
             tracing::warn!(%error, "cluster store batch failed; retrying");
         }
         *inner.unavailable.borrow_mut() = Some(error.to_string());
         inner.queue.borrow_mut().retain(|op| match op {
-            Op::Claim { uaid, answer, .. } => {
+            Op::Claim {
+                uaid,
+                answer,
+                queued_at,
+                ..
+            } if queued_at.elapsed() >= CLAIM_PATIENCE => {
                 inner.tokens.borrow_mut().remove(uaid);
                 let _ = answer.try_send(Err(ClaimError(error.to_string())));
                 false
             }
             _ => true,
         });
-        self.wake_waiters();
+        // A flush gives up now; waits for durability look again and go on.
+        self.wake_waiters(Lsn::MAX);
     }
 
-    fn wake_waiters(&self) {
-        let inner = &*self.inner;
-        let durable = inner.durable_lsn.get();
-        let woken: Vec<Waker> = if inner.unavailable.borrow().is_some() {
-            std::mem::take(&mut *inner.waiters.borrow_mut())
-                .into_values()
-                .flatten()
-                .collect()
-        } else {
-            let mut waiters = inner.waiters.borrow_mut();
-            let later = waiters.split_off(&(durable + 1));
+    /// Wakes whoever waits for an LSN up to `upto`.
+    fn wake_waiters(&self, upto: Lsn) {
+        let woken: Vec<Waker> = {
+            let mut waiters = self.inner.waiters.borrow_mut();
+            let later = waiters.split_off(&upto.saturating_add(1));
             std::mem::replace(&mut *waiters, later)
                 .into_values()
                 .flatten()
@@ -374,7 +444,12 @@ impl RecordLog for ClusterLog {
             args.extend(keys::write_op(record)?);
             let call = Command::script(WRITE, &keys.each_ref().map(Vec::as_slice), args);
             self.inner.appended.set(self.inner.appended.get() + 1);
-            self.push(Op::Write { lsn, uaid, call });
+            self.push(Op::Write {
+                lsn,
+                uaid,
+                token,
+                call,
+            });
         }
         self.inner.last_lsn.set(lsn);
         Ok(lsn)
@@ -404,11 +479,14 @@ impl RecordLog for ClusterLog {
             if inner.durable_lsn.get() >= lsn {
                 return Poll::Ready(Ok(()));
             }
-            if let Some(cause) = inner.unavailable.borrow().clone() {
-                return Poll::Ready(Err(StoreError::Unreachable { cause }));
-            }
-            if inner.closed.get() && inner.queue.borrow().is_empty() {
-                return Poll::Ready(Err(StoreError::Closed));
+            // Unreachable is not failed: the writer keeps trying, so a frame
+            // waits for its record (the driver answers held requests 503
+            // while `failed` reads true; it does not wait here).
+            if inner.closed.get() {
+                let cause = inner.unavailable.borrow().clone();
+                return Poll::Ready(Err(cause.map_or(StoreError::Closed, |cause| {
+                    StoreError::Unreachable { cause }
+                })));
             }
             inner
                 .waiters
@@ -438,7 +516,12 @@ impl RecordLog for ClusterLog {
             vec![token.to_vec(), self.ttl_arg()],
         );
         let (answer, receiver) = local_channel::new_bounded(1);
-        self.push(Op::Claim { uaid, call, answer });
+        self.push(Op::Claim {
+            uaid,
+            call,
+            answer,
+            queued_at: Instant::now(),
+        });
         async move {
             receiver
                 .recv()
@@ -460,7 +543,7 @@ impl RecordLog for ClusterLog {
         self.push(Op::Release { call });
     }
 
-    fn take_fenced(&self) -> Vec<(Lsn, Uaid)> {
+    fn take_fenced(&self) -> Vec<Fenced> {
         std::mem::take(&mut *self.inner.fenced.borrow_mut())
     }
 }

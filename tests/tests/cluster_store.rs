@@ -1,0 +1,148 @@
+//! The cluster store (herald_store::cluster) against a real nine-node Redis
+//! Cluster: the claims and fences that the consistency argument of
+//! ARCHITECTURE.md ("Cluster mode") rests on.
+
+use std::future::Future;
+use std::rc::Rc;
+
+use glommio::spawn_local;
+use herald_engine::message::Registration;
+use herald_engine::record::Record;
+use herald_engine::{ChannelId, Uaid};
+use herald_store::cluster::{ClusterLog, ClusterLogOptions, SCRIPTS};
+use herald_store::redis::{parse_seeds, ClusterClient, RedisConfig};
+use herald_store::RecordLog;
+use herald_tests::RedisCluster;
+
+fn block_on<T>(f: impl Future<Output = T>) -> T {
+    glommio::LocalExecutorBuilder::default()
+        // Small: the locked-memory limit here is 8 MiB.
+        .io_memory(256 << 10)
+        .make()
+        .expect("glommio executor (needs io_uring)")
+        .run(f)
+}
+
+/// A node's store, its writer running.
+async fn node(seeds: &str, node_url: &str) -> ClusterLog {
+    let config = RedisConfig::new(parse_seeds(seeds).expect("seeds"));
+    let client = ClusterClient::connect(config, &SCRIPTS)
+        .await
+        .expect("connect");
+    let log = ClusterLog::new(
+        client,
+        ClusterLogOptions {
+            node_url: node_url.to_owned(),
+            ua_ttl_ms: 60_000,
+            pipeline_max: 64,
+        },
+    );
+    let writer = log.clone();
+    spawn_local(async move { writer.run_writer().await }).detach();
+    log
+}
+
+fn registered(uaid: Uaid, channel: u8) -> Record {
+    Record::ChannelRegistered(Registration {
+        uaid,
+        channel: ChannelId([channel; 16]),
+        key_hash: None,
+    })
+}
+
+async fn write(log: &ClusterLog, records: &[Record]) -> u64 {
+    let lsn = log.append_batch(records).expect("append");
+    log.wait_durable(lsn).await.expect("durable");
+    lsn
+}
+
+#[test]
+fn a_claim_reads_every_write_before_it_and_fences_every_write_after_it() {
+    let redis = RedisCluster::start();
+    let seeds = Rc::new(redis.seeds());
+    block_on(async move {
+        let x = node(&seeds, "http://x.example:1").await;
+        let y = node(&seeds, "http://y.example:1").await;
+        let uaid = Uaid([0x5a; 16]);
+
+        let first = x.claim(uaid).await.expect("x claims a new UA");
+        assert!(first.records.is_empty() && first.previous_owner.is_none());
+        write(&x, &[registered(uaid, 1)]).await;
+        assert!(x.take_fenced().is_empty());
+
+        let taken = y.claim(uaid).await.expect("y takes the UA over");
+        assert_eq!(
+            taken.records,
+            vec![registered(uaid, 1)],
+            "y reads x's write"
+        );
+        assert_eq!(taken.previous_owner.as_deref(), Some("http://x.example:1"));
+
+        // x does not know yet: its next write is refused, and says so.
+        let late = write(&x, &[registered(uaid, 2)]).await;
+        let fenced = x.take_fenced();
+        assert_eq!(fenced.len(), 1);
+        assert_eq!(
+            (fenced[0].lsn, fenced[0].uaid, fenced[0].lost),
+            (late, uaid, true)
+        );
+
+        // y's writes go through; x's refused one never happened.
+        write(&y, &[registered(uaid, 3)]).await;
+        assert!(y.take_fenced().is_empty());
+        y.release(uaid);
+        y.flush().await.expect("flush");
+        let again = x.claim(uaid).await.expect("x claims it back");
+        assert_eq!(
+            again.records,
+            vec![registered(uaid, 1), registered(uaid, 3)]
+        );
+        assert_eq!(again.previous_owner, None, "y let it go");
+    });
+}
+
+#[test]
+fn a_minted_ua_is_created_by_its_first_write_and_an_anonymous_one_leaves_nothing() {
+    let redis = RedisCluster::start();
+    let seeds = Rc::new(redis.seeds());
+    block_on(async move {
+        let x = node(&seeds, "http://x.example:1").await;
+        let y = node(&seeds, "http://y.example:1").await;
+        // Minted here: written without a claim, and it exists from then on.
+        let minted = Uaid([0x11; 16]);
+        write(
+            &x,
+            &[
+                Record::UaidCreated {
+                    uaid: minted,
+                    at_ms: 7,
+                },
+                registered(minted, 1),
+            ],
+        )
+        .await;
+        assert!(x.take_fenced().is_empty());
+        let read = y.claim(minted).await.expect("claim");
+        assert_eq!(
+            read.records,
+            vec![
+                Record::UaidCreated {
+                    uaid: minted,
+                    at_ms: 7
+                },
+                registered(minted, 1)
+            ]
+        );
+        // A claimed UA that never wrote anything leaves no key behind.
+        let anonymous = Uaid([0x22; 16]);
+        y.claim(anonymous).await.expect("claim");
+        y.release(anonymous);
+        y.flush().await.expect("flush");
+        let read = x.claim(anonymous).await.expect("claim");
+        assert!(read.records.is_empty());
+        assert_eq!(
+            read.previous_owner, None,
+            "the anonymous UA's keys were deleted"
+        );
+    });
+}
