@@ -43,7 +43,8 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
 
 struct AsRoutes {
     ctx: Rc<Ctx>,
-    /// The connection's client (`client_addr::accept`).
+    /// The connection's client (`client_addr::accept`); each request's
+    /// own may lie further behind a trusted proxy.
     connection: IpAddr,
 }
 
@@ -65,7 +66,9 @@ impl Routes for AsRoutes {
     }
 
     async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse {
-        route(&self.ctx, Some(self.connection), head, body, false).await
+        let trusted = &self.ctx.shared.config.trusted_proxies;
+        let client = client_addr::of_request(trusted, self.connection, &head.headers);
+        route(&self.ctx, Some(client), head, body, false).await
     }
 }
 
@@ -74,8 +77,8 @@ pub fn body_bytes_max(limits: &Limits) -> usize {
     limits.push_body_bytes_max * FORM_ENCODING_EXPANSION
 }
 
-/// One AS request from `client` (for the per-address rate limit; `None`
-/// counts nothing). In cluster mode, one for a UA another node holds goes
+/// One AS request from `client` (`client_addr::of_request`, for the
+/// per-address rate limit; `None` counts nothing). In cluster mode, one for a UA another node holds goes
 /// there (`cluster.rs`), unless another node already `forwarded` it here.
 pub async fn route(
     ctx: &Rc<Ctx>,

@@ -273,3 +273,134 @@ fn ua_tokens_are_limited_per_named_client() {
     assert_eq!(token(first), Some(429), "a third token for one client");
     assert_eq!(token(second), Some(200), "another client of the same proxy");
 }
+
+/// A server trusting 127.0.0.1 whose AS listener allows each address two
+/// requests, then one a second (loopback counted, for the strangers).
+fn as_rate_behind_proxy() -> Server {
+    Server::start(
+        ServerOptions::new()
+            .limit("as_requests_per_ip_per_s", 1)
+            .limit("as_requests_per_ip_burst", 2)
+            .limit("rate_limit_loopback", true)
+            .arg("--trusted-proxy")
+            .arg("127.0.0.1/32"),
+    )
+}
+
+/// An AS request the per-address rate counts (health is not counted), with
+/// extra header lines; its status (429: over the rate).
+fn counted_request(conn: &mut RawConn, preamble: &[u8], headers: &str) -> u16 {
+    let mut request = preamble.to_vec();
+    request.extend_from_slice(
+        format!(
+            "POST /wpush/v1/no-such-token HTTP/1.1\r\nHost: herald\r\nTTL: 60\r\n{headers}Content-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let response = conn.exchange(&request, DEADLINE);
+    assert!(!response.closed, "the connection stays open: {response:?}");
+    response.status.expect("an answer")
+}
+
+fn xff(value: &str) -> String {
+    format!("X-Forwarded-For: {value}\r\n")
+}
+
+#[test]
+fn x_forwarded_for_from_the_proxy_names_the_client_right_most_first() {
+    let server = as_rate_behind_proxy();
+    let mut conn = RawConn::on(connect_from(ip(PROXY), &server.as_addr()));
+    // The left entry is whatever the client wrote; the proxy appended its
+    // client last.
+    for forged in ["198.51.100.1", "198.51.100.2"] {
+        let headers = xff(&format!("{forged}, 203.0.113.60"));
+        assert_ne!(counted_request(&mut conn, b"", &headers), 429);
+    }
+    let headers = xff("198.51.100.3, 203.0.113.60");
+    assert_eq!(
+        counted_request(&mut conn, b"", &headers),
+        429,
+        "203.0.113.60 is over"
+    );
+    // The same connection, the same forged entry, another client.
+    let headers = xff("203.0.113.60, 203.0.113.61");
+    assert_ne!(
+        counted_request(&mut conn, b"", &headers),
+        429,
+        "203.0.113.61 is not"
+    );
+    // Forwarded (RFC 7239) when there is no X-Forwarded-For.
+    let forwarded = "Forwarded: for=\"[2001:db8::62]:4711\";proto=https\r\n";
+    assert_ne!(counted_request(&mut conn, b"", forwarded), 429);
+    assert_ne!(counted_request(&mut conn, b"", forwarded), 429);
+    assert_eq!(counted_request(&mut conn, b"", forwarded), 429);
+    // With both, X-Forwarded-For is the one read.
+    let both = format!("{forwarded}{}", xff("203.0.113.63"));
+    assert_ne!(counted_request(&mut conn, b"", &both), 429);
+    wait_until(DEADLINE, "the refusals are counted", || {
+        server
+            .metrics()
+            .iter()
+            .filter(|(sample, _)| sample.contains("limit=\"as_address\""))
+            .map(|(_, value)| *value)
+            .sum::<f64>()
+            >= 2.0
+    });
+}
+
+#[test]
+fn a_strangers_x_forwarded_for_is_ignored() {
+    let server = as_rate_behind_proxy();
+    let mut conn = RawConn::on(connect_from(ip(STRANGER), &server.as_addr()));
+    // A fresh address in every request: believed, it would never be limited.
+    let statuses: Vec<u16> = (0..3)
+        .map(|n| {
+            let headers = format!(
+                "{}Forwarded: for=198.51.100.{n}\r\n",
+                xff(&format!("203.0.113.{}", 70 + n))
+            );
+            counted_request(&mut conn, b"", &headers)
+        })
+        .collect();
+    assert!(!statuses[..2].contains(&429), "the burst: {statuses:?}");
+    assert_eq!(
+        statuses[2], 429,
+        "127.0.0.2 itself is counted: {statuses:?}"
+    );
+}
+
+/// The PROXY header names the hop nearest to Herald: headers are read only
+/// when that hop is itself a trusted proxy.
+#[test]
+fn the_proxy_header_wins_over_x_forwarded_for() {
+    let server = as_rate_behind_proxy();
+    let listener = socket_addr(&server.as_addr());
+    let mut conn = RawConn::on(connect_from(ip(PROXY), &server.as_addr()));
+    let header = proxy_v2(ip("203.0.113.90"), listener);
+    let statuses: Vec<u16> = (0..3)
+        .map(|n| {
+            let preamble: &[u8] = if n == 0 { &header } else { b"" };
+            let headers = xff(&format!("203.0.113.{}", 91 + n));
+            counted_request(&mut conn, preamble, &headers)
+        })
+        .collect();
+    assert_eq!(
+        statuses[2], 429,
+        "all counted for 203.0.113.90: {statuses:?}"
+    );
+    // A header naming a trusted proxy (a chain of two): its X-Forwarded-For
+    // is read.
+    let mut chained = RawConn::on(connect_from(ip(PROXY), &server.as_addr()));
+    let header = proxy_v1(ip("127.0.0.1"), listener);
+    let statuses: Vec<u16> = (0..3)
+        .map(|n| {
+            let preamble: &[u8] = if n == 0 { &header } else { b"" };
+            let headers = xff(&format!("203.0.113.{}", 95 + n));
+            counted_request(&mut chained, preamble, &headers)
+        })
+        .collect();
+    assert!(
+        !statuses.contains(&429),
+        "one request per client: {statuses:?}"
+    );
+}
