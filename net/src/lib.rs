@@ -47,14 +47,36 @@ use herald_engine::limits::Limits;
 pub use cidrs::Cidrs;
 pub use herald_store::FsyncMode;
 pub use runtime::serve;
+pub use wakeup_http::ProxyUrl;
 
 /// Where a wakeup for one mobile network goes (SPEC §5).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WakeupRoute {
     /// Herald sends the UDP datagram itself.
     Udp,
-    /// A wakeup proxy inside the operator network: `POST <url>/wakeup`.
-    Proxy(String),
+    /// A wakeup proxy inside the operator network: `POST <url>/wakeup`,
+    /// with the bearer secret of [`ServerConfig::wakeup_proxy_secret`].
+    Proxy(ProxyUrl),
+}
+
+/// A shared secret: compared and sent, never shown (`Debug` hides it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: String) -> Secret {
+        Secret(text)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        out.write_str("Secret(..)")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -70,6 +92,9 @@ pub struct ServerConfig {
     pub fsync: FsyncMode,
     /// `MCC-MNC` → route.
     pub wakeup_routes: Vec<(String, WakeupRoute)>,
+    /// Sent to wakeup proxies as `Authorization: Bearer` (SPEC §5,
+    /// `wakeup_proxy_secret_file`).
+    pub wakeup_proxy_secret: Option<Secret>,
     pub limits: Limits,
     pub keys: KeyMaterial,
     /// Bearer token for operator requests on the public AS listener

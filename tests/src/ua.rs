@@ -221,9 +221,12 @@ impl WsClient {
                     }
                 }
                 Ok(Message::Frame(_)) => continue,
+                // A signal to the test process (a child exiting) interrupts
+                // the read; nothing was lost.
                 Err(tungstenite::Error::Io(e))
                     if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                        || e.kind() == std::io::ErrorKind::TimedOut
+                        || e.kind() == std::io::ErrorKind::Interrupted =>
                 {
                     continue
                 }
