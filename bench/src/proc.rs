@@ -1,4 +1,5 @@
-//! Readings from /proc: a process's resident memory and CPU time.
+//! Readings from /proc: a process's resident memory and CPU time, and the
+//! whole machine's CPU time.
 
 /// Resident set size in bytes (`VmRSS`).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
@@ -23,4 +24,23 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Some(ticks as f64 / per_second)
+}
+
+/// Seconds every CPU of the machine spent busy so far (user, nice, system,
+/// irq, softirq from /proc/stat), and the seconds the hypervisor took
+/// (steal): over a run, the CPU everything on the machine used.
+pub fn machine_cpu_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|field| field.parse().unwrap_or(0))
+        .collect();
+    let field = |index: usize| ticks.get(index).copied().unwrap_or(0);
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((busy as f64 / per_second, field(7) as f64 / per_second))
 }

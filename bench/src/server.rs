@@ -1,6 +1,7 @@
 //! The server under test, started for one run and stopped after it: `herald
-//! serve` or `herald-floor`, both found next to the running binary, each on
-//! free loopback ports (two, and Herald's admin listener).
+//! serve` (alone, or as one node of a cluster) or `herald-floor`, both found
+//! next to the running binary, each on free loopback ports (two, and
+//! Herald's admin listener).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -71,13 +72,41 @@ pub fn herald_serve(
     shards: usize,
     fsync: Fsync,
 ) -> Command {
+    let mut command = serve(herald, data_dir, shards);
+    command.args(["--fsync", fsync.as_str()]);
+    command
+}
+
+/// `herald serve` (next to this binary) as one node of a cluster: `seeds`
+/// is the `--cluster` list, other nodes reach this one on `node_listen`, and
+/// every node reads the same `keys_file`. No `--fsync`: a cluster node's
+/// writes are durable once Redis replicas acknowledged them (`WAIT`,
+/// `[cluster] replicas`, default 1); the data dir keeps only node-local
+/// state.
+pub fn herald_cluster_node(
+    data_dir: &Path,
+    shards: usize,
+    seeds: &str,
+    node_listen: SocketAddr,
+    keys_file: &Path,
+) -> Command {
+    let mut command = serve(None, data_dir, shards);
+    command
+        .args(["--cluster", seeds])
+        .arg("--node-listen")
+        .arg(node_listen.to_string())
+        .arg("--keys-file")
+        .arg(keys_file);
+    command
+}
+
+fn serve(herald: Option<&Path>, data_dir: &Path, shards: usize) -> Command {
     let mut command = Command::new(herald.map_or_else(|| sibling("herald"), Path::to_path_buf));
-    command.arg("serve").arg("--data-dir").arg(data_dir).args([
-        "--shards",
-        &shards.to_string(),
-        "--fsync",
-        fsync.as_str(),
-    ]);
+    command
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--shards", &shards.to_string()]);
     command
 }
 

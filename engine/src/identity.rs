@@ -267,9 +267,7 @@ impl Keys {
     /// Accepts the hex form of a UAID this server minted (under any listed key);
     /// `None` for anything else: wrong length, non-hex, guessed or altered.
     pub fn check_uaid(&self, text: &str) -> Option<Uaid> {
-        // Own strict parser: `Uaid::from_hex` goes through `from_str_radix`,
-        // which also takes a `+` sign ("+f" as 0x0f).
-        let uaid = Uaid(unhex::<16>(text)?);
+        let uaid = Uaid::from_hex(text)?;
         self.uaid
             .iter()
             .any(|key| key.verifies(&uaid))
@@ -434,8 +432,9 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Exactly `2 * N` hex digits (either case) into `N` bytes; nothing else.
-fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+/// Exactly `2 * N` hex digits (either case) into `N` bytes; nothing else
+/// (`from_str_radix` would also take a sign: "+f" as 0x0f).
+pub(crate) fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     fn nibble(c: u8) -> Option<u8> {
         match c {
             b'0'..=b'9' => Some(c - b'0'),

@@ -44,17 +44,11 @@ impl Uaid {
         out
     }
 
-    /// Parses 32 hex characters (either case). Says nothing about authenticity:
-    /// see [`identity::Keys::check_uaid`].
+    /// Parses exactly 32 hex characters (either case), so that one UAID has
+    /// one spelling up to case. Says nothing about authenticity: see
+    /// [`identity::Keys::check_uaid`].
     pub fn from_hex(text: &str) -> Option<Uaid> {
-        if text.len() != 32 || !text.is_ascii() {
-            return None;
-        }
-        let mut bytes = [0u8; 16];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(Uaid(bytes))
+        identity::unhex::<16>(text).map(Uaid)
     }
 
     /// The shard that owns this UAID out of `shards`. Computed from the public
@@ -88,3 +82,21 @@ impl ChannelId {
 
 /// SHA-256 of a channel's VAPID public key (raw uncompressed point bytes).
 pub type KeyHash = [u8; 32];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_uaid_has_one_hex_spelling_up_to_case() {
+        let uaid = Uaid([0x0f; 16]);
+        let hex = uaid.to_hex();
+        assert_eq!(Uaid::from_hex(&hex), Some(uaid));
+        assert_eq!(Uaid::from_hex(&hex.to_ascii_uppercase()), Some(uaid));
+        // `u8::from_str_radix("+f", 16)` is 0x0f: a sign is not a digit.
+        assert_eq!(Uaid::from_hex(&format!("+f{}", &hex[2..])), None);
+        assert_eq!(Uaid::from_hex(&hex[1..]), None);
+        assert_eq!(Uaid::from_hex(&format!("{hex}0")), None);
+        assert_eq!(Uaid::from_hex(&"\u{e9}".repeat(16)), None);
+    }
+}

@@ -128,7 +128,8 @@ pub async fn route(
         Ok(push) => push,
         Err(response) => return response,
     };
-    if let (Some(cluster), false) = (&ctx.cluster, forwarded) {
+    let held_here = ctx.shared.holds(&push.uaid());
+    if let (Some(cluster), false, false) = (&ctx.cluster, forwarded, held_here) {
         if let Some(holder) = cluster.holder_elsewhere(&push.uaid()).await {
             cluster.forwards.set(cluster.forwards.get() + 1);
             match cluster.link.forward(&holder, head, body).await {

@@ -92,7 +92,7 @@ pub async fn run(
     );
     let opened = match &config.cluster {
         None => open_wal(index, config).await,
-        Some(cluster) => open_cluster(index, config, cluster).await,
+        Some(cluster) => open_cluster(index, &shared, cluster).await,
     };
     let (journal, recovered, cluster) = match opened {
         Ok(opened) => opened,
@@ -415,9 +415,10 @@ async fn open_wal(index: usize, config: &ServerConfig) -> Result<Opened, String>
 /// where UAs are held), nothing to replay (a UA is loaded when named).
 async fn open_cluster(
     index: usize,
-    config: &ServerConfig,
+    shared: &Shared,
     cluster: &ClusterConfig,
 ) -> Result<Opened, String> {
+    let config = &shared.config;
     let mut redis = RedisConfig::new(cluster.seeds.clone());
     redis.replicas = cluster.replicas;
     redis.wait_timeout_ms = cluster.wait_timeout_ms;
@@ -436,6 +437,7 @@ async fn open_cluster(
             ua_ttl_ms: config.limits.ua_expiry_ms().unwrap_or(0),
             pipeline_max: cluster.pipeline_max,
         },
+        shared.held[index].clone(),
     );
     let link = NodeLink::new(cluster.node_url.clone(), config.keys.node_link_secret());
     let node = ClusterNode {

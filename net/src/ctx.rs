@@ -127,10 +127,9 @@ impl Runtime for Glommio {
         spawn_local(async move {
             let outcome = claim.await;
             if let (Ok(claim), Some(link)) = (&outcome, link) {
-                let previous = claim.previous_owner.as_deref();
-                if let Some(peer) = previous.filter(|peer| *peer != link.own_url) {
-                    let peer = peer.to_owned();
-                    spawn_local(async move { link.dropped(&peer, uaid).await }).detach();
+                let displaced = claim.previous.clone();
+                if let Some(previous) = displaced.filter(|previous| previous.node != link.own_url) {
+                    spawn_local(async move { link.dropped(&previous, uaid).await }).detach();
                 }
             }
             // Unbounded: one entry per claim the driver itself started.

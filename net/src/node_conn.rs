@@ -47,11 +47,18 @@ impl Routes for NodeRoutes {
         if !cluster.link.admits(secret) {
             return node_link::unauthorized();
         }
-        if let Some(uaid) = head.path.strip_prefix(DROPPED_PATH) {
-            let Some(uaid) = Uaid::from_hex(uaid) else {
-                return HttpResponse::error(400, errno::BAD_REQUEST, "not a UAID");
+        if let Some(claim) = head.path.strip_prefix(DROPPED_PATH) {
+            let parsed = claim
+                .split_once('/')
+                .and_then(|(uaid, nonce)| Some((Uaid::from_hex(uaid)?, nonce)));
+            let Some((uaid, nonce)) = parsed.filter(|(_, nonce)| !nonce.is_empty()) else {
+                return HttpResponse::error(
+                    400,
+                    errno::BAD_REQUEST,
+                    "not /node/dropped/<uaid>/<nonce>",
+                );
             };
-            ctx.with_driver(|driver| driver.on_dropped(uaid));
+            ctx.with_driver(|driver| driver.on_displaced(uaid, nonce.to_owned()));
             return HttpResponse::json(204, String::new());
         }
         // A request another node forwarded: handled here, never sent on;

@@ -17,13 +17,15 @@ use glommio::net::TcpStream;
 
 use herald_engine::push::{errno, HttpResponse};
 use herald_engine::Uaid;
+use herald_store::PreviousClaim;
 
 use crate::http::Head;
 use crate::http_client::{read_response, split_http_url};
 
 /// The header that carries the node secret.
 pub const SECRET_HEADER: &str = "herald-node";
-/// The path a node posts to when it took a UA over: `/node/dropped/<uaid>`.
+/// The path a node posts to when it took a UA over:
+/// `/node/dropped/<uaid>/<nonce of the displaced claim>`.
 pub const DROPPED_PATH: &str = "/node/dropped/";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -79,9 +81,16 @@ impl NodeLink {
         self.call(peer, request, body).await
     }
 
-    /// Tells the node at `peer` that this node took `uaid` over.
-    pub async fn dropped(&self, peer: &str, uaid: Uaid) {
-        let request = format!("POST {DROPPED_PATH}{} HTTP/1.1\r\n", uaid.to_hex()).into_bytes();
+    /// Tells the node that held `uaid` by the `previous` claim that this
+    /// node took it over.
+    pub async fn dropped(&self, previous: &PreviousClaim, uaid: Uaid) {
+        let peer = previous.node.as_str();
+        let request = format!(
+            "POST {DROPPED_PATH}{}/{} HTTP/1.1\r\n",
+            uaid.to_hex(),
+            previous.nonce
+        )
+        .into_bytes();
         if let Err(error) = self.call(peer, request, &[]).await {
             // The old node is gone or cut off: its socket is gone with it,
             // or its next write is fenced and it lets go then.

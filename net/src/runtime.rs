@@ -55,6 +55,7 @@ pub fn serve(
         wakeups,
         connections_per_ip: Arc::default(),
         states: crate::health::ShardStates::new(shards),
+        held: (0..shards).map(|_| Default::default()).collect(),
         config,
     });
     let wakeup_handle = crate::wakeup::spawn(shared.clone(), wakeup_core, WAKEUP_IO_MEMORY_BYTES)?;

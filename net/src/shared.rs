@@ -21,4 +21,17 @@ pub struct Shared {
     /// What each shard says about itself: replaying, serving, store failed
     /// (the listeners accept once none replays; readiness reads it).
     pub states: crate::health::ShardStates,
+    /// Cluster mode: the UAs each shard holds (empty on a single node).
+    pub held: Vec<herald_store::cluster::HeldSet>,
+}
+
+impl Shared {
+    /// Cluster mode: whether a shard of this node holds `uaid` (then an AS
+    /// request for it needs no lookup in Redis).
+    pub fn holds(&self, uaid: &herald_engine::Uaid) -> bool {
+        self.held
+            .get(uaid.shard(self.config.shards))
+            .and_then(|held| held.lock().ok().map(|held| held.contains(uaid)))
+            .unwrap_or(false)
+    }
 }

@@ -137,6 +137,13 @@ impl RecordLog for ShardStore {
         }
     }
 
+    fn displaced(&self, uaid: Uaid, nonce: &str) -> bool {
+        match self {
+            ShardStore::Wal(_) => false,
+            ShardStore::Cluster(log) => log.displaced(uaid, nonce),
+        }
+    }
+
     fn take_fenced(&self) -> Vec<Fenced> {
         match self {
             ShardStore::Wal(_) => Vec::new(),

@@ -8,6 +8,10 @@
 
 mod fuzz_support;
 
+// The WAL driver measures its allocations.
+#[global_allocator]
+static ALLOCATOR: fuzz_support::peak_alloc::PeakAlloc = fuzz_support::peak_alloc::PeakAlloc;
+
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -183,5 +187,45 @@ fn shard_never_panics_on_arbitrary_frames() {
         fuzz_support::shard_frames,
         Vec::new(),
         4_000,
+    );
+}
+
+#[test]
+fn http_head_never_panics_or_smuggles() {
+    smoke(
+        "http_head",
+        fuzz_support::http_head::http_head,
+        fuzz_support::http_head::seeds(),
+        50_000,
+    );
+}
+
+#[test]
+fn ws_frames_never_panic_and_give_back_the_messages() {
+    smoke(
+        "ws_frames",
+        fuzz_support::ws_frames::ws_frames,
+        fuzz_support::ws_frames::seeds(),
+        20_000,
+    );
+}
+
+#[test]
+fn wal_records_never_panic_or_allocate_past_the_limit() {
+    smoke(
+        "wal_records",
+        fuzz_support::wal_records::wal_records,
+        fuzz_support::wal_records::seeds(),
+        10_000,
+    );
+}
+
+#[test]
+fn tokens_open_only_what_was_minted() {
+    smoke(
+        "tokens",
+        fuzz_support::tokens::tokens,
+        fuzz_support::tokens::seeds(),
+        20_000,
     );
 }

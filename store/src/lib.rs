@@ -77,7 +77,7 @@ pub use layout::{check_layout, shard_dir};
 pub use lock::DataDirLock;
 pub use log::{CompactReport, FsyncMode, Log, LogOptions, LogStats, ProgressFn, Recovered};
 pub use mem_log::MemLog;
-pub use record_log::{Claim, ClaimError, Fenced, RecordLog};
+pub use record_log::{Claim, ClaimError, Fenced, PreviousClaim, RecordLog};
 pub use recovery::{RecoveryProgress, RecoveryReport};
 pub use storage::{CrashSpec, FaultStorage, MemStorage, Storage};
 

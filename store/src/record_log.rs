@@ -24,8 +24,19 @@ use crate::StoreError;
 #[derive(Debug, Default)]
 pub struct Claim {
     pub records: Vec<Record>,
-    /// The node that held the UA before (its node URL), told to let go.
-    pub previous_owner: Option<String>,
+    /// The claim this one displaced, if another was current: the node that
+    /// held the UA is told (by its URL) to let go of that claim.
+    pub previous: Option<PreviousClaim>,
+}
+
+/// A claim another shard held, displaced by a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousClaim {
+    /// The node-to-node URL of the node that held it.
+    pub node: String,
+    /// What names the claim itself, so the node lets go only of that one
+    /// (not of a newer claim it made since).
+    pub nonce: String,
 }
 
 /// A record a cluster store refused because another node had taken its UA.
@@ -82,6 +93,13 @@ pub trait RecordLog {
     /// Cluster stores only: gives the claim on `uaid` back, after the records
     /// appended before this call.
     fn release(&self, _uaid: Uaid) {}
+
+    /// Cluster stores only: another node displaced this shard's claim on
+    /// `uaid` named `nonce`. True if that is the shard's current claim, which
+    /// it then forgets (without a release: the claim is no longer its own).
+    fn displaced(&self, _uaid: Uaid, _nonce: &str) -> bool {
+        false
+    }
 
     /// Cluster stores only: appended records the store refused because
     /// another node had taken their UA over. They count as settled for

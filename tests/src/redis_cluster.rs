@@ -116,6 +116,14 @@ impl RedisCluster {
         self.nodes.iter().map(|n| n.port).collect()
     }
 
+    /// The PIDs of the running nodes (the benchmark reads their CPU time).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// The DC of the node on `port`.
     pub fn dc_of(&self, port: u16) -> usize {
         self.index_of(port) / NODES_PER_DC
@@ -465,9 +473,9 @@ fn ok(port: u16, argv: &[&str]) {
     }
 }
 
-/// `field` of an INFO-style reply (`key:value` lines) to `argv`, or "" when
-/// the node does not answer.
-fn info_field(port: u16, cmd: &str, arg: &str, field: &str) -> String {
+/// `field` of an INFO-style reply (`key:value` lines) to `cmd arg`, or ""
+/// when the node does not answer.
+pub fn info_field(port: u16, cmd: &str, arg: &str, field: &str) -> String {
     let Ok(OwnedFrame::BulkString(text)) = request(port, &[cmd, arg]) else {
         return String::new();
     };

@@ -4,7 +4,8 @@
 //! stops doing so. Speed is not checked here (that is what the benchmarks
 //! themselves are for); counts are.
 //!
-//! One test, scenarios in turn: the harness uses fixed loopback ports.
+//! The single-node scenarios run in turn, in one test: the harness gives
+//! its workers fixed loopback source addresses.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -121,8 +122,82 @@ fn every_scenario_delivers_what_it_counts() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// `herald-bench cluster` (a fresh nine-node Redis Cluster per run, so it
+/// runs beside the test above: no port of its own is fixed) delivers what
+/// it counts and reads Redis's CPU and memory.
+#[test]
+fn the_cluster_scenario_delivers_what_it_counts() {
+    let out = tempdir_named("cluster");
+    let args = [
+        "--uas",
+        "30",
+        "--pushers",
+        "6",
+        "--seconds",
+        "1",
+        "--peak",
+        "400",
+        "--memory-uas",
+        "200",
+    ];
+    let results = scenario(&out, "cluster", &args);
+    let runs = results["runs"].as_array().expect("runs");
+    let (load, memory): (Vec<&Value>, Vec<&Value>) =
+        runs.iter().partition(|run| run.get("delivered").is_some());
+    // 1 node, 2 nodes split, 2 nodes crossing; then both placements paced.
+    assert_eq!(load.len(), 5, "{results}");
+    for run in &load {
+        let accepted = run["accepted"].as_u64().unwrap();
+        assert!(accepted > 0, "nothing accepted: {run}");
+        assert_eq!(
+            run["delivered"], accepted,
+            "every accepted push arrives: {run}"
+        );
+        assert_eq!(run["refused"], 0, "{run}");
+        assert_eq!(run["uas"], 30, "{run}");
+        assert!(
+            run["redis_us_per_notification"].as_f64().unwrap() > 0.0,
+            "{run}"
+        );
+        let commands = &run["redis_commands_per_notification"];
+        assert!(
+            commands["evalsha"]["calls"].as_f64().unwrap() > 0.0,
+            "{run}"
+        );
+        if run["offered_per_s"].as_f64().unwrap() > 0.0 {
+            // 50 % of 400/s for one second.
+            assert!((100..=220).contains(&accepted), "paced at 200/s: {run}");
+        }
+    }
+    assert_eq!(memory.len(), 1, "{results}");
+    let run = memory[0];
+    assert_eq!(run["uas"], 200, "{run}");
+    assert_eq!(
+        run["verified"], 200,
+        "every registered UA still gets a push: {run}"
+    );
+    assert!(
+        run["redis_masters_bytes_per_ua"].as_f64().unwrap() > 0.0,
+        "{run}"
+    );
+    assert!(
+        run["redis_memory_usage_one_ua"].as_u64().unwrap() > 0,
+        "{run}"
+    );
+    assert_eq!(
+        results["derived"]["targets"].as_array().map(Vec::len),
+        Some(3),
+        "the issue's three targets: {results}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("herald-bench-test-{}", std::process::id()));
+    tempdir_named("all")
+}
+
+fn tempdir_named(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("herald-bench-test-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }

@@ -413,7 +413,7 @@ fn kill_9_of_a_node_under_load_loses_nothing_acknowledged() {
     let stop = AtomicBool::new(false);
     let targets = load.targets(&cluster, 1);
     std::thread::scope(|scope| {
-        scope.spawn(|| load.run(&[targets.clone()], 4, &stop));
+        scope.spawn(|| load.run(std::slice::from_ref(&targets), 4, &stop));
         wait_until(Duration::from_secs(20), "100 pushes accepted", || {
             load.accepted_count() >= 100
         });
@@ -440,7 +440,7 @@ fn losing_a_whole_data_centre_under_load_loses_nothing_acknowledged() {
     let mut killed_at = Instant::now();
     let targets = load.targets(&cluster, 1);
     std::thread::scope(|scope| {
-        scope.spawn(|| load.run(&[targets.clone()], 4, &stop));
+        scope.spawn(|| load.run(std::slice::from_ref(&targets), 4, &stop));
         wait_until(Duration::from_secs(20), "100 pushes accepted", || {
             load.accepted_count() >= 100
         });
@@ -510,7 +510,7 @@ fn a_redis_master_restart_loses_nothing_acknowledged() {
         .position(|port| *port == master)
         .expect("a node");
     std::thread::scope(|scope| {
-        scope.spawn(|| load.run(&[targets.clone()], 4, &stop));
+        scope.spawn(|| load.run(std::slice::from_ref(&targets), 4, &stop));
         wait_until(Duration::from_secs(20), "100 pushes accepted", || {
             load.accepted_count() >= 100
         });

@@ -36,6 +36,7 @@ async fn node(seeds: &str, node_url: &str) -> ClusterLog {
             ua_ttl_ms: 60_000,
             pipeline_max: 64,
         },
+        Default::default(),
     );
     let writer = log.clone();
     spawn_local(async move { writer.run_writer().await }).detach();
@@ -66,7 +67,7 @@ fn a_claim_reads_every_write_before_it_and_fences_every_write_after_it() {
         let uaid = Uaid([0x5a; 16]);
 
         let first = x.claim(uaid).await.expect("x claims a new UA");
-        assert!(first.records.is_empty() && first.previous_owner.is_none());
+        assert!(first.records.is_empty() && first.previous.is_none());
         write(&x, &[registered(uaid, 1)]).await;
         assert!(x.take_fenced().is_empty());
 
@@ -76,9 +77,12 @@ fn a_claim_reads_every_write_before_it_and_fences_every_write_after_it() {
             vec![registered(uaid, 1)],
             "y reads x's write"
         );
-        assert_eq!(taken.previous_owner.as_deref(), Some("http://x.example:1"));
+        let displaced = taken.previous.expect("x's claim was displaced");
+        assert_eq!(displaced.node, "http://x.example:1");
 
-        // x does not know yet: its next write is refused, and says so.
+        // x does not know yet: its next write is refused, and says so. (Told
+        // of a claim that is not its current one, it would keep the UA.)
+        assert!(!x.displaced(uaid, "not-x's-claim"));
         let late = write(&x, &[registered(uaid, 2)]).await;
         let fenced = x.take_fenced();
         assert_eq!(fenced.len(), 1);
@@ -97,7 +101,11 @@ fn a_claim_reads_every_write_before_it_and_fences_every_write_after_it() {
             again.records,
             vec![registered(uaid, 1), registered(uaid, 3)]
         );
-        assert_eq!(again.previous_owner, None, "y let it go");
+        assert_eq!(again.previous, None, "y let it go");
+        // Told that this claim was displaced, x lets go of it.
+        let newest = y.claim(uaid).await.expect("y claims it again").previous;
+        assert!(x.displaced(uaid, &newest.expect("x's claim").nonce));
+        assert!(!x.displaced(uaid, "already let go"));
     });
 }
 
@@ -140,9 +148,6 @@ fn a_minted_ua_is_created_by_its_first_write_and_an_anonymous_one_leaves_nothing
         y.flush().await.expect("flush");
         let read = x.claim(anonymous).await.expect("claim");
         assert!(read.records.is_empty());
-        assert_eq!(
-            read.previous_owner, None,
-            "the anonymous UA's keys were deleted"
-        );
+        assert_eq!(read.previous, None, "the anonymous UA's keys were deleted");
     });
 }

@@ -332,7 +332,7 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
                 self.engine.on_app_notify(now, local, channel, notification);
             }
             RingMsg::Broadcast { id, version } => self.engine.on_broadcast(&id, &version),
-            RingMsg::Dropped { uaid } => self.engine.on_dropped(uaid),
+            RingMsg::Displaced { uaid, nonce } => self.displaced(uaid, &nonce),
             RingMsg::Reply { request, response } => {
                 self.remote_in_flight = self.remote_in_flight.saturating_sub(1);
                 if let Some(Origin::Local(waiter)) = self.requests.remove(&request) {
@@ -450,15 +450,23 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
         self.run_actions();
     }
 
-    /// Another node took `uaid` over (it told this node so): the shard
-    /// that holds it lets go.
-    pub fn on_dropped(&mut self, uaid: Uaid) {
+    /// Another node displaced the claim `nonce` on `uaid` (it told this node
+    /// so): the shard that holds the UA lets go, if that claim is still its
+    /// current one (it may have claimed the UA again since).
+    pub fn on_displaced(&mut self, uaid: Uaid, nonce: String) {
         let holder = uaid.shard(self.shards);
         if holder == self.index {
-            self.engine.on_dropped(uaid);
+            self.displaced(uaid, &nonce);
             self.run_actions();
         } else {
-            self.runtime.send(holder, RingMsg::Dropped { uaid });
+            self.runtime
+                .send(holder, RingMsg::Displaced { uaid, nonce });
+        }
+    }
+
+    fn displaced(&mut self, uaid: Uaid, nonce: &str) {
+        if self.log.displaced(uaid, nonce) {
+            self.engine.on_dropped(uaid);
         }
     }
 

@@ -23,9 +23,9 @@ pub enum RingMsg<S> {
         channel: ChannelId,
         notification: AppNotification,
     },
-    /// Cluster mode: another node took this UA over (it says so over the
-    /// node link, to whichever shard took the call).
-    Dropped { uaid: Uaid },
+    /// Cluster mode: another node displaced the claim `nonce` on this UA
+    /// (it says so over the node link, to whichever shard took the call).
+    Displaced { uaid: Uaid, nonce: String },
     /// An operator changed a broadcast on another shard.
     Broadcast { id: String, version: String },
     /// The owner's answer, already durable.

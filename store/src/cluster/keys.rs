@@ -16,6 +16,9 @@ use herald_engine::{ChannelId, Uaid};
 use crate::format::{decode_record, encode_record};
 use crate::StoreError;
 
+/// A Redis hash as `HGETALL` gives it: (field, value) pairs.
+pub type HashFields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The three keys of `uaid`, in the order the scripts take them.
 pub fn ua_keys(uaid: &Uaid) -> [Vec<u8>; 3] {
     let tag = format!("{{{}}}", uaid.to_hex());
@@ -148,7 +151,7 @@ mod tests {
     use super::*;
     use herald_engine::message::{MessageBody, Registration, StoredMessage, Urgency};
 
-    fn pairs(ops: &[Vec<Vec<u8>>]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn pairs(ops: &[Vec<Vec<u8>>]) -> HashFields {
         ops.iter()
             .map(|op| (op[1].clone(), op[2].clone()))
             .collect()

@@ -25,10 +25,11 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use ahash::AHashMap;
+use ahash::{AHashMap, AHashSet};
 use glommio::channels::local_channel::{self, LocalSender};
 use rand::Rng;
 
@@ -36,7 +37,7 @@ use herald_engine::record::Record;
 use herald_engine::{Lsn, Uaid};
 
 use crate::redis::{ClusterClient, Command, RedisError, Reply, ScriptId};
-use crate::{Claim, ClaimError, Fenced, RecordLog, StoreError};
+use crate::{Claim, ClaimError, Fenced, PreviousClaim, RecordLog, StoreError};
 
 pub use keys::ua_keys;
 
@@ -56,6 +57,10 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 /// long enough for the slot map to settle after a failover (the hello or
 /// request waiting for it then goes on), short of a UA's hello timeout.
 const CLAIM_PATIENCE: Duration = Duration::from_secs(3);
+
+/// The UAs a shard holds a claim on (or minted), readable by the node's
+/// other shards: an AS request for one of them needs no lookup in Redis.
+pub type HeldSet = Arc<Mutex<AHashSet<Uaid>>>;
 
 /// What a shard's cluster store needs to know besides its client.
 #[derive(Clone, Debug)]
@@ -116,6 +121,8 @@ struct Inner {
     /// The claim token this shard writes each UA it holds under. A UA with
     /// none was minted here: its first write creates it.
     tokens: RefCell<AHashMap<Uaid, Rc<[u8]>>>,
+    /// The keys of `tokens`, for the node's other shards.
+    held: HeldSet,
     closed: Cell<bool>,
     /// The writer, waiting for work.
     writer: RefCell<Option<Waker>>,
@@ -131,7 +138,7 @@ pub struct ClusterLog {
 }
 
 impl ClusterLog {
-    pub fn new(client: ClusterClient, options: ClusterLogOptions) -> ClusterLog {
+    pub fn new(client: ClusterClient, options: ClusterLogOptions, held: HeldSet) -> ClusterLog {
         ClusterLog {
             inner: Rc::new(Inner {
                 client,
@@ -142,6 +149,7 @@ impl ClusterLog {
                 unavailable: RefCell::new(None),
                 fenced: RefCell::new(Vec::new()),
                 tokens: RefCell::new(AHashMap::new()),
+                held,
                 closed: Cell::new(false),
                 writer: RefCell::new(None),
                 waiters: RefCell::new(BTreeMap::new()),
@@ -199,13 +207,29 @@ impl ClusterLog {
     }
 
     fn token_for(&self, uaid: &Uaid) -> (Rc<[u8]>, &'static [u8]) {
-        let mut tokens = self.inner.tokens.borrow_mut();
-        if let Some(token) = tokens.get(uaid) {
+        if let Some(token) = self.inner.tokens.borrow().get(uaid) {
             return (token.clone(), b"held");
         }
         let token = self.new_token();
-        tokens.insert(*uaid, token.clone());
+        self.hold(*uaid, token.clone());
         (token, b"new")
+    }
+
+    /// This shard writes `uaid` under `token` from now on.
+    fn hold(&self, uaid: Uaid, token: Rc<[u8]>) {
+        self.inner.tokens.borrow_mut().insert(uaid, token);
+        if let Ok(mut held) = self.inner.held.lock() {
+            held.insert(uaid);
+        }
+    }
+
+    /// This shard no longer holds `uaid`; returns the token it held it by.
+    fn let_go(&self, uaid: &Uaid) -> Option<Rc<[u8]>> {
+        let token = self.inner.tokens.borrow_mut().remove(uaid);
+        if let Ok(mut held) = self.inner.held.lock() {
+            held.remove(uaid);
+        }
+        token
     }
 
     /// `node_url nonce`: unique per claim, and names the node.
@@ -310,12 +334,13 @@ impl ClusterLog {
                             tracing::error!(%error, lsn, "cluster store refused a record");
                         }
                         // A claim made since is not lost by this refusal.
-                        let mut tokens = inner.tokens.borrow_mut();
-                        let lost = tokens
+                        let lost = inner
+                            .tokens
+                            .borrow()
                             .get(&uaid)
                             .is_some_and(|current| Rc::ptr_eq(current, &token));
                         if lost {
-                            tokens.remove(&uaid);
+                            self.let_go(&uaid);
                         }
                         inner.fenced.borrow_mut().push(Fenced { lsn, uaid, lost });
                         self.count(|stats| stats.fenced_writes += 1);
@@ -354,7 +379,7 @@ impl ClusterLog {
                 queued_at,
                 ..
             } if queued_at.elapsed() >= CLAIM_PATIENCE => {
-                inner.tokens.borrow_mut().remove(uaid);
+                self.let_go(uaid);
                 let _ = answer.try_send(Err(ClaimError(error.to_string())));
                 false
             }
@@ -397,19 +422,19 @@ fn claim_reply(uaid: Uaid, reply: Reply) -> Result<Claim, ClaimError> {
     };
     let (ua, channels, messages) = (pairs(ua)?, pairs(channels)?, pairs(messages)?);
     let records = keys::records_of(uaid, &ua, &channels, &messages).map_err(ClaimError)?;
-    let previous_owner = std::str::from_utf8(&previous)
+    let previous = std::str::from_utf8(&previous)
         .ok()
-        .and_then(|token| token.split(' ').next())
-        .filter(|node| !node.is_empty())
-        .map(str::to_owned);
-    Ok(Claim {
-        records,
-        previous_owner,
-    })
+        .and_then(|token| token.split_once(' '))
+        .filter(|(node, _)| !node.is_empty())
+        .map(|(node, nonce)| PreviousClaim {
+            node: node.to_owned(),
+            nonce: nonce.to_owned(),
+        });
+    Ok(Claim { records, previous })
 }
 
 /// An `HGETALL` reply as (field, value) pairs.
-fn pairs(reply: Reply) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClaimError> {
+fn pairs(reply: Reply) -> Result<keys::HashFields, ClaimError> {
     let Reply::Array(items) = reply else {
         return Err(ClaimError(
             "malformed claim reply: a hash is not an array".into(),
@@ -508,7 +533,7 @@ impl RecordLog for ClusterLog {
 
     fn claim(&self, uaid: Uaid) -> impl Future<Output = Result<Claim, ClaimError>> + 'static {
         let token = self.new_token();
-        self.inner.tokens.borrow_mut().insert(uaid, token.clone());
+        self.hold(uaid, token.clone());
         let keys = ua_keys(&uaid);
         let call = Command::script(
             CLAIM,
@@ -531,7 +556,7 @@ impl RecordLog for ClusterLog {
     }
 
     fn release(&self, uaid: Uaid) {
-        let Some(token) = self.inner.tokens.borrow_mut().remove(&uaid) else {
+        let Some(token) = self.let_go(&uaid) else {
             return;
         };
         let keys = ua_keys(&uaid);
@@ -541,6 +566,16 @@ impl RecordLog for ClusterLog {
             vec![token.to_vec()],
         );
         self.push(Op::Release { call });
+    }
+
+    fn displaced(&self, uaid: Uaid, nonce: &str) -> bool {
+        let current = self.inner.tokens.borrow().get(&uaid).is_some_and(|token| {
+            token.rsplit(|byte| *byte == b' ').next() == Some(nonce.as_bytes())
+        });
+        if current {
+            self.let_go(&uaid);
+        }
+        current
     }
 
     fn take_fenced(&self) -> Vec<Fenced> {

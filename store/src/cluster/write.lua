@@ -40,10 +40,19 @@ elseif op == 'unmsg' then
 else
   return redis.error_reply('BADOP ' .. op)
 end
+-- The UA's keys expire ua_expiry_days after it was last seen: a 'seen'
+-- renews all three; a key a write creates gets the same lease (later writes
+-- to it keep the lease it has: one command less on the hot path).
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
-  for i = 1, 3 do
-    redis.call('PEXPIRE', KEYS[i], ttl)
+  if op == 'seen' then
+    for i = 1, 3 do
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    end
+  elseif op == 'chan' then
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  elseif op == 'msg' and redis.call('PTTL', KEYS[3]) == -1 then
+    redis.call('PEXPIRE', KEYS[3], ttl)
   end
 end
 return 1

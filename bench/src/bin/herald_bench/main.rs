@@ -8,10 +8,13 @@
 //! cargo build --release -p herald -p herald-bench
 //! target/release/herald-bench all            # every scenario, 3 runs each
 //! target/release/herald-bench throughput --runs 3 --fsync batch,never
+//! target/release/herald-bench cluster --runs 3     # needs redis-server
 //! ```
 //! Everything talks to 127.0.0.1 only and every run is bounded in time.
 
+mod cluster;
 mod plot;
+mod redis;
 mod scenarios;
 mod server;
 mod worker;
@@ -24,7 +27,7 @@ use herald_bench::server::Fsync;
 use herald_bench::stats::Spread;
 use serde_json::{json, Value};
 
-use scenarios::{IdleArgs, LoadArgs, StoredArgs};
+use scenarios::{IdleArgs, LoadArgs, Placement, StoredArgs};
 use server::Target;
 
 #[derive(Parser)]
@@ -67,7 +70,10 @@ enum Command {
     Stored(StoredArgs),
     /// The throughput scenario against the floor server (no protocol, no storage).
     Floor(LoadArgs),
-    /// Every scenario with its defaults, then the plots.
+    /// Cluster mode on fresh nine-node Redis Clusters: 1 node against 2,
+    /// cross-node latency, Redis CPU per notification and memory per UA.
+    Cluster(cluster::ClusterArgs),
+    /// Every scenario but `cluster` with its defaults, then the plots.
     All,
     /// Draws the plots from the JSON results.
     Plot,
@@ -91,6 +97,7 @@ fn main() {
         } => latency(&cli, load, percents, *peak),
         Command::Stored(args) => stored(&cli, args),
         Command::Floor(args) => floor(&cli, args),
+        Command::Cluster(args) => cluster::run(&cli, args),
         Command::Plot => plot::draw(&cli.out),
         Command::All => {
             let load = LoadArgs {
@@ -128,7 +135,7 @@ fn main() {
 
 fn idle(cli: &Cli, args: &IdleArgs) {
     let runs = repeat(cli, |fsync, run| {
-        let mut figures = scenarios::idle_run(fsync, cli.shards, args);
+        let mut figures = scenarios::idle_run(Target::Herald { fsync }, cli.shards, args);
         figures["run"] = json!(run);
         figures
     });
@@ -167,7 +174,8 @@ fn load_params(args: &LoadArgs) -> Value {
 
 fn throughput(cli: &Cli, args: &LoadArgs) {
     let runs = repeat(cli, |fsync, run| {
-        let mut figures = scenarios::load_run(Target::Herald { fsync }, cli.shards, args, 0.0);
+        let target = Target::Herald { fsync };
+        let mut figures = scenarios::load_run(target, Placement::Spread, cli.shards, args, 0.0);
         figures["run"] = json!(run);
         figures
     });
@@ -177,7 +185,8 @@ fn throughput(cli: &Cli, args: &LoadArgs) {
 fn floor(cli: &Cli, args: &LoadArgs) {
     let runs: Vec<Value> = (1..=cli.runs)
         .map(|run| {
-            let mut figures = scenarios::load_run(Target::Floor, cli.shards, args, 0.0);
+            let mut figures =
+                scenarios::load_run(Target::Floor, Placement::Spread, cli.shards, args, 0.0);
             figures["run"] = json!(run);
             figures
         })
@@ -219,7 +228,8 @@ fn latency(cli: &Cli, args: &LoadArgs, percents: &[f64], peak: Option<f64>) {
                     "no peak known for {}: measuring one throughput run",
                     target.label()
                 );
-                scenarios::load_run(target, cli.shards, args, 0.0)["delivered_per_s"]
+                scenarios::load_run(target, Placement::Spread, cli.shards, args, 0.0)
+                    ["delivered_per_s"]
                     .as_f64()
                     .unwrap_or(1000.0)
             });
@@ -244,7 +254,9 @@ fn paced_runs(
     let mut runs = Vec::new();
     for percent in percents {
         for run in 1..=cli.runs {
-            let mut figures = scenarios::load_run(target, cli.shards, args, peak * percent / 100.0);
+            let rate = peak * percent / 100.0;
+            let mut figures =
+                scenarios::load_run(target, Placement::Spread, cli.shards, args, rate);
             figures["run"] = json!(run);
             figures["load_percent"] = json!(percent);
             figures["target"] = json!(format!("{} @ {percent}% of {peak:.0}/s", target.label()));
@@ -296,6 +308,20 @@ fn read_results(cli: &Cli, scenario: &str) -> Option<Value> {
 /// Medians (with ranges) of `figures` per target; prints them and writes the
 /// scenario's JSON. Returns the summary.
 fn finish(cli: &Cli, scenario: &str, params: Value, runs: Vec<Value>, figures: &[&str]) -> Value {
+    finish_with(cli, scenario, params, runs, figures, |_| Value::Null)
+}
+
+/// [`finish`], and `derive` turns the summary into figures of their own
+/// (ratios, comparisons with targets), kept as the JSON's `derived` unless
+/// null.
+fn finish_with(
+    cli: &Cli,
+    scenario: &str,
+    params: Value,
+    runs: Vec<Value>,
+    figures: &[&str],
+    derive: impl FnOnce(&Value) -> Value,
+) -> Value {
     let mut summary = serde_json::Map::new();
     let mut targets: Vec<String> = Vec::new();
     for run in &runs {
@@ -322,13 +348,19 @@ fn finish(cli: &Cli, scenario: &str, params: Value, runs: Vec<Value>, figures: &
                         .and_then(Value::as_f64)
                 })
                 .collect();
+            // A scenario whose targets measure different things (cluster).
+            if values.is_empty() {
+                continue;
+            }
             let spread = Spread::of(&values);
             println!("  {figure:<24} {spread}");
             spreads.insert((*figure).to_owned(), json!(spread));
         }
         summary.insert(target, Value::Object(spreads));
     }
-    let document = json!({
+    let summary = Value::Object(summary);
+    let derived = derive(&summary);
+    let mut document = json!({
         "scenario": scenario,
         "date": command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
         "commit": command_output("git", &["describe", "--always", "--dirty"]),
@@ -338,6 +370,9 @@ fn finish(cli: &Cli, scenario: &str, params: Value, runs: Vec<Value>, figures: &
         "summary": summary,
         "runs": runs,
     });
+    if !derived.is_null() {
+        document["derived"] = derived;
+    }
     std::fs::create_dir_all(&cli.out).expect("create the results directory");
     let path = cli.out.join(format!("{scenario}.json"));
     std::fs::write(

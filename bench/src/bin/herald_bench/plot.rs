@@ -1,6 +1,6 @@
 //! The plots of bench/RESULTS.md, drawn from the JSON results: latency
 //! percentiles against offered load, and delivered notifications per second
-//! over each throughput run.
+//! over each throughput run (single node and floor; cluster).
 
 use std::path::Path;
 
@@ -29,6 +29,15 @@ pub fn draw(out: &Path) {
         );
     } else {
         timeline_plot(&timelines, &out.join("throughput_timeline.svg"));
+    }
+    draw_cluster(out);
+}
+
+/// The cluster's closed-loop runs over time, if `herald-bench cluster` ran.
+pub fn draw_cluster(out: &Path) {
+    match read(out, "cluster") {
+        Some(cluster) => timeline_plot(&[cluster], &out.join("cluster_timeline.svg")),
+        None => eprintln!("no cluster results in {}: skipping its plot", out.display()),
     }
 }
 
@@ -148,7 +157,13 @@ fn latency_plot(latency: &Value, path: &Path) {
 fn timeline_plot(results: &[Value], path: &Path) {
     let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for result in results {
-        for run in result["runs"].as_array().into_iter().flatten() {
+        // Closed-loop runs only: a paced run's line is its pacing.
+        let unpaced = result["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|run| run["offered_per_s"].as_f64() == Some(0.0));
+        for run in unpaced {
             let points: Vec<(f64, f64)> = run["delivered_per_s_timeline"]
                 .as_array()
                 .into_iter()

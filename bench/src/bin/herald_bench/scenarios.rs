@@ -37,19 +37,61 @@ pub struct LoadArgs {
     pub mix: Mix,
 }
 
+/// Where a run's UAs connect and where its pushes go, over the nodes of
+/// what is measured (a single server is node 0 for both).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Placement {
+    /// Worker `i`'s UAs on node `i % nodes`, every worker's pushers spread
+    /// over all nodes in turn: with 2 nodes (and an even number of workers
+    /// and of pushers per worker) half the pushes reach the UA's own node
+    /// and half cross to the other.
+    Spread,
+    /// Every UA on the last node, every push to the first: with 2 nodes
+    /// every push crosses the node link.
+    Cross,
+}
+
+impl Placement {
+    fn ua_node(self, worker: usize, nodes: usize) -> usize {
+        match self {
+            Placement::Spread => worker % nodes,
+            Placement::Cross => nodes - 1,
+        }
+    }
+
+    fn push_nodes(self, nodes: usize) -> std::ops::Range<usize> {
+        match self {
+            Placement::Spread => 0..nodes,
+            Placement::Cross => 0..1,
+        }
+    }
+}
+
 /// Worker `index`'s own source address: 127.0.0.10, .11, …
 fn source(index: usize) -> Option<IpAddr> {
     Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + index as u8)))
 }
 
-/// Worker `index` of `workers` in `role` against `server`, holding its share
-/// of `uas`; the scenario sets the rest of its shape.
-fn worker(role: Role, index: usize, workers: usize, server: &UnderTest, uas: usize) -> Spec {
+/// Worker `index` of `workers` in `role` against `server`, its UAs and
+/// pushes placed by `placement`, holding its share of `uas`; the scenario
+/// sets the rest of its shape.
+fn worker(
+    role: Role,
+    index: usize,
+    workers: usize,
+    server: &UnderTest,
+    placement: Placement,
+    uas: usize,
+) -> Spec {
+    let nodes = server.nodes();
     Spec {
         role,
         id: index,
-        ua: server.ua(),
-        push_to: server.push_to(),
+        ua: server.ua(placement.ua_node(index, nodes)),
+        push_to: placement
+            .push_nodes(nodes)
+            .map(|node| server.push_to(node))
+            .collect(),
         source: source(index),
         uas: share(uas, workers, index),
         pushers: 1,
@@ -93,8 +135,30 @@ fn span_s(reports: &[Value], start: &str, end: &str) -> f64 {
     last.unwrap_or(0).saturating_sub(first.unwrap_or(0)) as f64 / 1e6
 }
 
-/// One load run against a fresh server; `rate` 0 = as fast as it answers.
-pub fn load_run(target: Target, shards: usize, args: &LoadArgs, rate: f64) -> Value {
+/// CPU seconds of the Redis processes behind `server` so far, if any.
+fn redis_cpu_seconds(server: &UnderTest) -> Option<f64> {
+    server.redis().map(crate::redis::cpu_seconds)
+}
+
+/// [`herald_bench::proc::machine_cpu_seconds`], zeros if /proc says nothing.
+fn machine_cpu_seconds() -> (f64, f64) {
+    herald_bench::proc::machine_cpu_seconds().unwrap_or_default()
+}
+
+/// CPU µs per event.
+fn us_per(cpu_seconds: f64, events: u64) -> f64 {
+    cpu_seconds * 1e6 / events.max(1) as f64
+}
+
+/// One load run against a fresh `target`, placed by `placement`; `rate` 0 =
+/// as fast as it answers.
+pub fn load_run(
+    target: Target,
+    placement: Placement,
+    shards: usize,
+    args: &LoadArgs,
+    rate: f64,
+) -> Value {
     let server = UnderTest::start(target, shards);
     let workers = args.workers.max(1);
     let specs: Vec<Spec> = (0..workers)
@@ -103,15 +167,24 @@ pub fn load_run(target: Target, shards: usize, args: &LoadArgs, rate: f64) -> Va
             mix: args.mix,
             seconds: args.seconds,
             rate: rate / workers as f64,
-            ..worker(Role::Load, index, workers, &server, args.uas)
+            ..worker(Role::Load, index, workers, &server, placement, args.uas)
         })
         .collect();
     let mut processes = Workers::spawn(&specs);
     let connected = processes.collect("connected");
     let cpu_before = server.cpu_seconds();
+    let redis_cpu_before = redis_cpu_seconds(&server);
+    let commands_before = server.redis().map(crate::redis::command_stats);
+    let machine_before = machine_cpu_seconds();
     tell_start(&mut processes);
     let done = processes.collect("done");
     let server_cpu = server.cpu_seconds() - cpu_before;
+    let (machine_cpu, steal) = machine_cpu_seconds();
+    let (machine_cpu, steal) = (machine_cpu - machine_before.0, steal - machine_before.1);
+    let redis_cpu = redis_cpu_seconds(&server)
+        .zip(redis_cpu_before)
+        .map(|(after, before)| after - before);
+    let commands_after = server.redis().map(crate::redis::command_stats);
     processes.finish();
     server.stop();
 
@@ -139,7 +212,11 @@ pub fn load_run(target: Target, shards: usize, args: &LoadArgs, rate: f64) -> Va
     let per_second = 1e6 / TIMELINE_BUCKET_US as f64;
     let delivered = sum(&done, "delivered");
     let accepted = sum(&done, "accepted");
-    json!({
+    let generator_cpu: f64 = done
+        .iter()
+        .filter_map(|report| report["cpu_seconds"].as_f64())
+        .sum();
+    let mut figures = json!({
         "target": target.label(),
         "offered_per_s": rate,
         "uas": sum(&connected, "uas"),
@@ -152,9 +229,26 @@ pub fn load_run(target: Target, shards: usize, args: &LoadArgs, rate: f64) -> Va
         "to_ua": Percentiles::of(&to_ua),
         "as_answer": Percentiles::of(&as_answer),
         "server_cpu_s": server_cpu,
-        "generator_cpu_s": done.iter().filter_map(|report| report["cpu_seconds"].as_f64()).sum::<f64>(),
+        "generator_cpu_s": generator_cpu,
+        "server_us_per_notification": us_per(server_cpu, delivered),
+        "generator_us_per_notification": us_per(generator_cpu, delivered),
+        // Everything on the machine over the same window; what the server,
+        // Redis and the generator do not account for ran beside them
+        // (other builds on a shared machine, the kernel's own threads).
+        "machine_cpu_s": machine_cpu,
+        "steal_s": steal,
+        "other_cpu_s": machine_cpu - server_cpu - redis_cpu.unwrap_or(0.0) - generator_cpu,
         "delivered_per_s_timeline": timeline.iter().map(|count| *count as f64 * per_second).collect::<Vec<_>>(),
-    })
+    });
+    if let Some(redis_cpu) = redis_cpu {
+        figures["redis_cpu_s"] = json!(redis_cpu);
+        figures["redis_us_per_notification"] = json!(us_per(redis_cpu, delivered));
+    }
+    if let (Some(before), Some(after)) = (commands_before, commands_after) {
+        let commands = crate::redis::commands_per(&before, &after, delivered);
+        figures["redis_commands_per_notification"] = json!(commands);
+    }
+    figures
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -171,16 +265,26 @@ pub struct IdleArgs {
 
 /// N UAs connect, hello, register and stay idle: the server's RSS per UA over
 /// its empty baseline, the connect + hello + register rate, and that every
-/// UA still gets a notification afterwards.
-pub fn idle_run(fsync: Fsync, shards: usize, args: &IdleArgs) -> Value {
-    let server = UnderTest::start(Target::Herald { fsync }, shards);
+/// UA still gets a notification afterwards. Against a cluster (UAs spread
+/// over its nodes), Redis memory per UA as well.
+pub fn idle_run(target: Target, shards: usize, args: &IdleArgs) -> Value {
+    let server = UnderTest::start(target, shards);
     let baseline = server.rss_bytes();
+    let redis_baseline = server.redis().map(crate::redis::used_memory);
+    let stats_baseline = server.redis().map(crate::redis::memory_stats);
     let workers = args.workers.max(1);
     let specs: Vec<Spec> = (0..workers)
         .map(|index| Spec {
             pushers: 16,
             concurrency: args.concurrency,
-            ..worker(Role::Idle, index, workers, &server, args.uas)
+            ..worker(
+                Role::Idle,
+                index,
+                workers,
+                &server,
+                Placement::Spread,
+                args.uas,
+            )
         })
         .collect();
     let cpu_before = server.cpu_seconds();
@@ -191,14 +295,17 @@ pub fn idle_run(fsync: Fsync, shards: usize, args: &IdleArgs) -> Value {
     // WAL batches) before reading the figure.
     std::thread::sleep(Duration::from_secs(1));
     let loaded = server.rss_bytes();
+    let redis_loaded = server.redis().map(crate::redis::used_memory);
+    let one_ua = server.redis().and_then(crate::redis::one_ua_bytes);
+    let stats_loaded = server.redis().map(crate::redis::memory_stats);
     processes.tell(&json!({"verify": true}));
     let done = processes.collect("done");
     processes.finish();
     server.stop();
     let uas = sum(&connected, "uas");
     let connect_s = span_s(&connected, "connect_start_us", "connect_end_us");
-    json!({
-        "target": Target::Herald { fsync }.label(),
+    let mut figures = json!({
+        "target": target.label(),
         "uas": uas,
         "rss_empty_bytes": baseline,
         "rss_loaded_bytes": loaded,
@@ -213,7 +320,36 @@ pub fn idle_run(fsync: Fsync, shards: usize, args: &IdleArgs) -> Value {
             * 1e6
             / uas.max(1) as f64,
         "verified": sum(&done, "verified"),
-    })
+    });
+    if let (Some(before), Some(after)) = (redis_baseline, redis_loaded) {
+        let per_ua =
+            |before: u64, after: u64| after.saturating_sub(before) as f64 / uas.max(1) as f64;
+        figures["redis_used_memory_before"] = json!(before);
+        figures["redis_used_memory_after"] = json!(after);
+        figures["redis_masters_bytes_per_ua"] = json!(per_ua(before.masters, after.masters));
+        // The same without buffers that do not grow with the UAs but do
+        // grow during the run: Herald's connections to the masters open on
+        // first use, the replication backlog fills as writes go through.
+        figures["redis_masters_data_bytes_per_ua"] = json!(per_ua(
+            before.masters.saturating_sub(before.masters_buffers),
+            after.masters.saturating_sub(after.masters_buffers)
+        ));
+        figures["redis_all_nodes_bytes_per_ua"] = json!(per_ua(before.all, after.all));
+        figures["redis_memory_usage_one_ua"] = json!(one_ua);
+    }
+    if let (Some(before), Some(after)) = (stats_baseline, stats_loaded) {
+        // Where the masters' memory per UA went (keys, hash tables, data).
+        let per_ua: serde_json::Map<String, Value> = after
+            .iter()
+            .map(|(field, value)| {
+                let grown = value - before.get(field).copied().unwrap_or(0);
+                (field.clone(), json!(grown as f64 / uas.max(1) as f64))
+            })
+            .filter(|(_, grown)| grown.as_f64() != Some(0.0))
+            .collect();
+        figures["redis_masters_memory_stats_per_ua"] = Value::Object(per_ua);
+    }
+    figures
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -244,7 +380,14 @@ pub fn stored_run(fsync: Fsync, shards: usize, args: &StoredArgs) -> Value {
             concurrency: args.concurrency,
             mix: Mix::Data,
             messages: args.messages,
-            ..worker(Role::Stored, index, workers, &server, args.uas)
+            ..worker(
+                Role::Stored,
+                index,
+                workers,
+                &server,
+                Placement::Spread,
+                args.uas,
+            )
         })
         .collect();
     let mut processes = Workers::spawn(&specs);

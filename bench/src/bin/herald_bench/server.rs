@@ -1,20 +1,33 @@
-//! The server under test for one run: a fresh `herald serve` (new data
-//! directory, keys generated) or `herald-floor`, started with the shared
-//! launcher and stopped, its data directory removed, after the run.
+//! What a run measures, started fresh for it and stopped after it: one
+//! `herald serve` (new data directory, keys generated), `herald-floor`, or a
+//! cluster — a new nine-node Redis Cluster and Herald nodes sharing one key
+//! file. Started with the shared launchers; data directories are removed
+//! after the run.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use herald_bench::server::{self, Fsync, Kind, Server};
+use herald_bench::server::{self, free_port, Fsync, Kind, Server};
+use herald_engine::identity::KeyMaterial;
+use herald_tests::RedisCluster;
 
 /// A fresh server has no log to replay: it is up in well under a second.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Target {
-    Herald { fsync: Fsync },
+    Herald {
+        fsync: Fsync,
+    },
     Floor,
+    /// `nodes` Herald nodes sharing a fresh Redis Cluster: the launcher of
+    /// the cluster tests (`herald_tests::RedisCluster`), nine redis-server
+    /// processes, 3 masters each with a replica in both other "DCs", and
+    /// Herald's default `[cluster]` settings (`replicas` = 1).
+    Cluster {
+        nodes: usize,
+    },
 }
 
 impl Target {
@@ -22,54 +35,126 @@ impl Target {
         match self {
             Target::Herald { fsync } => format!("herald --fsync {}", fsync.as_str()),
             Target::Floor => "herald-floor".to_owned(),
+            Target::Cluster { nodes: 1 } => "herald cluster, 1 node".to_owned(),
+            Target::Cluster { nodes } => format!("herald cluster, {nodes} nodes"),
         }
     }
 }
 
 pub struct UnderTest {
-    server: Server,
-    data_dir: Option<PathBuf>,
+    /// The Herald processes (or the floor): one unless a cluster.
+    servers: Vec<Server>,
+    /// Directories of the run: data dirs, the cluster's key file.
+    dirs: Vec<PathBuf>,
+    redis: Option<RedisCluster>,
 }
 
 impl UnderTest {
     pub fn start(target: Target, shards: usize) -> UnderTest {
-        let (command, kind, data_dir) = match target {
+        let (command, kind, dirs) = match target {
             Target::Herald { fsync } => {
                 let data_dir = server::temp_dir("herald-bench");
                 let command = server::herald_serve(None, &data_dir, shards, fsync);
-                (command, Kind::Herald, Some(data_dir))
+                (command, Kind::Herald, vec![data_dir])
             }
-            Target::Floor => (server::floor(shards), Kind::Floor, None),
+            Target::Floor => (server::floor(shards), Kind::Floor, Vec::new()),
+            Target::Cluster { nodes } => return UnderTest::start_cluster(nodes, shards),
         };
-        // The latest run's log (its startup lines would drown the summary),
-        // kept for a look after a failed run.
-        let log = std::env::temp_dir().join("herald-bench-server.log");
         UnderTest {
-            server: Server::start(command, kind, &log, START_TIMEOUT),
-            data_dir,
+            servers: vec![Server::start(command, kind, &log_path(0), START_TIMEOUT)],
+            dirs,
+            redis: None,
         }
     }
 
-    pub fn ua(&self) -> SocketAddr {
-        self.server.ua
+    fn start_cluster(nodes: usize, shards: usize) -> UnderTest {
+        let redis = RedisCluster::start();
+        let keys_dir = server::temp_dir("herald-bench-keys");
+        let keys_file = keys_dir.join("keys");
+        // Every node must read the same keys: any node opens any endpoint.
+        let keys = KeyMaterial::generate(&mut rand::thread_rng());
+        std::fs::write(&keys_file, keys.to_file_text()).expect("write the cluster's key file");
+        let mut dirs = vec![keys_dir];
+        let mut servers = Vec::new();
+        for node in 0..nodes.max(1) {
+            let data_dir = server::temp_dir("herald-bench");
+            let node_listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let command = server::herald_cluster_node(
+                &data_dir,
+                shards,
+                &redis.seeds(),
+                node_listen,
+                &keys_file,
+            );
+            dirs.push(data_dir);
+            servers.push(Server::start(
+                command,
+                Kind::Herald,
+                &log_path(node),
+                START_TIMEOUT,
+            ));
+        }
+        UnderTest {
+            servers,
+            dirs,
+            redis: Some(redis),
+        }
     }
 
-    pub fn push_to(&self) -> SocketAddr {
-        self.server.as_addr
+    /// How many Herald nodes (1 unless a cluster).
+    pub fn nodes(&self) -> usize {
+        self.servers.len()
     }
 
+    /// Node `node`'s UA listener.
+    pub fn ua(&self, node: usize) -> SocketAddr {
+        self.servers[node].ua
+    }
+
+    /// Node `node`'s AS listener.
+    pub fn push_to(&self, node: usize) -> SocketAddr {
+        self.servers[node].as_addr
+    }
+
+    /// Resident memory of the Herald processes together.
     pub fn rss_bytes(&self) -> u64 {
-        herald_bench::proc::rss_bytes(self.server.pid()).unwrap_or(0)
+        self.servers
+            .iter()
+            .filter_map(|server| herald_bench::proc::rss_bytes(server.pid()))
+            .sum()
     }
 
+    /// CPU time of the Herald processes together.
     pub fn cpu_seconds(&self) -> f64 {
-        herald_bench::proc::cpu_seconds(self.server.pid()).unwrap_or(0.0)
+        self.servers
+            .iter()
+            .filter_map(|server| herald_bench::proc::cpu_seconds(server.pid()))
+            .sum()
     }
 
+    /// The Redis Cluster behind a cluster target.
+    pub fn redis(&self) -> Option<&RedisCluster> {
+        self.redis.as_ref()
+    }
+
+    /// Herald first (it drains into Redis), then Redis, then the files.
     pub fn stop(self) {
-        self.server.stop();
-        if let Some(dir) = &self.data_dir {
+        for server in self.servers {
+            server.stop();
+        }
+        drop(self.redis);
+        for dir in &self.dirs {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// The latest run's log of node `node` (their startup lines would drown the
+/// summary), kept for a look after a failed run.
+fn log_path(node: usize) -> PathBuf {
+    let name = match node {
+        0 => "herald-bench-server.log".to_owned(),
+        node => format!("herald-bench-server-{node}.log"),
+    };
+    std::env::temp_dir().join(name)
 }

@@ -81,8 +81,11 @@ pub enum Role {
 pub struct Spec {
     pub role: Role,
     pub id: usize,
+    /// Where the UAs connect.
     pub ua: SocketAddr,
-    pub push_to: SocketAddr,
+    /// Where the pushers post: pusher lane `i` to `push_to[i % len]` (more
+    /// than one: the nodes of a cluster).
+    pub push_to: Vec<SocketAddr>,
     pub source: Option<IpAddr>,
     pub uas: usize,
     pub pushers: usize,
@@ -94,6 +97,13 @@ pub struct Spec {
     pub rate: f64,
     /// Stored role: messages per UA.
     pub messages: usize,
+}
+
+impl Spec {
+    /// The AS listener pusher lane `lane` posts to.
+    fn push_target(&self, lane: usize) -> SocketAddr {
+        self.push_to[lane % self.push_to.len()]
+    }
 }
 
 pub fn run(spec: Spec) {
@@ -323,7 +333,7 @@ async fn push_loop(
     }
     let data = [0x5au8; DATA_BYTES];
     let ends_us = load.started_us + (spec.seconds * 1e6) as u64;
-    let mut pusher = Pusher::new(FromSource(spec.source), spec.push_to);
+    let mut pusher = Pusher::new(FromSource(spec.source), spec.push_target(lane));
     let mut version = now_us();
     for (ua, path, kind) in mine.iter().cycle() {
         let mut now = now_us();
@@ -440,7 +450,7 @@ async fn idle(spec: &Spec) -> Value {
     in_lanes(lanes, |lane| {
         let (spec, opened, received) = (spec.clone(), opened.clone(), received.clone());
         async move {
-            let mut pusher = Pusher::new(FromSource(spec.source), spec.push_to);
+            let mut pusher = Pusher::new(FromSource(spec.source), spec.push_target(lane));
             for index in (lane..spec.uas).step_by(lanes) {
                 let Some((mut ua, registered)) = opened.borrow_mut()[index].take() else {
                     continue;
@@ -487,7 +497,7 @@ async fn stored(spec: &Spec) -> Value {
     in_lanes(lanes, |lane| {
         let (spec, registered, accepted) = (spec.clone(), registered.clone(), accepted.clone());
         async move {
-            let mut pusher = Pusher::new(FromSource(spec.source), spec.push_to);
+            let mut pusher = Pusher::new(FromSource(spec.source), spec.push_target(lane));
             let data = [0x5au8; DATA_BYTES];
             for ua in registered.iter().skip(lane).step_by(lanes) {
                 for _ in 0..spec.messages {
