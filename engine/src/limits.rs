@@ -16,7 +16,8 @@ pub struct Limits {
     pub channels_per_uaid_max: usize,
     /// Beyond this the oldest normal-or-lower urgency message is dropped.
     pub pending_per_uaid_max: usize,
-    /// From TCP accept to a complete WebSocket upgrade.
+    /// From TCP accept to a complete WebSocket upgrade (a trusted proxy's
+    /// PROXY header included).
     pub handshake_timeout_ms: u64,
     /// From the upgrade to the hello message.
     pub hello_timeout_ms: u64,
@@ -34,7 +35,11 @@ pub struct Limits {
     pub ring_capacity: usize,
     /// Simultaneous connections from one source IP; 0 disables the check.
     pub connections_per_ip_max: usize,
-    /// AS HTTP connection idle/read timeout.
+    /// A PROXY protocol header from a trusted proxy, TLVs included (a v1
+    /// header is at most 107 bytes; a v2 one may announce 64 KiB).
+    pub proxy_header_bytes_max: usize,
+    /// AS HTTP connection idle/read timeout (also for a trusted proxy's
+    /// PROXY header).
     pub http_read_timeout_ms: u64,
     /// VAPID `exp` may be at most this far ahead (RFC 8292: 24 hours).
     pub vapid_expiry_ahead_max_s: u64,
@@ -117,6 +122,7 @@ impl Default for Limits {
             as_in_flight_per_shard_max: 1024,
             ring_capacity: 1024,
             connections_per_ip_max: 0,
+            proxy_header_bytes_max: 4096,
             http_read_timeout_ms: 30_000,
             vapid_expiry_ahead_max_s: 24 * 3600,
             wakeup_idle_ms: 10_000,

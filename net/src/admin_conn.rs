@@ -16,7 +16,7 @@ use crate::pages::{self, Page};
 use crate::shared::Shared;
 
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
-    http_conn::serve(&AdminRoutes(shared), stream).await;
+    http_conn::serve(&AdminRoutes(shared), stream, Vec::new()).await;
 }
 
 struct AdminRoutes(Arc<Shared>);

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use glommio::net::TcpStream;
 
@@ -11,6 +12,7 @@ use herald_engine::extended;
 use herald_engine::limits::Limits;
 use herald_engine::push::{self, errno, DecodeContext, HttpRequest, HttpResponse};
 
+use crate::client_addr;
 use crate::ctx::{now_ms, Ctx};
 use crate::http::Head;
 use crate::http_conn::{self, Routes};
@@ -22,15 +24,28 @@ use crate::{admin_token, broadcasts};
 /// A form-encoded SimplePush body may spell each payload byte as `%XX`.
 const FORM_ENCODING_EXPANSION: usize = 3;
 
-pub async fn serve(ctx: Rc<Ctx>, stream: TcpStream) {
-    let peer = stream.peer_addr().ok().map(|address| address.ip());
-    http_conn::serve(&AsRoutes { ctx, peer }, stream).await;
+pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
+    let limits = &ctx.shared.config.limits;
+    // A trusted proxy's PROXY header gets the time any request's head gets.
+    let deadline = Instant::now() + Duration::from_millis(limits.http_read_timeout_ms);
+    let Some(origin) = client_addr::accept(&ctx.shared, ctx.index, &mut stream, deadline).await
+    else {
+        return;
+    };
+    let routes = AsRoutes {
+        ctx,
+        connection: origin.client,
+    };
+    http_conn::serve(&routes, stream, origin.rest).await;
+    // The connection's place under the cap on connections per IP ends here.
+    drop(origin.slot);
 }
 
 struct AsRoutes {
     ctx: Rc<Ctx>,
-    /// The connection's source address, for the per-address rate limit.
-    peer: Option<IpAddr>,
+    /// The connection's client (`client_addr::accept`); each request's
+    /// own may lie further behind a trusted proxy.
+    connection: IpAddr,
 }
 
 impl Routes for AsRoutes {
@@ -51,7 +66,9 @@ impl Routes for AsRoutes {
     }
 
     async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse {
-        route(&self.ctx, self.peer, head, body, false).await
+        let trusted = &self.ctx.shared.config.trusted_proxies;
+        let client = client_addr::of_request(trusted, self.connection, &head.headers);
+        route(&self.ctx, Some(client), head, body, false).await
     }
 }
 
@@ -60,12 +77,12 @@ pub fn body_bytes_max(limits: &Limits) -> usize {
     limits.push_body_bytes_max * FORM_ENCODING_EXPANSION
 }
 
-/// One AS request from `peer` (for the per-address rate limit; `None`
-/// counts nothing). In cluster mode, one for a UA another node holds goes
+/// One AS request from `client` (`client_addr::of_request`, for the
+/// per-address rate limit; `None` counts nothing). In cluster mode, one for a UA another node holds goes
 /// there (`cluster.rs`), unless another node already `forwarded` it here.
 pub async fn route(
     ctx: &Rc<Ctx>,
-    peer: Option<IpAddr>,
+    client: Option<IpAddr>,
     head: &Head,
     body: &[u8],
     forwarded: bool,
@@ -74,7 +91,7 @@ pub async fn route(
     if let Some(page) = Page::of(&head.method, path) {
         return public_page(ctx, head, page);
     }
-    if let Some(refusal) = over_address_rate(ctx, peer, path) {
+    if let Some(refusal) = over_address_rate(ctx, client, path) {
         return refusal;
     }
     match (head.method.as_str(), path) {
@@ -133,8 +150,8 @@ pub async fn route(
 /// The per-address rate limit, checked before a request costs a decode
 /// (token, VAPID) or a ring slot. Health checks are not counted (above): a
 /// load balancer must not read a sender's flood as the node being down.
-fn over_address_rate(ctx: &Ctx, peer: Option<IpAddr>, path: &str) -> Option<HttpResponse> {
-    let limited = ctx.address_rates.as_request(peer?).err()?;
+fn over_address_rate(ctx: &Ctx, client: Option<IpAddr>, path: &str) -> Option<HttpResponse> {
+    let limited = ctx.address_rates.as_request(client?).err()?;
     ctx.shared.metrics.rate_limited(RateLimit::as_address, 1);
     let reason = "too many requests from this address";
     Some(if path.starts_with("/notify/") {

@@ -223,28 +223,24 @@ async fn accept_loop(index: usize, listener: TcpListener, kind: Listener) {
                     return;
                 }
                 let _ = stream.set_nodelay(true);
-                let max = shared.config.limits.connections_per_ip_max;
-                let slot = match stream.peer_addr() {
-                    Ok(peer) => shared.connections_per_ip.acquire(peer.ip(), max),
-                    Err(_) => continue,
-                };
-                let Ok(slot) = slot else {
-                    shared.metrics.error(index, "connections_per_ip", 1);
-                    continue; // dropping the stream closes it
-                };
                 match &kind {
-                    Listener::Ua(ctx) => spawn_local(ua_conn::serve(ctx.clone(), stream, slot)),
-                    Listener::As(ctx) => {
-                        let ctx = ctx.clone();
-                        spawn_local(async move {
-                            as_conn::serve(ctx, stream).await;
-                            drop(slot);
-                        })
-                    }
+                    // Their client's address is known once a trusted
+                    // proxy's PROXY header is read, in the connection's task.
+                    Listener::Ua(ctx) => spawn_local(ua_conn::serve(ctx.clone(), stream)),
+                    Listener::As(ctx) => spawn_local(as_conn::serve(ctx.clone(), stream)),
                     Listener::Node(ctx) => {
                         spawn_local(crate::node_conn::serve(ctx.clone(), stream))
                     }
                     Listener::Admin(shared) => {
+                        let max = shared.config.limits.connections_per_ip_max;
+                        let slot = match stream.peer_addr() {
+                            Ok(peer) => shared.connections_per_ip.acquire(peer.ip(), max),
+                            Err(_) => continue,
+                        };
+                        let Ok(slot) = slot else {
+                            shared.metrics.error(index, "connections_per_ip", 1);
+                            continue; // dropping the stream closes it
+                        };
                         let shared = shared.clone();
                         spawn_local(async move {
                             admin_conn::serve(shared, stream).await;

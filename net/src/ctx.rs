@@ -38,6 +38,9 @@ pub struct Adopted {
     pub buffered: Vec<u8>,
     pub hello: String,
     pub ip_slot: Option<IpSlot>,
+    /// The client's address: behind a trusted proxy not the socket's peer,
+    /// so it travels with the socket (`client_addr.rs`).
+    pub client: IpAddr,
     /// The socket speaks the extended protocol; `hello` is its registerUA.
     pub extended: bool,
 }

@@ -30,7 +30,9 @@ pub trait Routes {
     async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse;
 }
 
-pub async fn serve(routes: &impl Routes, mut stream: TcpStream) {
+/// Serves requests until the connection ends; `buffer` holds what was read
+/// before the first request (after a PROXY header).
+pub async fn serve(routes: &impl Routes, mut stream: TcpStream, mut buffer: Vec<u8>) {
     let limits = routes.limits();
     if stream
         .set_read_timeout(Some(Duration::from_millis(limits.http_read_timeout_ms)))
@@ -39,7 +41,6 @@ pub async fn serve(routes: &impl Routes, mut stream: TcpStream) {
         return;
     }
     let body_bytes_max = routes.body_bytes_max();
-    let mut buffer: Vec<u8> = Vec::new();
     loop {
         let head = loop {
             match http::parse_head(&buffer, limits.http_header_bytes_max) {

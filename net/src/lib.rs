@@ -8,6 +8,8 @@ mod admin_token;
 mod as_conn;
 mod boot;
 mod broadcasts;
+pub mod cidrs;
+mod client_addr;
 mod cluster;
 mod compaction;
 mod ctx;
@@ -21,6 +23,7 @@ mod node_link;
 mod pages;
 mod per_ip;
 pub mod process;
+mod proxy_header;
 mod runtime;
 pub mod shard;
 mod shared;
@@ -41,16 +44,39 @@ use std::path::PathBuf;
 use herald_engine::identity::KeyMaterial;
 use herald_engine::limits::Limits;
 
+pub use cidrs::Cidrs;
 pub use herald_store::FsyncMode;
 pub use runtime::serve;
+pub use wakeup_http::ProxyUrl;
 
 /// Where a wakeup for one mobile network goes (SPEC §5).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WakeupRoute {
     /// Herald sends the UDP datagram itself.
     Udp,
-    /// A wakeup proxy inside the operator network: `POST <url>/wakeup`.
-    Proxy(String),
+    /// A wakeup proxy inside the operator network: `POST <url>/wakeup`,
+    /// with the bearer secret of [`ServerConfig::wakeup_proxy_secret`].
+    Proxy(ProxyUrl),
+}
+
+/// A shared secret: compared and sent, never shown (`Debug` hides it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: String) -> Secret {
+        Secret(text)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        out.write_str("Secret(..)")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -66,6 +92,9 @@ pub struct ServerConfig {
     pub fsync: FsyncMode,
     /// `MCC-MNC` → route.
     pub wakeup_routes: Vec<(String, WakeupRoute)>,
+    /// Sent to wakeup proxies as `Authorization: Bearer` (SPEC §5,
+    /// `wakeup_proxy_secret_file`).
+    pub wakeup_proxy_secret: Option<Secret>,
     pub limits: Limits,
     pub keys: KeyMaterial,
     /// Bearer token for operator requests on the public AS listener
@@ -74,6 +103,10 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// Cluster mode (`--cluster`); `None`: a single node with its own WAL.
     pub cluster: Option<ClusterConfig>,
+    /// Peers whose PROXY headers (UA and AS listeners) and `Forwarded` /
+    /// `X-Forwarded-For` headers (AS listener) name the client
+    /// (`--trusted-proxy`); everyone else's are not believed.
+    pub trusted_proxies: cidrs::Cidrs,
 }
 
 /// One node of a cluster whose state lives in a Redis Cluster (SPEC §2).

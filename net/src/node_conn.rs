@@ -16,7 +16,7 @@ use crate::node_link::{self, DROPPED_PATH, SECRET_HEADER};
 
 /// Serves one connection of the node listener.
 pub async fn serve(ctx: Rc<Ctx>, stream: glommio::net::TcpStream) {
-    http_conn::serve(&NodeRoutes(ctx), stream).await;
+    http_conn::serve(&NodeRoutes(ctx), stream, Vec::new()).await;
 }
 
 struct NodeRoutes(Rc<Ctx>);

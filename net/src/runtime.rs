@@ -107,6 +107,12 @@ pub fn serve(
         shards,
         config.fsync.as_str()
     );
+    if !config.trusted_proxies.is_empty() {
+        println!(
+            "herald: client addresses from PROXY headers and X-Forwarded-For of {}",
+            config.trusted_proxies
+        );
+    }
     tracing::info!(shards, "ready");
     let signal = wait_for_signal(&signals);
     tracing::info!(signal, "shutting down");

@@ -10,6 +10,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -28,6 +29,7 @@ use herald_engine::shard::close;
 use herald_engine::ConnId;
 use herald_store::RecordLog;
 
+use crate::client_addr;
 use crate::ctx::{Adopted, Ctx};
 use crate::http;
 use crate::metrics::RateLimit;
@@ -52,35 +54,50 @@ pub fn open_sockets() -> usize {
     OPEN_SOCKETS.with(Cell::get)
 }
 
-/// A freshly accepted socket: the WebSocket upgrade in this short-lived
-/// task, then the protocol in a task of its own ([`Socket::start`]), so that
-/// nothing of the upgrade stays with the socket.
-pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream, ip_slot: Option<IpSlot>) {
-    // Counted at connect, answered once the request is read: an answer and
-    // a close before it would reset the connection and lose the answer.
-    let limited = match stream.peer_addr() {
-        Ok(peer) => ctx.address_rates.ua_connect(peer.ip()).err(),
-        Err(_) => None,
-    };
-    let Some((buffer, extended)) = upgrade(&ctx, &mut stream, limited).await else {
+/// A freshly accepted socket: its client's address, the WebSocket upgrade
+/// in this short-lived task, then the protocol in a task of its own
+/// ([`Socket::start`]), so that nothing of the upgrade stays with the socket.
+pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
+    let limits = &ctx.shared.config.limits;
+    // One deadline for a trusted proxy's PROXY header and the upgrade.
+    let deadline = Instant::now() + Duration::from_millis(limits.handshake_timeout_ms);
+    let Some(origin) = client_addr::accept(&ctx.shared, ctx.index, &mut stream, deadline).await
+    else {
         return;
     };
-    let socket = Socket::register(&ctx, ip_slot, extended);
+    // Counted at connect, answered once the request is read: an answer and
+    // a close before it would reset the connection and lose the answer.
+    let limited = ctx.address_rates.ua_connect(origin.client).err();
+    let upgraded = upgrade(
+        &ctx,
+        &mut stream,
+        deadline,
+        origin.client,
+        limited,
+        origin.rest,
+    )
+    .await;
+    let Some((buffer, extended)) = upgraded else {
+        return;
+    };
+    let socket = Socket::register(&ctx, origin.slot, origin.client, extended);
     ctx.with_driver(|driver| driver.on_open(socket.conn, extended));
     socket.start(ctx, stream, buffer);
 }
 
-/// Reads the upgrade request and answers 101, or 429 when the connect was
-/// over its address's rate; returns the bytes read past the request (a UA
-/// may send its hello right behind it).
+/// Reads the upgrade request (after `buffer`, what was read before it) and
+/// answers 101, or 429 when the connect was over its address's rate;
+/// returns the bytes read past the request (a UA may send its hello right
+/// behind it).
 async fn upgrade(
     ctx: &Rc<Ctx>,
     stream: &mut TcpStream,
+    deadline: Instant,
+    client: IpAddr,
     limited: Option<Limited>,
+    mut buffer: Vec<u8>,
 ) -> Option<(Vec<u8>, bool)> {
     let limits = &ctx.shared.config.limits;
-    let deadline = Instant::now() + Duration::from_millis(limits.handshake_timeout_ms);
-    let mut buffer = Vec::new();
     let upgrade = loop {
         match websocket::parse_upgrade(&buffer) {
             Ok((upgrade, used)) => {
@@ -99,7 +116,7 @@ async fn upgrade(
             Err(HandshakeError::NotWebSocket) if websocket::is_token_request(&buffer) => {
                 match limited {
                     Some(limited) => refuse_rate_limited(ctx, stream, limited).await,
-                    None => answer_token_request(ctx, stream).await,
+                    None => answer_token_request(ctx, stream, client).await,
                 }
                 return None;
             }
@@ -128,13 +145,9 @@ async fn upgrade(
 }
 
 /// `GET /token` (SPEC §3.6): a fresh, self-authenticating UA token minted for
-/// this shard, at most `tokens_per_ip_per_minute_max` per source address.
-async fn answer_token_request(ctx: &Rc<Ctx>, stream: &mut TcpStream) {
-    let allowed = match stream.peer_addr() {
-        Ok(peer) => ctx.token_allowed(peer.ip()),
-        Err(_) => false,
-    };
-    let response = if allowed {
+/// this shard, at most `tokens_per_ip_per_minute_max` per client address.
+async fn answer_token_request(ctx: &Rc<Ctx>, stream: &mut TcpStream, client: IpAddr) {
+    let response = if ctx.token_allowed(client) {
         let token = ctx
             .keys
             .mint_uaid(&mut rand::thread_rng(), ctx.index, ctx.shared.config.shards)
@@ -155,7 +168,7 @@ async fn answer_token_request(ctx: &Rc<Ctx>, stream: &mut TcpStream) {
 pub fn adopt(ctx: &Rc<Ctx>, adopted: Adopted) {
     // SAFETY: the sending shard dup'ed this fd for us and closed its own copies.
     let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(adopted.fd) };
-    let socket = Socket::register(ctx, adopted.ip_slot, adopted.extended);
+    let socket = Socket::register(ctx, adopted.ip_slot, adopted.client, adopted.extended);
     let (conn, hello) = (socket.conn, &adopted.hello);
     ctx.with_driver(|driver| driver.on_adopted(conn, hello, adopted.extended));
     socket.start(ctx.clone(), stream, adopted.buffered);
@@ -225,6 +238,8 @@ struct Socket {
     /// Boxed: the cap is off by default, and the slot would otherwise take
     /// room in every socket's task.
     ip_slot: Option<Box<IpSlot>>,
+    /// The client's address (`client_addr.rs`), passed on at hand-off.
+    client: IpAddr,
     /// Speaks the extended protocol (SPEC §3.6), passed on at hand-off.
     extended: bool,
     /// The engine forgot the socket: bytes from the UA no longer matter,
@@ -250,12 +265,13 @@ enum Event {
 impl Socket {
     /// Registers the connection with the shard: from now on the engine can
     /// queue frames for it.
-    fn register(ctx: &Rc<Ctx>, ip_slot: Option<IpSlot>, extended: bool) -> Socket {
+    fn register(ctx: &Rc<Ctx>, ip_slot: Option<IpSlot>, client: IpAddr, extended: bool) -> Socket {
         let (conn, outbox) = ctx.with_driver(|driver| driver.open_conn());
         OPEN_SOCKETS.with(|count| count.set(count.get() + 1));
         Socket {
             conn,
             ip_slot: ip_slot.map(Box::new),
+            client,
             extended,
             forgotten: false,
             outbox,
@@ -395,6 +411,7 @@ impl Socket {
             buffered,
             hello,
             ip_slot: self.ip_slot.take().map(|slot| *slot),
+            client: self.client,
             extended: self.extended,
         })
     }

@@ -38,7 +38,7 @@ use herald_engine::wakeup_plan::{Dispatch, Ms, PlanLimits, PlanStats, Planner, W
 
 use crate::shared::Shared;
 use crate::wakeup_client::{Inner, Request, WakeupCore};
-use crate::wakeup_http::{self, ProxyUrl};
+use crate::wakeup_http;
 use crate::wakeup_metrics::{reason, WakeupMetrics};
 use crate::wakeup_udp::{Sent, UdpSender};
 use crate::WakeupRoute;
@@ -68,8 +68,6 @@ pub fn spawn(
 enum Route {
     Udp,
     Proxy(LocalSender<String>),
-    /// A route the core cannot use (e.g. https): its wakeups fail, counted.
-    Broken,
 }
 
 async fn run(shared: Arc<Shared>, core: WakeupCore) {
@@ -80,18 +78,15 @@ async fn run(shared: Arc<Shared>, core: WakeupCore) {
     let metrics = Rc::new(shared.metrics.wakeup.clone());
     let origin = Instant::now();
     let now_ms = || origin.elapsed().as_millis() as Ms;
+    let secret = config.wakeup_proxy_secret.as_ref();
     let routes: Vec<Route> = config
         .wakeup_routes
         .iter()
-        .map(|(network, route)| match route {
+        .map(|(_, route)| match route {
             WakeupRoute::Udp => Route::Udp,
-            WakeupRoute::Proxy(url) => match ProxyUrl::parse(url) {
-                Ok(url) => Route::Proxy(wakeup_http::spawn(url, metrics.clone())),
-                Err(error) => {
-                    tracing::error!(network, %error, "wakeup route unusable; its wakeups will fail");
-                    Route::Broken
-                }
-            },
+            WakeupRoute::Proxy(url) => {
+                Route::Proxy(wakeup_http::spawn(url.clone(), secret, metrics.clone()))
+            }
         })
         .collect();
     let networks: Vec<(String, usize)> = config
@@ -142,7 +137,7 @@ async fn run(shared: Arc<Shared>, core: WakeupCore) {
                         metrics.failed(reason::PROXY_BUSY, 1);
                     }
                 }
-                Some(Route::Broken) | None => metrics.failed(reason::PROXY_IO, 1),
+                None => metrics.failed(reason::PROXY_IO, 1),
             }
         }
         if !addrs.is_empty() {

@@ -1,5 +1,7 @@
 //! The wakeup core's HTTP client for wakeup proxies (SPEC §5): `POST
-//! <url>/wakeup` with `{"ip","port","mcc","mnc","netid"}`.
+//! <url>/wakeup` with `{"ip","port","mcc","mnc","netid"}` and the proxies'
+//! secret as `Authorization: Bearer`. Plain HTTP only: a proxy sits inside
+//! an operator network, reached over a private link (README).
 //!
 //! One task per proxy on the wakeup core, one keep-alive connection each.
 //! Calls queue in a bounded local channel; the task takes whatever is queued
@@ -17,6 +19,7 @@ use glommio::net::TcpStream;
 
 use crate::http_client::{read_response, split_http_url, Response};
 use crate::wakeup_metrics::{reason, WakeupMetrics};
+use crate::Secret;
 
 /// Calls written before reading their answers.
 const PIPELINE_MAX: usize = 64;
@@ -53,13 +56,30 @@ pub fn body(ip: std::net::IpAddr, port: u16, mcc: &str, mnc: &str, netid: &str) 
 }
 
 /// Starts the task for one proxy on the current (wakeup core) executor.
-pub fn spawn(url: ProxyUrl, metrics: Rc<WakeupMetrics>) -> LocalSender<String> {
+pub fn spawn(
+    url: ProxyUrl,
+    secret: Option<&Secret>,
+    metrics: Rc<WakeupMetrics>,
+) -> LocalSender<String> {
     let (sender, receiver) = local_channel::new_bounded(QUEUE_MAX);
-    glommio::spawn_local(run(url, receiver, metrics)).detach();
+    // Every request carries the same head lines but its length: built once.
+    let authorization = secret
+        .map(|secret| format!("Authorization: Bearer {}\r\n", secret.expose()))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\n{authorization}Content-Type: application/json\r\n",
+        url.path, url.authority
+    );
+    glommio::spawn_local(run(url, head, receiver, metrics)).detach();
     sender
 }
 
-async fn run(url: ProxyUrl, receiver: LocalReceiver<String>, metrics: Rc<WakeupMetrics>) {
+async fn run(
+    url: ProxyUrl,
+    head: String,
+    receiver: LocalReceiver<String>,
+    metrics: Rc<WakeupMetrics>,
+) {
     let mut conn: Option<TcpStream> = None;
     let mut buffer = Vec::new();
     while let Some(first) = receiver.recv().await {
@@ -77,7 +97,7 @@ async fn run(url: ProxyUrl, receiver: LocalReceiver<String>, metrics: Rc<WakeupM
             metrics.failed(reason::PROXY_IO, bodies.len() as u64);
             continue;
         };
-        let outcome = exchange(stream, &url, &bodies, &mut buffer).await;
+        let outcome = exchange(stream, &url, &head, &bodies, &mut buffer).await;
         metrics.sent("proxy", outcome.ok);
         metrics.failed(reason::PROXY_STATUS, outcome.refused);
         let unanswered = bodies.len() as u64 - outcome.ok - outcome.refused;
@@ -116,6 +136,7 @@ struct Outcome {
 async fn exchange(
     stream: &mut TcpStream,
     url: &ProxyUrl,
+    head: &str,
     bodies: &[String],
     buffer: &mut Vec<u8>,
 ) -> Outcome {
@@ -126,15 +147,8 @@ async fn exchange(
     };
     let mut request = Vec::with_capacity(bodies.len() * 256);
     for body in bodies {
-        request.extend_from_slice(
-            format!(
-                "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                url.path,
-                url.authority,
-                body.len()
-            )
-            .as_bytes(),
-        );
+        request.extend_from_slice(head.as_bytes());
+        request.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
         request.extend_from_slice(body.as_bytes());
     }
     if let Err(error) = stream.write_all(&request).await {

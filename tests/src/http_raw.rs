@@ -24,7 +24,16 @@ pub struct RawHttp {
 /// Write raw bytes to `addr`, read one response; then watch `close_window`
 /// for the server closing the connection.
 pub fn raw_http(addr: &str, request: &[u8], within: Duration, close_window: Duration) -> RawHttp {
-    let mut conn = RawConn::connect(addr);
+    raw_http_on(RawConn::connect(addr), request, within, close_window)
+}
+
+/// [`raw_http`] on a connection opened elsewhere.
+pub fn raw_http_on(
+    mut conn: RawConn,
+    request: &[u8],
+    within: Duration,
+    close_window: Duration,
+) -> RawHttp {
     let mut response = conn.exchange(request, within);
     if !response.closed {
         let (closed, note) = watch_close(&mut conn.stream, close_window);
@@ -43,7 +52,11 @@ pub struct RawConn {
 impl RawConn {
     pub fn connect(addr: &str) -> RawConn {
         let sa = addr.to_socket_addrs().unwrap().next().unwrap();
-        let stream = TcpStream::connect_timeout(&sa, Duration::from_secs(5)).expect("connect");
+        RawConn::on(TcpStream::connect_timeout(&sa, Duration::from_secs(5)).expect("connect"))
+    }
+
+    /// A connection opened elsewhere (from a chosen source address, say).
+    pub fn on(stream: TcpStream) -> RawConn {
         stream.set_nodelay(true).ok();
         RawConn { stream }
     }
@@ -186,7 +199,7 @@ impl RawHttp {
     }
 }
 
-pub(crate) fn read_http_head(
+pub fn read_http_head(
     stream: &mut TcpStream,
     within: Duration,
 ) -> Result<(String, Vec<u8>), String> {

@@ -10,6 +10,8 @@
 //! - [`as_client`]: [`http`] and the push requests of the AS side;
 //!   [`http_raw`]: [`raw_http`], exact bytes for the malformed cases;
 //! - [`metrics`]: `/metrics` parsed;
+//! - [`proxy`]: PROXY protocol headers, connections from a chosen source
+//!   address;
 //! - [`ece`]: RFC 8291 decryption, the UA's side;
 //! - [`redis_cluster`]: [`RedisCluster`], nine `redis-server` processes in
 //!   three "data centres", for cluster mode;
@@ -27,6 +29,7 @@ pub mod http_raw;
 pub mod messages;
 pub mod metrics;
 pub mod process;
+pub mod proxy;
 pub mod redis_cluster;
 pub mod server;
 pub mod ua;
@@ -37,6 +40,7 @@ pub use http_raw::*;
 pub use messages::*;
 pub use metrics::*;
 pub use process::*;
+pub use proxy::*;
 pub use redis_cluster::RedisCluster;
 pub use serde_json;
 pub use server::*;

@@ -72,8 +72,18 @@ impl WsClient {
             .map_err(|e| e.to_string())?
             .next()
             .unwrap();
-        let mut stream = TcpStream::connect_timeout(&sa, Duration::from_secs(5))
+        let stream = TcpStream::connect_timeout(&sa, Duration::from_secs(5))
             .map_err(|e| format!("connect {addr}: {e}"))?;
+        WsClient::handshake_on(stream, addr, hs)
+    }
+
+    /// The WebSocket handshake on a connected stream (one that already sent
+    /// a PROXY header, say); `addr` is for the Host header.
+    pub fn handshake_on(
+        mut stream: TcpStream,
+        addr: &str,
+        hs: &Handshake,
+    ) -> Result<WsClient, String> {
         stream.set_nodelay(true).ok();
         let key = tungstenite::handshake::client::generate_key();
         let mut req = format!(
@@ -211,9 +221,12 @@ impl WsClient {
                     }
                 }
                 Ok(Message::Frame(_)) => continue,
+                // A signal to the test process (a child exiting) interrupts
+                // the read; nothing was lost.
                 Err(tungstenite::Error::Io(e))
                     if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                        || e.kind() == std::io::ErrorKind::TimedOut
+                        || e.kind() == std::io::ErrorKind::Interrupted =>
                 {
                     continue
                 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use herald_engine::identity::KeyMaterial;
 use herald_engine::limits::Limits;
-use herald_net::{ClusterConfig, FsyncMode, ServerConfig, WakeupRoute};
+use herald_net::{Cidrs, ClusterConfig, FsyncMode, ProxyUrl, Secret, ServerConfig, WakeupRoute};
 use herald_store::DataDirLock;
 
 #[derive(Args, Debug, Default)]
@@ -50,6 +50,10 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub wakeup_routes: Vec<String>,
+    /// File holding the bearer secret Herald sends to wakeup proxies (the
+    /// one their --secret-file holds); needed by routes through a proxy
+    #[arg(long, env = "HERALD_WAKEUP_PROXY_SECRET_FILE")]
+    pub wakeup_proxy_secret_file: Option<PathBuf>,
     /// Key file [default: <data-dir>/keys, generated with mode 0600 when missing]
     #[arg(long, env = "HERALD_KEYS_FILE")]
     pub keys_file: Option<PathBuf>,
@@ -71,6 +75,15 @@ pub struct ServeArgs {
     /// http://<node-listen>]
     #[arg(long, env = "HERALD_NODE_URL")]
     pub node_url: Option<String>,
+    /// A proxy (CIDR) whose PROXY protocol headers (UA and AS listeners) and
+    /// Forwarded / X-Forwarded-For headers (AS listener) name the client
+    /// (repeatable; env: comma-separated) [default: none]
+    #[arg(
+        long = "trusted-proxy",
+        env = "HERALD_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[cluster]` in the config file: the Redis Cluster behind cluster mode.
@@ -111,10 +124,13 @@ struct FileConfig {
     fsync: Option<FsyncMode>,
     #[serde(default)]
     wakeup_routes: Vec<String>,
+    wakeup_proxy_secret_file: Option<PathBuf>,
     keys_file: Option<PathBuf>,
     admin_token: Option<String>,
     node_listen: Option<SocketAddr>,
     node_url: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
     #[serde(default)]
     cluster: ClusterFile,
     #[serde(default)]
@@ -195,6 +211,28 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
         .iter()
         .map(|route| parse_route(route))
         .collect::<Result<Vec<_>, _>>()?;
+    let wakeup_proxy_secret = args
+        .wakeup_proxy_secret_file
+        .or(file.wakeup_proxy_secret_file)
+        .map(|path| read_secret_file(&path))
+        .transpose()?;
+    let through_proxy = wakeup_routes
+        .iter()
+        .any(|(_, route)| matches!(route, WakeupRoute::Proxy(_)));
+    if through_proxy && wakeup_proxy_secret.is_none() {
+        return Err(
+            "wakeup routes through a wakeup proxy need wakeup_proxy_secret_file \
+             (--wakeup-proxy-secret-file): the proxy refuses requests without its secret"
+                .to_owned(),
+        );
+    }
+    let trusted_proxies = if args.trusted_proxies.is_empty() {
+        file.trusted_proxies
+    } else {
+        args.trusted_proxies
+    };
+    let trusted_proxies =
+        Cidrs::parse(&trusted_proxies).map_err(|error| format!("--trusted-proxy: {error}"))?;
     let lock = DataDirLock::acquire(&data_dir).map_err(|error| error.to_string())?;
     prepare_data_dir(&data_dir)?;
     let keys_file = args
@@ -228,6 +266,7 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
         shards,
         fsync,
         wakeup_routes,
+        wakeup_proxy_secret,
         limits: file.limits,
         keys,
         admin_token: args
@@ -235,6 +274,7 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
             .or(file.admin_token)
             .filter(|token| !token.is_empty()),
         cluster,
+        trusted_proxies,
     };
     Ok((config, lock))
 }
@@ -303,12 +343,38 @@ pub fn parse_route(text: &str) -> Result<(String, WakeupRoute), String> {
     }
     let route = match target {
         "udp" => WakeupRoute::Udp,
-        url if url.starts_with("http://") || url.starts_with("https://") => {
-            WakeupRoute::Proxy(url.to_owned())
+        url if url.starts_with("https://") => {
+            return Err(format!(
+                "wakeup route {text:?}: https:// wakeup proxies are not supported; Herald calls \
+                 them over plain HTTP (http://), so keep the link to the proxy on a private \
+                 network or a VPN"
+            ))
         }
+        url if url.starts_with("http://") => WakeupRoute::Proxy(
+            ProxyUrl::parse(url).map_err(|error| format!("wakeup route {text:?}: {error}"))?,
+        ),
         _ => return Err(bad()),
     };
     Ok((network.to_owned(), route))
+}
+
+/// A shared secret from a file (SPEC §5: its content, trimmed): the wakeup
+/// proxy's `--secret-file` and Herald's `wakeup_proxy_secret_file`. It is
+/// sent in an HTTP header, so visible ASCII only.
+pub fn read_secret_file(path: &Path) -> Result<Secret, String> {
+    let text = fs::read_to_string(path)
+        .map_err(|error| format!("cannot read secret file {}: {error}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(format!("secret file {} is empty", path.display()));
+    }
+    if !secret.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(format!(
+            "secret file {}: the secret must be visible ASCII characters, without spaces",
+            path.display()
+        ));
+    }
+    Ok(Secret::new(secret.to_owned()))
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(), String> {
@@ -431,6 +497,28 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_from_the_file_the_flag_wins() {
+        let scratch = Scratch::new("proxies");
+        let path = scratch.config("batch");
+        let mut text = fs::read_to_string(&path).expect("config");
+        text.push_str("trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\n");
+        fs::write(&path, text).expect("write config");
+        let resolved = |flags: &[&str]| {
+            let mut argv = vec!["herald", "--config", path.to_str().expect("utf-8")];
+            argv.extend_from_slice(flags);
+            let cli = Cli::try_parse_from(argv).expect("parses");
+            resolve(cli.serve).map(|(config, _)| config.trusted_proxies)
+        };
+        let from_file = resolved(&[]).expect("resolves");
+        assert_eq!(from_file.to_string(), "10.0.0.0/8, 2001:db8::1/128");
+        let from_flags =
+            resolved(&["--trusted-proxy", "192.0.2.0/24,198.51.100.1"]).expect("flags");
+        assert_eq!(from_flags.to_string(), "192.0.2.0/24, 198.51.100.1/32");
+        let error = resolved(&["--trusted-proxy", "10.0.0.0/40"]).expect_err("a bad range");
+        assert!(error.starts_with("--trusted-proxy: "), "{error}");
+    }
+
+    #[test]
     fn rate_limits_come_from_the_limits_table() {
         let scratch = Scratch::new("rates");
         let path = scratch.config("batch");
@@ -469,6 +557,37 @@ mod tests {
     }
 
     #[test]
+    fn proxy_routes_need_the_secret_file_which_is_read_trimmed() {
+        let scratch = Scratch::new("secret");
+        let path = scratch.config("batch");
+        let mut text = fs::read_to_string(&path).expect("config");
+        text.push_str("wakeup_routes = [\"310-410=http://10.0.0.1:9000\"]\n");
+        fs::write(&path, text).expect("write config");
+        let secret_file = scratch.0.join("proxy-secret");
+        let resolved = |flags: &[&str]| {
+            let mut argv = vec!["herald", "--config", path.to_str().expect("utf-8")];
+            argv.extend_from_slice(flags);
+            let cli = Cli::try_parse_from(argv).expect("parses");
+            resolve(cli.serve).map(|(config, _)| config.wakeup_proxy_secret)
+        };
+        let error = resolved(&[]).expect_err("a proxy route without a secret");
+        assert!(error.contains("wakeup_proxy_secret_file"), "{error}");
+        let flag = [
+            "--wakeup-proxy-secret-file",
+            secret_file.to_str().expect("utf-8"),
+        ];
+        fs::write(&secret_file, "  s3cret-Value\n").expect("write secret");
+        let secret = resolved(&flag).expect("resolves").expect("a secret");
+        assert_eq!(secret.expose(), "s3cret-Value");
+        assert_eq!(format!("{secret:?}"), "Secret(..)", "Debug hides it");
+        for bad in ["\n", "two words", "line\r\nInjected: header"] {
+            fs::write(&secret_file, bad).expect("write secret");
+            let error = resolved(&flag).expect_err(bad);
+            assert!(error.contains("secret file"), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
     fn listeners_on_one_port_are_refused() {
         let address = |text: &str| text.parse::<SocketAddr>().expect("address");
         let distinct = [
@@ -501,7 +620,12 @@ mod tests {
         );
         assert_eq!(
             parse_route("310-410=http://10.0.0.1:9000").unwrap().1,
-            WakeupRoute::Proxy("http://10.0.0.1:9000".to_owned())
+            WakeupRoute::Proxy(ProxyUrl::parse("http://10.0.0.1:9000").unwrap())
+        );
+        let error = parse_route("310-410=https://10.0.0.1:9000").expect_err("https");
+        assert!(
+            error.contains("https:// wakeup proxies are not supported"),
+            "{error}"
         );
         for bad in [
             "214-07",
@@ -509,6 +633,8 @@ mod tests {
             "214-7=udp",
             "214-07=tcp",
             "abc-de=udp",
+            "214-07=http://",
+            "214-07=http://user@proxy",
         ] {
             assert!(parse_route(bad).is_err(), "{bad}");
         }
