@@ -5,7 +5,7 @@
 use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -377,9 +377,15 @@ pub fn read_secret_file(path: &Path) -> Result<Secret, String> {
     Ok(Secret::new(secret.to_owned()))
 }
 
+/// Creates the data dir if needed and makes it private to Herald's user
+/// (0700): the WAL holds message bodies and wakeup addresses in plain text
+/// (SECURITY.md, "Data at rest"), and files under a private directory are
+/// out of other users' reach whatever their own mode.
 fn prepare_data_dir(dir: &Path) -> Result<(), String> {
     fs::create_dir_all(dir)
         .map_err(|error| format!("unusable data dir {}: {error}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|error| format!("cannot make data dir {} private: {error}", dir.display()))?;
     let probe = dir.join(".write-probe");
     fs::write(&probe, b"ok")
         .map_err(|error| format!("data dir {} is not writable: {error}", dir.display()))?;
@@ -413,6 +419,15 @@ fn load_or_create_keys(path: &Path) -> Result<KeyMaterial, String> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn the_data_dir_is_made_private() {
+        let scratch = Scratch::new("private-dir");
+        fs::set_permissions(&scratch.0, fs::Permissions::from_mode(0o755)).expect("chmod");
+        prepare_data_dir(&scratch.0).expect("prepare");
+        let mode = fs::metadata(&scratch.0).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "mode {mode:o}");
+    }
 
     /// A scratch directory, removed on drop.
     struct Scratch(PathBuf);
