@@ -402,6 +402,15 @@ impl Server {
         parse_prometheus(&r.text())
     }
 
+    /// Sum over its labels of the metric named exactly `name`.
+    pub fn metric_named(&self, name: &str) -> f64 {
+        self.metrics()
+            .iter()
+            .filter(|(sample, _)| sample.split('{').next() == Some(name))
+            .map(|(_, value)| *value)
+            .sum()
+    }
+
     /// Sum of all metric samples whose name contains `needle`.
     pub fn metric_sum(&self, needle: &str) -> f64 {
         self.metrics()

@@ -88,16 +88,6 @@ fn until_closed(ua: &mut WsClient) -> Vec<serde_json::Value> {
     }
 }
 
-/// The sum over shards of the metric named exactly `name` on `server`.
-fn metric(server: &Server, name: &str) -> f64 {
-    server
-        .metrics()
-        .iter()
-        .filter(|(sample, _)| sample.split('{').next() == Some(name))
-        .map(|(_, value)| *value)
-        .sum()
-}
-
 /// The sum over shards of one `herald_cluster_events_total` event.
 fn cluster_event(server: &Server, event: &str) -> f64 {
     server
@@ -202,11 +192,15 @@ fn messages_for_a_disconnected_ua_wait_in_redis_for_its_reconnect_anywhere() {
     let mut ua = cluster.nodes[0].ua_webpush();
     let (_, endpoint) = ua.register_new();
     let uaid = ua.uaid();
+    // The gauge is published once a second: see it count the UA first.
+    wait_until(DEADLINE, "node A counts the connected UA", || {
+        cluster.nodes[0].metric_named("herald_user_agents") == 1.0
+    });
     ua.close();
     // A node holds only the UAs connected to it (and one a request names,
     // for that request): nothing once the socket is gone.
     wait_until(DEADLINE, "node A forgets the UA once it left", || {
-        metric(&cluster.nodes[0], "herald_user_agents") == 0.0
+        cluster.nodes[0].metric_named("herald_user_agents") == 0.0
     });
     let mut accepted = 0;
     for _ in 0..5 {
@@ -219,7 +213,7 @@ fn messages_for_a_disconnected_ua_wait_in_redis_for_its_reconnect_anywhere() {
         "node B claimed the UA for each push and let it go",
         || {
             cluster_event(&cluster.nodes[1], "claims") >= 5.0
-                && metric(&cluster.nodes[1], "herald_user_agents") == 0.0
+                && cluster.nodes[1].metric_named("herald_user_agents") == 0.0
         },
     );
     let mut ua = cluster.nodes[1].ua_resume(&uaid, true);
