@@ -41,6 +41,9 @@ pub struct Limits {
     /// AS HTTP connection idle/read timeout (also for a trusted proxy's
     /// PROXY header).
     pub http_read_timeout_ms: u64,
+    /// From a request's first byte to its last, whatever the pace of the
+    /// bytes in between (slow-loris): past it, 408 and the connection closes.
+    pub http_request_timeout_ms: u64,
     /// VAPID `exp` may be at most this far ahead (RFC 8292: 24 hours).
     pub vapid_expiry_ahead_max_s: u64,
     /// A UA registered for UDP wakeup is closed (4774) after this idle time.
@@ -124,6 +127,7 @@ impl Default for Limits {
             connections_per_ip_max: 0,
             proxy_header_bytes_max: 4096,
             http_read_timeout_ms: 30_000,
+            http_request_timeout_ms: 10_000,
             vapid_expiry_ahead_max_s: 24 * 3600,
             wakeup_idle_ms: 10_000,
             wal_compact_after_bytes: 64 * 1024 * 1024,

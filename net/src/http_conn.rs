@@ -1,9 +1,11 @@
 //! One HTTP/1.1 connection on a Herald listener: frame requests (keep-alive,
-//! `Expect: 100-continue`, bounded heads and bodies, a read timeout) and
+//! `Expect: 100-continue`, bounded heads and bodies, a read timeout between
+//! requests and a deadline for each whole request) and
 //! answer each through the listener's [`Routes`]; a framing error is
 //! answered and closes the connection.
 
-use std::time::Duration;
+use std::io::ErrorKind;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -34,19 +36,14 @@ pub trait Routes {
 /// before the first request (after a PROXY header).
 pub async fn serve(routes: &impl Routes, mut stream: TcpStream, mut buffer: Vec<u8>) {
     let limits = routes.limits();
-    if stream
-        .set_read_timeout(Some(Duration::from_millis(limits.http_read_timeout_ms)))
-        .is_err()
-    {
-        return;
-    }
     let body_bytes_max = routes.body_bytes_max();
+    let mut reader = Reader::new(limits);
     loop {
         let head = loop {
             match http::parse_head(&buffer, limits.http_header_bytes_max) {
                 Ok(head) => break head,
                 Err(FramingError::Incomplete) => {
-                    if !read_more(&mut stream, &mut buffer).await {
+                    if !reader.read_more(&mut stream, &mut buffer).await {
                         return;
                     }
                 }
@@ -83,7 +80,7 @@ pub async fn serve(routes: &impl Routes, mut stream: TcpStream, mut buffer: Vec<
             }
         }
         while buffer.len() < request_bytes {
-            if !read_more(&mut stream, &mut buffer).await {
+            if !reader.read_more(&mut stream, &mut buffer).await {
                 return;
             }
         }
@@ -91,6 +88,7 @@ pub async fn serve(routes: &impl Routes, mut stream: TcpStream, mut buffer: Vec<
             .route(&head, &buffer[head.head_bytes..request_bytes])
             .await;
         buffer.drain(..request_bytes);
+        reader.request_done(&buffer);
         if stream
             .write_all(&http::write_response(&response, head.keep_alive))
             .await
@@ -108,15 +106,78 @@ fn expects_continue(head: &Head) -> bool {
     })
 }
 
-async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; READ_CHUNK_BYTES];
-    match stream.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(read) => {
-            buffer.extend_from_slice(&chunk[..read]);
-            true
+/// Reads a connection's requests: between requests a connection may idle
+/// for `http_read_timeout_ms`; once a request's first byte is in, the whole
+/// request must be in within `http_request_timeout_ms`, however its bytes
+/// are paced (a client sending a byte every few seconds is slow-loris).
+struct Reader {
+    idle: Duration,
+    per_request: Duration,
+    /// When the request being read began (None between requests).
+    started: Option<Instant>,
+}
+
+impl Reader {
+    fn new(limits: &Limits) -> Reader {
+        Reader {
+            idle: Duration::from_millis(limits.http_read_timeout_ms.max(1)),
+            per_request: Duration::from_millis(limits.http_request_timeout_ms.max(1)),
+            started: None,
         }
     }
+
+    /// Reads more into `buffer`; false when the connection is done (closed,
+    /// broken, idle too long, or a request too slow: that one gets a 408).
+    async fn read_more(&mut self, stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
+        if !buffer.is_empty() {
+            self.started.get_or_insert_with(Instant::now);
+        }
+        let timeout = match self.started {
+            None => self.idle,
+            Some(started) => {
+                let left = self.per_request.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    return too_slow(stream).await;
+                }
+                left.min(self.idle)
+            }
+        };
+        if stream.set_read_timeout(Some(timeout)).is_err() {
+            return false;
+        }
+        let mut chunk = [0u8; READ_CHUNK_BYTES];
+        match stream.read(&mut chunk).await {
+            Ok(0) => false,
+            Ok(read) => {
+                self.started.get_or_insert_with(Instant::now);
+                buffer.extend_from_slice(&chunk[..read]);
+                true
+            }
+            // A request cut off by its deadline still hears why.
+            Err(error) if error.kind() == ErrorKind::TimedOut && self.started.is_some() => {
+                too_slow(stream).await
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A request was answered; what follows it in `buffer` (pipelined) is
+    /// the next one, which began already.
+    fn request_done(&mut self, buffer: &[u8]) {
+        self.started = (!buffer.is_empty()).then(Instant::now);
+    }
+}
+
+/// Answers a request that was not complete in time, and closes: false, for
+/// [`Reader::read_more`].
+async fn too_slow(stream: &mut TcpStream) -> bool {
+    let late = HttpResponse::error(
+        408,
+        errno::BAD_REQUEST,
+        "request not complete within http_request_timeout_ms",
+    );
+    finish(stream, &late).await;
+    false
 }
 
 /// Answers a framing error and closes: after one, request boundaries are lost.

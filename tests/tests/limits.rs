@@ -693,3 +693,47 @@ fn loopback_sources_are_not_rate_limited_by_default() {
     assert_eq!(rate_limited(&server, "as_address"), Some(0.0));
     assert_eq!(rate_limited(&server, "ua_address"), Some(0.0));
 }
+
+/// Slow-loris: a request whose bytes trickle in, each well within the read
+/// timeout, is answered 408 and closed once `http_request_timeout_ms` has
+/// passed since its first byte; other clients are served meanwhile.
+#[test]
+fn a_request_that_trickles_in_is_cut_off_at_its_deadline() {
+    use std::io::{Read, Write};
+    const DEADLINE_MS: u64 = 1500;
+    let server = Server::start(ServerOptions::new().limit("http_request_timeout_ms", DEADLINE_MS));
+    let mut slow = std::net::TcpStream::connect(server.as_addr()).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_millis(250)))
+        .expect("read timeout");
+    let started = Instant::now();
+    slow.write_all(b"POST /wpush/v1/slow HTTP/1.1\r\nHost: herald\r\n")
+        .expect("request line");
+    let mut answer = Vec::new();
+    // A header line every 250 ms: far inside the 30 s read timeout, so only
+    // the whole-request deadline can end this.
+    while started.elapsed() < Duration::from_millis(DEADLINE_MS * 4) {
+        if slow.write_all(b"X-Slow: 1\r\n").is_err() {
+            break;
+        }
+        let mut chunk = [0u8; 512];
+        match slow.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(read) => answer.extend_from_slice(&chunk[..read]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        server_still_serves(&server);
+    }
+    let cut_after = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "answer: {answer:?}");
+    assert!(
+        cut_after >= Duration::from_millis(DEADLINE_MS)
+            && cut_after < Duration::from_millis(DEADLINE_MS * 4),
+        "cut off after {cut_after:?}"
+    );
+}
