@@ -2,10 +2,13 @@
 //! Cluster: the claims and fences that the consistency argument of
 //! ARCHITECTURE.md ("Cluster mode") rests on.
 
-use std::future::Future;
+#[path = "support/glommio.rs"]
+mod glommio_support;
+
 use std::rc::Rc;
 
 use glommio::spawn_local;
+use glommio_support::block_on;
 use herald_engine::message::Registration;
 use herald_engine::record::Record;
 use herald_engine::{ChannelId, Uaid};
@@ -13,15 +16,6 @@ use herald_store::cluster::{ClusterLog, ClusterLogOptions, SCRIPTS};
 use herald_store::redis::{parse_seeds, ClusterClient, RedisConfig};
 use herald_store::RecordLog;
 use herald_tests::RedisCluster;
-
-fn block_on<T>(f: impl Future<Output = T>) -> T {
-    glommio::LocalExecutorBuilder::default()
-        // Small: the locked-memory limit here is 8 MiB.
-        .io_memory(256 << 10)
-        .make()
-        .expect("glommio executor (needs io_uring)")
-        .run(f)
-}
 
 /// A node's store, its writer running.
 async fn node(seeds: &str, node_url: &str) -> ClusterLog {

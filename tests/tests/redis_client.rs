@@ -2,9 +2,12 @@
 //! cluster: routing, ordered replies, honest WAIT, per-command errors, dead
 //! seeds, and failing fast (then recovering) when nodes die or hang.
 
-use std::future::Future;
+#[path = "support/glommio.rs"]
+mod glommio_support;
+
 use std::time::{Duration, Instant};
 
+use glommio_support::block_on;
 use herald_store::redis::{
     parse_seeds, ClusterClient, Command, RedisConfig, RedisError, Reply, ScriptId,
 };
@@ -21,15 +24,6 @@ const FAIL_WITHIN: Duration = Duration::from_millis(IO_TIMEOUT_MS + WAIT_TIMEOUT
 
 const SCRIPT_FAILS: &str = "return redis.error_reply('HERALD-STALE ' .. KEYS[1])";
 const SCRIPT_INCR: &str = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
-
-fn block_on<T>(f: impl Future<Output = T>) -> T {
-    glommio::LocalExecutorBuilder::default()
-        // Small: the locked-memory limit here is 8 MiB.
-        .io_memory(256 << 10)
-        .make()
-        .expect("glommio executor (needs io_uring)")
-        .run(f)
-}
 
 fn config(cluster: &RedisCluster, replicas: u32) -> RedisConfig {
     RedisConfig {
