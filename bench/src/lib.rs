@@ -9,4 +9,4 @@ pub mod proc;
 pub mod server;
 pub mod stats;
 
-pub use server::free_port;
+pub use herald_tests::free_port;

@@ -4,12 +4,13 @@
 //! Herald's admin listener).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::ValueEnum;
+use herald_tests::free_port;
 
 /// After SIGTERM, how long Herald may take to drain and flush before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -25,15 +26,6 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn sibling(name: &str) -> PathBuf {
     let this = std::env::current_exe().expect("path of the running executable");
     this.with_file_name(name)
-}
-
-/// A TCP port nobody listens on at the moment on 127.0.0.1 (the kernel's
-/// pick; the server binds it moments later).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
 }
 
 /// A new, empty directory under the system's temp dir, named after `tag`,

@@ -1,10 +1,12 @@
 //! Small utilities: random ids, base64url, ports, temp dirs, waiting on a condition.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -66,10 +68,20 @@ pub fn b64url_encode(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-/// Pick a free loopback port (bind :0, read, drop).
+/// A free loopback port (bind :0, read, drop) that this process has not
+/// handed out before: the kernel can give the same ephemeral port to two
+/// picks in a row, and a server whose two listeners got one port fails to
+/// start.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..1000 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().unwrap().port();
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+    panic!("the kernel keeps offering loopback ports this process already handed out")
 }
 
 /// Simple temporary directory removed on drop (kept when the thread panics,

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use herald_bench::server::{self, free_port, Fsync, Kind, Server};
+use herald_bench::free_port;
+use herald_bench::server::{self, Fsync, Kind, Server};
 use herald_engine::identity::KeyMaterial;
 use herald_tests::RedisCluster;
 
