@@ -26,10 +26,10 @@ const EXECUTOR_IO_MEMORY_BYTES: usize = 512 * 1024;
 /// scan took a third of the shard's time in a connect storm.
 const EXECUTOR_RING_DEPTH: usize = 4096;
 const WAKEUP_IO_MEMORY_BYTES: usize = 256 * 1024;
-/// How long start-up may take before we report the shards as stuck.
 /// How long a port may stay held by a process that just exited (see
 /// [`refuse_ports_in_use`]).
 const PORT_RELEASE_WAIT: Duration = Duration::from_secs(3);
+/// How long start-up may take before we report the shards as stuck.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs the server until SIGTERM/SIGINT. Errors are printed by the caller.
@@ -41,7 +41,13 @@ pub fn serve(
 ) -> Result<(), String> {
     herald_store::check_layout(&config.data_dir, config.shards)
         .map_err(|error| format!("data dir {}: {error}", config.data_dir.display()))?;
-    refuse_ports_in_use(&[config.ua_listen, config.as_listen, config.admin_listen])?;
+    let node_listen = config.cluster.as_ref().map(|cluster| cluster.node_listen);
+    refuse_ports_in_use(
+        &[config.ua_listen, config.as_listen, config.admin_listen]
+            .into_iter()
+            .chain(node_listen)
+            .collect::<Vec<_>>(),
+    )?;
     let signals = block_termination_signals();
     let shards = config.shards.max(1);
     let (wakeups, wakeup_core) = crate::wakeup_client::channel(config.limits.wakeup_ring_capacity)?;
