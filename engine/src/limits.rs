@@ -44,6 +44,10 @@ pub struct Limits {
     /// From a request's first byte to its last, whatever the pace of the
     /// bytes in between (slow-loris): past it, 408 and the connection closes.
     pub http_request_timeout_ms: u64,
+    /// Pipelined HTTP/1.1 requests of one AS connection decoded and
+    /// dispatched together; their answers leave in order, in one write.
+    /// Requests beyond it wait for the next batch.
+    pub http_pipeline_requests_max: usize,
     /// VAPID `exp` may be at most this far ahead (RFC 8292: 24 hours).
     pub vapid_expiry_ahead_max_s: u64,
     /// A UA registered for UDP wakeup is closed (4774) after this idle time.
@@ -128,6 +132,7 @@ impl Default for Limits {
             proxy_header_bytes_max: 4096,
             http_read_timeout_ms: 30_000,
             http_request_timeout_ms: 10_000,
+            http_pipeline_requests_max: 64,
             vapid_expiry_ahead_max_s: 24 * 3600,
             wakeup_idle_ms: 10_000,
             wal_compact_after_bytes: 64 * 1024 * 1024,

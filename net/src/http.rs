@@ -83,24 +83,34 @@ pub fn parse_head(buffer: &[u8], header_bytes_max: usize) -> Result<Head, Framin
 }
 
 pub fn write_response(response: &HttpResponse, keep_alive: bool) -> Vec<u8> {
-    let mut out = format!(
+    let mut out = Vec::new();
+    append_response(&mut out, response, keep_alive);
+    out
+}
+
+/// Appends the bytes of `response` to `out`: pipelined answers share one
+/// buffer and one write.
+pub fn append_response(out: &mut Vec<u8>, response: &HttpResponse, keep_alive: bool) {
+    use std::io::Write as _;
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
         "HTTP/1.1 {} {}\r\n",
         response.status,
         reason_phrase(response.status)
     );
     if !response.body.is_empty() {
-        out.push_str(&format!("Content-Type: {}\r\n", response.content_type));
+        let _ = write!(out, "Content-Type: {}\r\n", response.content_type);
     }
-    out.push_str(&format!("Content-Length: {}\r\n", response.body.len()));
+    let _ = write!(out, "Content-Length: {}\r\n", response.body.len());
     for (name, value) in &response.headers {
-        out.push_str(&format!("{name}: {value}\r\n"));
+        let _ = write!(out, "{name}: {value}\r\n");
     }
     if !keep_alive {
-        out.push_str("Connection: close\r\n");
+        out.extend_from_slice(b"Connection: close\r\n");
     }
-    out.push_str("\r\n");
-    out.push_str(&response.body);
-    out.into_bytes()
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(response.body.as_bytes());
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
 //! One HTTP/1.1 connection on a Herald listener: frame requests (keep-alive,
-//! `Expect: 100-continue`, bounded heads and bodies, a read timeout between
-//! requests and a deadline for each whole request) and
+//! pipelining, `Expect: 100-continue`, bounded heads and bodies, a read
+//! timeout between requests and a deadline for each whole request) and
 //! answer each through the listener's [`Routes`]; a framing error is
-//! answered and closes the connection.
+//! answered, after the answers to the requests before it, and closes the
+//! connection.
 
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_util::future::join_all;
 use glommio::net::TcpStream;
 
 use herald_engine::limits::Limits;
@@ -34,70 +36,113 @@ pub trait Routes {
 
 /// Serves requests until the connection ends; `buffer` holds what was read
 /// before the first request (after a PROXY header).
+///
+/// Pipelined requests are served in batches: every whole request already
+/// read (up to `http_pipeline_requests_max`) is routed at once, so a sender
+/// with many requests in flight gets them decoded, stored and made durable
+/// together; the answers leave in request order, in one write.
 pub async fn serve(routes: &impl Routes, mut stream: TcpStream, mut buffer: Vec<u8>) {
     let limits = routes.limits();
-    let body_bytes_max = routes.body_bytes_max();
+    let batch_max = limits.http_pipeline_requests_max.max(1);
     let mut reader = Reader::new(limits);
+    let mut answers = Vec::new();
     loop {
-        let head = loop {
-            match http::parse_head(&buffer, limits.http_header_bytes_max) {
-                Ok(head) => break head,
-                Err(FramingError::Incomplete) => {
-                    if !reader.read_more(&mut stream, &mut buffer).await {
-                        return;
-                    }
-                }
-                Err(FramingError::HeadersTooLarge) => {
-                    let response = HttpResponse::error(
-                        431,
-                        errno::HEADERS_TOO_LARGE,
-                        "request headers too large",
-                    );
-                    return finish(&mut stream, &response).await;
-                }
-                Err(FramingError::Malformed(reason)) => {
-                    return finish(
-                        &mut stream,
-                        &HttpResponse::error(400, errno::BAD_REQUEST, reason),
-                    )
-                    .await;
-                }
-            }
+        let Some(first) = next_request(routes, &mut stream, &mut buffer, &mut reader).await else {
+            return;
         };
-        if head.body_bytes > body_bytes_max {
-            let response = routes.too_large(&head);
-            return finish_unread(&mut stream, &response, head.body_bytes).await;
+        let mut batch = vec![(0, first)];
+        let mut batch_bytes = batch[0].1.head_bytes + batch[0].1.body_bytes;
+        while batch.len() < batch_max && batch[batch.len() - 1].1.keep_alive {
+            let Some(head) = whole_request(routes, &buffer[batch_bytes..]) else {
+                // Not whole yet, or a framing error: the next turn reads or answers it.
+                break;
+            };
+            let start = batch_bytes;
+            batch_bytes += head.head_bytes + head.body_bytes;
+            batch.push((start, head));
         }
-        let request_bytes = head.head_bytes + head.body_bytes;
-        if buffer.len() < request_bytes && expects_continue(&head) {
-            // curl and others wait (about a second) for this before sending a body.
-            if stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-            {
-                return;
-            }
+        let responses = join_all(batch.iter().map(|(start, head)| {
+            let body = start + head.head_bytes..start + head.head_bytes + head.body_bytes;
+            routes.route(head, &buffer[body])
+        }))
+        .await;
+        answers.clear();
+        for ((_, head), response) in batch.iter().zip(&responses) {
+            http::append_response(&mut answers, response, head.keep_alive);
         }
-        while buffer.len() < request_bytes {
-            if !reader.read_more(&mut stream, &mut buffer).await {
-                return;
-            }
-        }
-        let response = routes
-            .route(&head, &buffer[head.head_bytes..request_bytes])
-            .await;
-        buffer.drain(..request_bytes);
+        buffer.drain(..batch_bytes);
         reader.request_done(&buffer);
-        if stream
-            .write_all(&http::write_response(&response, head.keep_alive))
-            .await
-            .is_err()
-            || !head.keep_alive
-        {
+        let keep_alive = batch[batch.len() - 1].1.keep_alive;
+        if stream.write_all(&answers).await.is_err() || !keep_alive {
             return;
         }
     }
+}
+
+/// The head of the request at the start of `buffer` if the whole request
+/// is there and may be routed.
+fn whole_request(routes: &impl Routes, buffer: &[u8]) -> Option<Head> {
+    let head = http::parse_head(buffer, routes.limits().http_header_bytes_max).ok()?;
+    let fits = head.body_bytes <= routes.body_bytes_max();
+    (fits && buffer.len() >= head.head_bytes + head.body_bytes).then_some(head)
+}
+
+/// Reads until `buffer` starts with a whole request and returns its head;
+/// None once the connection is done (closed, timed out, or a framing error
+/// or a body over the limit answered).
+async fn next_request(
+    routes: &impl Routes,
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    reader: &mut Reader,
+) -> Option<Head> {
+    let limits = routes.limits();
+    let head = loop {
+        match http::parse_head(buffer, limits.http_header_bytes_max) {
+            Ok(head) => break head,
+            Err(FramingError::Incomplete) => {
+                if !reader.read_more(stream, buffer).await {
+                    return None;
+                }
+            }
+            Err(FramingError::HeadersTooLarge) => {
+                let response =
+                    HttpResponse::error(431, errno::HEADERS_TOO_LARGE, "request headers too large");
+                finish(stream, &response).await;
+                return None;
+            }
+            Err(FramingError::Malformed(reason)) => {
+                finish(
+                    stream,
+                    &HttpResponse::error(400, errno::BAD_REQUEST, reason),
+                )
+                .await;
+                return None;
+            }
+        }
+    };
+    if head.body_bytes > routes.body_bytes_max() {
+        let response = routes.too_large(&head);
+        finish_unread(stream, &response, head.body_bytes).await;
+        return None;
+    }
+    let request_bytes = head.head_bytes + head.body_bytes;
+    if buffer.len() < request_bytes && expects_continue(&head) {
+        // curl and others wait (about a second) for this before sending a body.
+        if stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return None;
+        }
+    }
+    while buffer.len() < request_bytes {
+        if !reader.read_more(stream, buffer).await {
+            return None;
+        }
+    }
+    Some(head)
 }
 
 fn expects_continue(head: &Head) -> bool {

@@ -35,6 +35,10 @@ pub fn raw_http_on(
     close_window: Duration,
 ) -> RawHttp {
     let mut response = conn.exchange(request, within);
+    if !conn.unread.is_empty() {
+        let extra = format!("{} extra bytes after response; ", conn.unread.len());
+        response.note.push_str(&extra);
+    }
     if !response.closed {
         let (closed, note) = watch_close(&mut conn.stream, close_window);
         response.closed = closed;
@@ -43,10 +47,12 @@ pub fn raw_http_on(
     response
 }
 
-/// One connection for several requests in turn (keep-alive): each
-/// exchange writes a request and reads its whole response.
+/// One connection for several requests (keep-alive, pipelined): each
+/// exchange writes a request and reads its whole response; bytes past one
+/// response wait for the next read.
 pub struct RawConn {
     stream: TcpStream,
+    unread: Vec<u8>,
 }
 
 impl RawConn {
@@ -58,7 +64,10 @@ impl RawConn {
     /// A connection opened elsewhere (from a chosen source address, say).
     pub fn on(stream: TcpStream) -> RawConn {
         stream.set_nodelay(true).ok();
-        RawConn { stream }
+        RawConn {
+            stream,
+            unread: Vec::new(),
+        }
     }
 
     /// Writes `request` and reads one response (`closed`: the server closed
@@ -68,18 +77,35 @@ impl RawConn {
         if let Err(e) = self.stream.write_all(request) {
             note = format!("write error: {e}; ");
         }
-        let mut response = read_response(&mut self.stream, within);
+        let mut response = self.read_response(within);
         response.note.insert_str(0, &note);
         response
+    }
+
+    /// Writes `bytes` (any number of requests) and reads nothing.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write the requests");
+    }
+
+    /// Reads the next response.
+    pub fn read_response(&mut self, within: Duration) -> RawHttp {
+        read_response(&mut self.stream, &mut self.unread, within)
+    }
+
+    /// Whether the server closes the connection within `window`, with
+    /// nothing more to read.
+    pub fn closes_within(&mut self, window: Duration) -> bool {
+        self.unread.is_empty() && watch_close(&mut self.stream, window).0
     }
 }
 
 /// Reads one response: its head, then `Content-Length` bytes of body (or
-/// until the server closes, without one).
-fn read_response(s: &mut TcpStream, within: Duration) -> RawHttp {
+/// until the server closes, without one). `unread` holds what was read past
+/// the previous response, and gets what is read past this one.
+fn read_response(s: &mut TcpStream, unread: &mut Vec<u8>, within: Duration) -> RawHttp {
     let mut note = String::new();
     let deadline = Instant::now() + within;
-    let mut buf = vec![];
+    let mut buf = std::mem::take(unread);
     let mut tmp = [0u8; 8192];
     let mut eof = false;
     let mut head_end = None;
@@ -126,6 +152,9 @@ fn read_response(s: &mut TcpStream, within: Duration) -> RawHttp {
                 break;
             }
         }
+    }
+    if let Some(w) = want.filter(|&w| buf.len() > w) {
+        *unread = buf.split_off(w);
     }
     let (head, body) = match head_end {
         Some(h) => (

@@ -369,3 +369,139 @@ fn error_bodies_are_json_with_code_and_errno() {
     );
     r.assert_json_error(404);
 }
+
+// Pipelined HTTP/1.1: many requests written at once on one connection.
+
+/// A `POST` of `data` to `endpoint` as raw bytes, with `extra` header lines.
+fn raw_push(server: &Server, endpoint: &str, data: &str, extra: &str) -> Vec<u8> {
+    let path = endpoint
+        .strip_prefix(&server.as_url())
+        .unwrap_or_else(|| panic!("endpoint {endpoint} is on {}", server.as_url()));
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\n\
+         {extra}Content-Length: {}\r\n\r\n{data}",
+        server.as_addr(),
+        data.len()
+    )
+    .into_bytes()
+}
+
+/// Writes `requests` in one go and reads `answers` answers; then whether
+/// the server closed the connection.
+fn pipelined(server: &Server, requests: &[Vec<u8>], answers: usize) -> (Vec<RawHttp>, bool) {
+    let mut conn = RawConn::connect(&server.as_addr());
+    conn.send(&requests.concat());
+    let read = (0..answers).map(|_| conn.read_response(DEADLINE)).collect();
+    (read, conn.closes_within(NEG_WINDOW))
+}
+
+fn statuses(answers: &[RawHttp]) -> Vec<Option<u16>> {
+    answers.iter().map(|answer| answer.status).collect()
+}
+
+#[test]
+fn pipelined_pushes_are_answered_and_delivered_in_order() {
+    let server = Server::start_default();
+    let mut ua = server.ua_webpush();
+    let (_c, e) = ua.register_new();
+    // The eighth has no TTL: its 400 keeps its place among the 201s.
+    let requests: Vec<Vec<u8>> = (0..20)
+        .map(|i| {
+            let push = raw_push(&server, &e, &format!("m{i}"), "");
+            if i == 7 {
+                String::from_utf8(push)
+                    .unwrap()
+                    .replace("TTL: 60\r\n", "")
+                    .into_bytes()
+            } else {
+                push
+            }
+        })
+        .collect();
+    let (answers, closed) = pipelined(&server, &requests, requests.len());
+    let expected: Vec<Option<u16>> = (0..20)
+        .map(|i| Some(if i == 7 { 400 } else { 201 }))
+        .collect();
+    assert_eq!(statuses(&answers), expected, "{answers:?}");
+    assert!(!closed, "keep-alive connection stays open");
+    let locations: std::collections::BTreeSet<_> = answers
+        .iter()
+        .filter_map(|answer| answer.head.lines().find(|l| l.starts_with("Location")))
+        .collect();
+    assert_eq!(
+        locations.len(),
+        19,
+        "one message id per stored push: {answers:?}"
+    );
+    let mut got = Vec::new();
+    while got.len() < 19 {
+        got.push(notification_data(&ua.recv_notification(DEADLINE)));
+    }
+    let sent: Vec<Vec<u8>> = (0..20)
+        .filter(|&i| i != 7)
+        .map(|i| format!("m{i}").into_bytes())
+        .collect();
+    assert_eq!(got, sent, "delivered in the order they were sent");
+}
+
+#[test]
+fn a_framing_error_mid_pipeline_answers_what_came_before_then_closes() {
+    let server = Server::start_default();
+    let mut ua = server.ua_webpush();
+    let (_c, e) = ua.register_new();
+    let requests = [
+        raw_push(&server, &e, "a", ""),
+        raw_push(&server, &e, "b", ""),
+        b"\x00\x01 nonsense\r\n\r\n".to_vec(),
+        raw_push(&server, &e, "c", ""),
+    ];
+    let (answers, closed) = pipelined(&server, &requests, 3);
+    assert_eq!(
+        statuses(&answers),
+        [Some(201), Some(201), Some(400)],
+        "{answers:?}"
+    );
+    assert!(closed, "request boundaries are lost after a framing error");
+    let got: Vec<Vec<u8>> = ua
+        .collect_until_quiet(NEG_WINDOW)
+        .iter()
+        .map(notification_data)
+        .collect();
+    assert_eq!(
+        got,
+        [b"a".to_vec(), b"b".to_vec()],
+        "nothing after the bad request is stored"
+    );
+}
+
+#[test]
+fn connection_close_mid_pipeline_is_the_last_request_answered() {
+    let server = Server::start_default();
+    let mut ua = server.ua_webpush();
+    let (_c, e) = ua.register_new();
+    let requests = [
+        raw_push(&server, &e, "a", ""),
+        raw_push(&server, &e, "b", "Connection: close\r\n"),
+        raw_push(&server, &e, "c", ""),
+    ];
+    let (answers, closed) = pipelined(&server, &requests, 2);
+    assert_eq!(statuses(&answers), [Some(201), Some(201)], "{answers:?}");
+    assert!(
+        answers[1]
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{answers:?}"
+    );
+    assert!(closed, "closed after the request that asked for it");
+    let got: Vec<Vec<u8>> = ua
+        .collect_until_quiet(NEG_WINDOW)
+        .iter()
+        .map(notification_data)
+        .collect();
+    assert_eq!(
+        got,
+        [b"a".to_vec(), b"b".to_vec()],
+        "the request after the close is not served"
+    );
+}
