@@ -14,9 +14,13 @@ pub struct AsWire {
 }
 
 impl AsWire {
-    /// Queues the request for `push` (buffers are reused).
-    pub fn start(&mut self, host: SocketAddr, path: &str, push: Push<'_>) {
-        write_request(&mut self.buffers.output, host, path, push);
+    /// Queues the requests for `pushes`, pipelined, in place of anything
+    /// queued before (buffers are reused).
+    pub fn start(&mut self, host: SocketAddr, pushes: &[(&str, Push<'_>)]) {
+        self.buffers.output.clear();
+        for (path, push) in pushes {
+            write_request(&mut self.buffers.output, host, path, *push);
+        }
     }
 
     /// A new connection: nothing of the old one's answers counts.
@@ -50,10 +54,8 @@ pub enum Push<'a> {
     SimplePush(u64),
 }
 
-/// Writes the request for `push` to `path` on `host` into `request`,
-/// which is cleared first (its capacity is reused).
+/// Appends the request for `push` to `path` on `host` to `request`.
 fn write_request(request: &mut Vec<u8>, host: SocketAddr, path: &str, push: Push<'_>) {
-    request.clear();
     // Writing into a Vec cannot fail.
     let _ = match push {
         Push::WebPush([]) => write!(
@@ -161,7 +163,8 @@ mod tests {
     #[test]
     fn wire_takes_answers_in_turn() {
         let mut wire = AsWire::default();
-        wire.start("127.0.0.1:1".parse().unwrap(), "/p", Push::WebPush(&[]));
+        let pushes = [("/p", Push::WebPush(&[])), ("/q", Push::WebPush(b"x"))];
+        wire.start("127.0.0.1:1".parse().unwrap(), &pushes);
         let buffers = wire.buffers();
         let queued = buffers.output().len();
         assert!(queued > 0);
@@ -187,7 +190,7 @@ mod tests {
         let host: SocketAddr = "127.0.0.1:8081".parse().unwrap();
         let mut request = Vec::new();
         write_request(&mut request, host, "/wpush/a", Push::SimplePush(7));
-        let text = String::from_utf8(request.clone()).unwrap();
+        let text = String::from_utf8(std::mem::take(&mut request)).unwrap();
         assert!(text.starts_with("PUT /wpush/a HTTP/1.1\r\n"), "{text}");
         assert!(
             text.ends_with("Content-Length: 9\r\n\r\nversion=7"),

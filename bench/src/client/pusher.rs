@@ -28,7 +28,24 @@ impl<D: Dial> Pusher<D> {
     /// if the server closed the previous connection; after an error the
     /// next push starts on a new one.
     pub async fn push(&mut self, path: &str, push: Push<'_>) -> io::Result<u16> {
-        self.wire.start(self.target, path, push);
+        let mut statuses = Vec::with_capacity(1);
+        self.push_pipelined(&[(path, push)], &mut statuses).await?;
+        statuses
+            .first()
+            .copied()
+            .ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
+    }
+
+    /// Sends `pushes` pipelined, in one write, and puts the statuses of the
+    /// answers into `statuses`, in order: fewer than `pushes` if the server
+    /// closed the connection after answering some.
+    pub async fn push_pipelined(
+        &mut self,
+        pushes: &[(&str, Push<'_>)],
+        statuses: &mut Vec<u16>,
+    ) -> io::Result<()> {
+        statuses.clear();
+        self.wire.start(self.target, pushes);
         let stream = match &mut self.stream {
             Some(stream) => stream,
             None => {
@@ -36,12 +53,12 @@ impl<D: Dial> Pusher<D> {
                 self.stream.insert(self.dial.dial(self.target)?)
             }
         };
-        match exchange(stream, &mut self.wire).await {
-            Ok(answer) => {
-                if answer.close {
+        match exchange(stream, &mut self.wire, pushes.len(), statuses).await {
+            Ok(closed) => {
+                if closed {
                     self.stream = None;
                 }
-                Ok(answer.status)
+                Ok(())
             }
             Err(error) => {
                 self.stream = None;
@@ -51,10 +68,24 @@ impl<D: Dial> Pusher<D> {
     }
 }
 
-async fn exchange<S>(stream: &mut S, wire: &mut AsWire) -> io::Result<Answer>
+/// Writes what `wire` holds and reads up to `count` answers into
+/// `statuses`; true if the server closes the connection after the last.
+async fn exchange<S>(
+    stream: &mut S,
+    wire: &mut AsWire,
+    count: usize,
+    statuses: &mut Vec<u16>,
+) -> io::Result<bool>
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
 {
     write_out(stream, wire).await?;
-    wait_for(stream, wire, AsWire::take_answer).await
+    while statuses.len() < count {
+        let answer: Answer = wait_for(stream, wire, AsWire::take_answer).await?;
+        statuses.push(answer.status);
+        if answer.close {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

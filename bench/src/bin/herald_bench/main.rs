@@ -103,6 +103,7 @@ fn main() {
             let load = LoadArgs {
                 uas: 1000,
                 pushers: 64,
+                pipeline: 1,
                 seconds: 10.0,
                 workers: 2,
                 mix: worker::Mix::All,

@@ -23,9 +23,14 @@ pub struct LoadArgs {
     /// Connected UAs, each with one channel.
     #[arg(long, default_value_t = 1000)]
     pub uas: usize,
-    /// AS connections (keep-alive), each posting as soon as its previous push is answered.
+    /// AS connections (keep-alive), each posting as soon as its previous
+    /// pushes are answered.
     #[arg(long, default_value_t = 64)]
     pub pushers: usize,
+    /// Requests each AS connection sends at once (pipelined HTTP/1.1) before
+    /// it reads their answers; 1 = one at a time.
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
     /// Measured seconds per run.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
@@ -99,6 +104,7 @@ fn worker(
         mix: Mix::Empty,
         seconds: 0.0,
         rate: 0.0,
+        pipeline: 1,
         messages: 0,
     }
 }
@@ -167,6 +173,7 @@ pub fn load_run(
             mix: args.mix,
             seconds: args.seconds,
             rate: rate / workers as f64,
+            pipeline: args.pipeline,
             ..worker(Role::Load, index, workers, &server, placement, args.uas)
         })
         .collect();

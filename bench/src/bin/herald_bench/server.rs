@@ -55,8 +55,9 @@ impl UnderTest {
         let (command, kind, dirs) = match target {
             Target::Herald { fsync } => {
                 let data_dir = server::temp_dir("herald-bench");
-                let command = server::herald_serve(None, &data_dir, shards, fsync);
-                (command, Kind::Herald, vec![data_dir])
+                let mut command = server::herald_serve(None, &data_dir, shards, fsync);
+                let config_dir = bench_config(&mut command);
+                (command, Kind::Herald, vec![data_dir, config_dir])
             }
             Target::Floor => (server::floor(shards), Kind::Floor, Vec::new()),
             Target::Cluster { nodes } => return UnderTest::start_cluster(nodes, shards),
@@ -80,7 +81,7 @@ impl UnderTest {
         for node in 0..nodes.max(1) {
             let data_dir = server::temp_dir("herald-bench");
             let node_listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let command = server::herald_cluster_node(
+            let mut command = server::herald_cluster_node(
                 &data_dir,
                 shards,
                 &redis.seeds(),
@@ -88,6 +89,7 @@ impl UnderTest {
                 &keys_file,
             );
             dirs.push(data_dir);
+            dirs.push(bench_config(&mut command));
             servers.push(Server::start(
                 command,
                 Kind::Herald,
@@ -148,6 +150,23 @@ impl UnderTest {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Points `herald serve` at the config of every Herald under test, in a new
+/// directory (returned, to be removed after the run). The generators push to
+/// a few channels far faster than any real sender (1,000/s each at 100 UAs
+/// and 100,000/s), so the per-channel rate limit, an abuse guard, is off:
+/// what is measured is capacity.
+fn bench_config(command: &mut std::process::Command) -> PathBuf {
+    let dir = server::temp_dir("herald-bench-config");
+    let config = dir.join("herald.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nnotifications_per_channel_per_minute = 0\n",
+    )
+    .expect("write the bench's herald.toml");
+    command.arg("--config").arg(&config);
+    dir
 }
 
 /// The latest run's log of node `node` (their startup lines would drown the

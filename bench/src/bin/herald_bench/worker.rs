@@ -95,6 +95,9 @@ pub struct Spec {
     pub seconds: f64,
     /// Pushes per second for this worker; 0 = as fast as the server answers.
     pub rate: f64,
+    /// Requests each pusher keeps in flight on its connection (pipelined
+    /// HTTP/1.1); 1 = one at a time.
+    pub pipeline: usize,
     /// Stored role: messages per UA.
     pub messages: usize,
 }
@@ -319,7 +322,10 @@ async fn receive_and_ack(mut ua: Ua, index: usize, kind: Kind, load: Rc<Load>) {
     }
 }
 
-/// One pusher: round-robin over its own UAs until the run ends.
+/// One pusher: round-robin over its own UAs until the run ends, with
+/// `spec.pipeline` requests in flight. One UA may get several pushes of a
+/// batch: Herald stores a connection's pipelined requests in order, so its
+/// deliveries still match its pushes in order.
 async fn push_loop(
     spec: Spec,
     lane: usize,
@@ -331,15 +337,19 @@ async fn push_loop(
     if mine.is_empty() {
         return;
     }
+    let depth = spec.pipeline.max(1);
     let data = [0x5au8; DATA_BYTES];
     let ends_us = load.started_us + (spec.seconds * 1e6) as u64;
     let mut pusher = Pusher::new(FromSource(spec.source), spec.push_target(lane));
     let mut version = now_us();
-    for (ua, path, kind) in mine.iter().cycle() {
+    let mut next = 0;
+    let mut batch = Vec::with_capacity(depth);
+    let mut statuses = Vec::with_capacity(depth);
+    loop {
         let mut now = now_us();
         if spec.rate > 0.0 {
             let slot = load.next_slot.get();
-            load.next_slot.set(slot + 1);
+            load.next_slot.set(slot + depth as u64);
             let due = load.started_us + (slot as f64 * 1e6 / spec.rate) as u64;
             if due > now {
                 sleep(Duration::from_micros(due - now)).await;
@@ -349,28 +359,39 @@ async fn push_loop(
         if now >= ends_us {
             return;
         }
-        version += 1;
-        let push = match kind {
-            Kind::Empty => Push::WebPush(&[]),
-            Kind::Data => Push::WebPush(&data),
-            Kind::SimplePush => Push::SimplePush(version),
-        };
-        load.in_flight.borrow_mut()[*ua].push_back(now);
-        let status = pusher.push(path, push).await;
+        batch.clear();
+        for _ in 0..depth {
+            let (ua, path, kind) = mine[next];
+            next = (next + 1) % mine.len();
+            version += 1;
+            let push = match kind {
+                Kind::Empty => Push::WebPush(&[]),
+                Kind::Data => Push::WebPush(&data),
+                Kind::SimplePush => Push::SimplePush(version),
+            };
+            load.in_flight.borrow_mut()[*ua].push_back(now);
+            batch.push((*ua, path.as_str(), push));
+        }
+        let requests: Vec<(&str, Push<'_>)> =
+            batch.iter().map(|&(_, path, push)| (path, push)).collect();
+        let sent = pusher.push_pipelined(&requests, &mut statuses).await;
         let answered = now_us();
-        if matches!(status, Ok(200..=202)) {
-            load.accepted.set(load.accepted.get() + 1);
-            let _ = load
-                .as_answer
-                .borrow_mut()
-                .record(answered.saturating_sub(now).max(1));
-        } else {
-            // Only this task adds to this UA's queue: the entry is the last one.
-            load.in_flight.borrow_mut()[*ua].pop_back();
-            load.refused.set(load.refused.get() + 1);
-            if status.is_err() {
-                sleep(Duration::from_millis(10)).await;
+        for (index, &(ua, _, _)) in batch.iter().enumerate() {
+            if matches!(statuses.get(index), Some(200..=202)) {
+                load.accepted.set(load.accepted.get() + 1);
+                let _ = load
+                    .as_answer
+                    .borrow_mut()
+                    .record(answered.saturating_sub(now).max(1));
+            } else {
+                // Only this task adds to this UA's queue, and every entry
+                // of this batch has the same time: the last one will do.
+                load.in_flight.borrow_mut()[ua].pop_back();
+                load.refused.set(load.refused.get() + 1);
             }
+        }
+        if sent.is_err() {
+            sleep(Duration::from_millis(10)).await;
         }
     }
 }
