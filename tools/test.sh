@@ -9,6 +9,8 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 command -v node >/dev/null || need_apt+=(nodejs npm)
 # Cluster-mode tests start their own Redis Cluster (it brings redis-cli).
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# HTTP/2 tests compare curl's answers (Debian's curl speaks h2c) with HTTP/1.1.
+command -v curl >/dev/null || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi

@@ -48,6 +48,9 @@ pub struct Limits {
     /// dispatched together; their answers leave in order, in one write.
     /// Requests beyond it wait for the next batch.
     pub http_pipeline_requests_max: usize,
+    /// Concurrent streams one HTTP/2 AS connection may open (announced in
+    /// its SETTINGS): each is a request in flight.
+    pub http2_streams_max: u32,
     /// VAPID `exp` may be at most this far ahead (RFC 8292: 24 hours).
     pub vapid_expiry_ahead_max_s: u64,
     /// A UA registered for UDP wakeup is closed (4774) after this idle time.
@@ -133,6 +136,7 @@ impl Default for Limits {
             http_read_timeout_ms: 30_000,
             http_request_timeout_ms: 10_000,
             http_pipeline_requests_max: 64,
+            http2_streams_max: 256,
             vapid_expiry_ahead_max_s: 24 * 3600,
             wakeup_idle_ms: 10_000,
             wal_compact_after_bytes: 64 * 1024 * 1024,

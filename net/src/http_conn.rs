@@ -1,4 +1,5 @@
-//! One HTTP/1.1 connection on a Herald listener: frame requests (keep-alive,
+//! One HTTP/1.1 connection on a Herald listener (or an HTTP/2 one, handed
+//! to [`http2_conn`] once its preface shows): frame requests (keep-alive,
 //! pipelining, `Expect: 100-continue`, bounded heads and bodies, a read
 //! timeout between requests and a deadline for each whole request) and
 //! answer each through the listener's [`Routes`]; a framing error is
@@ -16,6 +17,7 @@ use herald_engine::limits::Limits;
 use herald_engine::push::{errno, HttpResponse};
 
 use crate::http::{self, FramingError, Head};
+use crate::http2_conn;
 
 const READ_CHUNK_BYTES: usize = 4096;
 /// After an early answer (413), how much of the refused body is read and
@@ -45,6 +47,11 @@ pub async fn serve(routes: &impl Routes, mut stream: TcpStream, mut buffer: Vec<
     let limits = routes.limits();
     let batch_max = limits.http_pipeline_requests_max.max(1);
     let mut reader = Reader::new(limits);
+    match speaks_http2(&mut stream, &mut buffer, &mut reader).await {
+        Some(true) => return http2_conn::serve(routes, stream, buffer).await,
+        Some(false) => {}
+        None => return,
+    }
     let mut answers = Vec::new();
     loop {
         let Some(first) = next_request(routes, &mut stream, &mut buffer, &mut reader).await else {
@@ -77,6 +84,23 @@ pub async fn serve(routes: &impl Routes, mut stream: TcpStream, mut buffer: Vec<
             return;
         }
     }
+}
+
+/// Whether the client opens with HTTP/2's preface (h2c with prior
+/// knowledge), reading until the first bytes tell; None if the connection
+/// ended first.
+async fn speaks_http2(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    reader: &mut Reader,
+) -> Option<bool> {
+    let preface = http2_conn::PREFACE;
+    while buffer.len() < preface.len() && preface.starts_with(buffer) {
+        if !reader.read_more(stream, buffer).await {
+            return None;
+        }
+    }
+    Some(buffer.starts_with(preface))
 }
 
 /// The head of the request at the start of `buffer` if the whole request

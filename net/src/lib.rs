@@ -15,6 +15,7 @@ mod compaction;
 mod ctx;
 mod health;
 pub mod http;
+mod http2_conn;
 mod http_client;
 mod http_conn;
 pub mod metrics;

@@ -13,6 +13,7 @@
 //! - [`proxy`]: PROXY protocol headers, connections from a chosen source
 //!   address;
 //! - [`ece`]: RFC 8291 decryption, the UA's side;
+//! - [`h2_client`]: an HTTP/2 sender over any async stream;
 //! - [`redis_cluster`]: [`RedisCluster`], nine `redis-server` processes in
 //!   three "data centres", for cluster mode;
 //! - [`util`]: ids, base64url, ports, temp dirs, [`wait_until`].
@@ -25,6 +26,7 @@
 
 pub mod as_client;
 pub mod ece;
+pub mod h2_client;
 pub mod http_raw;
 pub mod messages;
 pub mod metrics;
