@@ -104,6 +104,7 @@ fn main() {
                 uas: 1000,
                 pushers: 64,
                 pipeline: 1,
+                http2_streams: 0,
                 seconds: 10.0,
                 workers: 2,
                 mix: worker::Mix::All,

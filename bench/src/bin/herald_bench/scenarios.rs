@@ -31,6 +31,10 @@ pub struct LoadArgs {
     /// it reads their answers; 1 = one at a time.
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
+    /// When not 0: each AS connection speaks HTTP/2 (h2c) and keeps this
+    /// many streams in flight (Web Push only).
+    #[arg(long, default_value_t = 0)]
+    pub http2_streams: usize,
     /// Measured seconds per run.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
@@ -105,6 +109,7 @@ fn worker(
         seconds: 0.0,
         rate: 0.0,
         pipeline: 1,
+        http2_streams: 0,
         messages: 0,
     }
 }
@@ -174,6 +179,7 @@ pub fn load_run(
             seconds: args.seconds,
             rate: rate / workers as f64,
             pipeline: args.pipeline,
+            http2_streams: args.http2_streams,
             ..worker(Role::Load, index, workers, &server, placement, args.uas)
         })
         .collect();

@@ -24,8 +24,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use herald_bench::client::tasks::{FromSource, Pusher, Ua};
+use herald_bench::client::Dial;
 use herald_bench::client::{endpoint_path, Push};
 use herald_bench::stats::{new_histogram, now_us, serialize_histogram};
+use herald_tests::h2_client;
 
 /// Width of one bucket of the delivered-per-time-bucket series.
 pub const TIMELINE_BUCKET_US: u64 = 100_000;
@@ -98,6 +100,9 @@ pub struct Spec {
     /// Requests each pusher keeps in flight on its connection (pipelined
     /// HTTP/1.1); 1 = one at a time.
     pub pipeline: usize,
+    /// When not 0: each pusher is one HTTP/2 connection with this many
+    /// streams in flight (and `pipeline` does not apply).
+    pub http2_streams: usize,
     /// Stored role: messages per UA.
     pub messages: usize,
 }
@@ -263,6 +268,22 @@ struct Load {
 }
 
 impl Load {
+    /// A push to `ua` sent at `sent` was answered (or failed) now.
+    fn on_answered(&self, ua: usize, sent: u64, accepted: bool) {
+        if accepted {
+            self.accepted.set(self.accepted.get() + 1);
+            let _ = self
+                .as_answer
+                .borrow_mut()
+                .record(now_us().saturating_sub(sent).max(1));
+        } else {
+            // Only this UA's pusher adds to its queue, and every entry in
+            // flight was sent about now: the last one will do.
+            self.in_flight.borrow_mut()[ua].pop_back();
+            self.refused.set(self.refused.get() + 1);
+        }
+    }
+
     fn on_delivered(&self, ua: usize) {
         let now = now_us();
         match self.in_flight.borrow_mut()[ua].pop_front() {
@@ -375,25 +396,69 @@ async fn push_loop(
         let requests: Vec<(&str, Push<'_>)> =
             batch.iter().map(|&(_, path, push)| (path, push)).collect();
         let sent = pusher.push_pipelined(&requests, &mut statuses).await;
-        let answered = now_us();
         for (index, &(ua, _, _)) in batch.iter().enumerate() {
-            if matches!(statuses.get(index), Some(200..=202)) {
-                load.accepted.set(load.accepted.get() + 1);
-                let _ = load
-                    .as_answer
-                    .borrow_mut()
-                    .record(answered.saturating_sub(now).max(1));
-            } else {
-                // Only this task adds to this UA's queue, and every entry
-                // of this batch has the same time: the last one will do.
-                load.in_flight.borrow_mut()[ua].pop_back();
-                load.refused.set(load.refused.get() + 1);
-            }
+            load.on_answered(ua, now, matches!(statuses.get(index), Some(200..=202)));
         }
         if sent.is_err() {
             sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// One HTTP/2 pusher: one connection, `spec.http2_streams` streams in
+/// flight, each stream's task round-robin over its share of the lane's UAs
+/// (Web Push only: SimplePush senders are HTTP/1.1 ones).
+async fn push_loop_h2(
+    spec: Spec,
+    lane: usize,
+    targets: Rc<Vec<(usize, String, Kind)>>,
+    load: Rc<Load>,
+) {
+    let mine: Vec<(usize, String, Kind)> = targets
+        .iter()
+        .skip(lane)
+        .step_by(spec.pushers)
+        .cloned()
+        .collect();
+    let target = spec.push_target(lane);
+    let Ok(stream) = FromSource(spec.source).dial(target) else {
+        return;
+    };
+    let Ok((sender, connection)) = h2_client::handshake(stream, &target.to_string()).await else {
+        return;
+    };
+    spawn_local(connection).detach();
+    let ends_us = load.started_us + (spec.seconds * 1e6) as u64;
+    let mine = Rc::new(mine);
+    let streams = spec.http2_streams.min(mine.len());
+    in_lanes(streams, |index| {
+        let (sender, mine, load) = (sender.clone(), mine.clone(), load.clone());
+        async move {
+            let data = [0x5au8; DATA_BYTES];
+            let headers = [("ttl", "60"), ("content-encoding", "aes128gcm")];
+            for (ua, path, kind) in mine.iter().skip(index).step_by(streams).cycle() {
+                let now = now_us();
+                if now >= ends_us {
+                    return;
+                }
+                let body: &[u8] = if *kind == Kind::Data { &data } else { &[] };
+                let headers = if body.is_empty() {
+                    &headers[..1]
+                } else {
+                    &headers[..]
+                };
+                load.in_flight.borrow_mut()[*ua].push_back(now);
+                let answer = sender.send("POST", path, headers, body).await;
+                let accepted =
+                    matches!(&answer, Ok(answer) if (200..=202).contains(&answer.status));
+                load.on_answered(*ua, now, accepted);
+                if answer.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 async fn load(spec: &Spec) -> Value {
@@ -424,10 +489,17 @@ async fn load(spec: &Spec) -> Value {
     let wait = load.started_us.saturating_sub(now_us());
     sleep(Duration::from_micros(wait)).await;
     let cpu_before = cpu_seconds();
-    in_lanes(spec.pushers, |lane| {
-        push_loop(spec.clone(), lane, targets.clone(), load.clone())
-    })
-    .await;
+    if spec.http2_streams > 0 {
+        in_lanes(spec.pushers, |lane| {
+            push_loop_h2(spec.clone(), lane, targets.clone(), load.clone())
+        })
+        .await;
+    } else {
+        in_lanes(spec.pushers, |lane| {
+            push_loop(spec.clone(), lane, targets.clone(), load.clone())
+        })
+        .await;
+    }
     let pushed_until = now_us();
     let settle_deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
     while load.delivered.get() < load.accepted.get() && std::time::Instant::now() < settle_deadline
