@@ -16,7 +16,7 @@ use crate::client_addr;
 use crate::ctx::{now_ms, Ctx};
 use crate::http::Head;
 use crate::http_conn::{self, Routes};
-use crate::metrics::RateLimit;
+use crate::metrics::{AsRoute, RateLimit};
 use crate::pages::Page;
 use crate::shard::{refusal_response, Refusal};
 use crate::{admin_token, broadcasts};
@@ -58,18 +58,51 @@ impl Routes for AsRoutes {
     }
 
     fn too_large(&self, head: &Head) -> HttpResponse {
-        if head.path.starts_with("/notify/") {
+        let response = if head.path.starts_with("/notify/") {
             extended::as_error(413, "Body too big")
         } else {
             HttpResponse::error(413, errno::PAYLOAD_TOO_LARGE, "body too large")
-        }
+        };
+        answered(&self.ctx, self.connection, head, &response, None);
+        response
     }
 
     async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse {
+        let started = Instant::now();
         let trusted = &self.ctx.shared.config.trusted_proxies;
         let client = client_addr::of_request(trusted, self.connection, &head.headers);
-        route(&self.ctx, Some(client), head, body, false).await
+        let response = route(&self.ctx, Some(client), head, body, false).await;
+        answered(&self.ctx, client, head, &response, Some(started.elapsed()));
+        response
     }
+}
+
+/// An AS request's answer is known: count it by route and status, time it
+/// (`took`: from the whole request read to its answer; `None` for one
+/// answered before its body was read), and write its access-log line at
+/// debug level. The line names the route, never the path: a push path
+/// holds the endpoint's token, which is all a sender needs.
+pub fn answered(
+    ctx: &Ctx,
+    client: IpAddr,
+    head: &Head,
+    response: &HttpResponse,
+    took: Option<Duration>,
+) {
+    let route = AsRoute::of(&head.path);
+    ctx.meters.as_answered(route, response.status, took);
+    tracing::debug!(
+        target: "herald::access",
+        shard = ctx.index,
+        %client,
+        method = %head.method,
+        route = route.as_str(),
+        status = response.status,
+        request_bytes = head.head_bytes + head.body_bytes,
+        response_bytes = response.body.len(),
+        took_us = took.map(|took| took.as_micros() as u64),
+        "AS request"
+    );
 }
 
 /// The largest body an AS request may carry.

@@ -15,6 +15,7 @@ use glommio::net::TcpListener;
 use glommio::spawn_local;
 use glommio::timer::sleep;
 use rand::SeedableRng;
+use tracing::Instrument;
 
 use herald_engine::identity::Keys;
 use herald_engine::record::Record;
@@ -31,10 +32,11 @@ use crate::health::ShardState;
 use crate::metrics::ShardSnapshot;
 use crate::node_link::NodeLink;
 use crate::process::shared_listener;
+use crate::rate_window::RateWindow;
 use crate::shard::Driver;
 use crate::shared::Shared;
 use crate::store::ShardStore;
-use crate::{admin_conn, as_conn, ua_conn, ClusterConfig, ServerConfig, WakeupRoute};
+use crate::{admin_conn, as_conn, ua_conn, ClusterConfig, WakeupRoute};
 
 /// How often the engine's timers are checked and metrics published.
 const TICK: Duration = Duration::from_millis(50);
@@ -91,7 +93,12 @@ pub async fn run(
         rand::rngs::StdRng::from_entropy(),
     );
     let opened = match &config.cluster {
-        None => open_wal(index, config).await,
+        // Its log lines (replay progress) name the shard.
+        None => {
+            open_wal(index, &shared)
+                .instrument(tracing::info_span!("wal", shard = index))
+                .await
+        }
         Some(cluster) => open_cluster(index, &shared, cluster).await,
     };
     let (journal, recovered, cluster) = match opened {
@@ -261,7 +268,8 @@ async fn accept_loop(index: usize, listener: TcpListener, kind: Listener) {
 
 async fn tick_until_shutdown(ctx: &Rc<Ctx>) {
     let mut ticks = 0u32;
-    let mut published = publish(ctx, &Stats::default());
+    let mut rates = RateWindow::default();
+    let mut published = publish(ctx, &Stats::default(), &mut rates);
     let mut store_failure_seen = false;
     let compaction = Rc::new(Compaction::default());
     while !ctx.shared.shutdown.load(Ordering::Relaxed) {
@@ -287,7 +295,7 @@ async fn tick_until_shutdown(ctx: &Rc<Ctx>) {
         ctx.with_driver(|driver| driver.on_tick());
         ticks += 1;
         if ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
-            published = publish(ctx, &published);
+            published = publish(ctx, &published, &mut rates);
             maybe_compact(ctx, &compaction);
         }
     }
@@ -308,17 +316,26 @@ fn wal_size_bytes(ctx: &Ctx) -> u64 {
         .unwrap_or(0)
 }
 
-fn publish(ctx: &Ctx, previous: &Stats) -> Stats {
+/// Publishes the shard's state; `rates` holds its notification counts of
+/// the last minute, for the rates `/about` shows.
+fn publish(ctx: &Ctx, previous: &Stats, rates: &mut RateWindow<2>) -> Stats {
     let driver = ctx.driver.borrow();
     let engine = driver.engine();
     let wal = ctx.journal.stats();
+    let counts = [
+        engine.stats().notifications_in,
+        engine.stats().notifications_out,
+    ];
+    let [in_per_s, out_per_s] = rates.sample(std::time::Instant::now(), counts);
     let snapshot = ShardSnapshot {
         connections: engine.connections() as i64,
         user_agents: engine.user_agents() as i64,
         asleep: engine.asleep() as i64,
         pending: engine.pending_messages() as i64,
-        notifications_in: engine.stats().notifications_in,
-        notifications_out: engine.stats().notifications_out,
+        notifications_in: counts[0],
+        notifications_out: counts[1],
+        in_per_s,
+        out_per_s,
         wal_bytes: wal_size_bytes(ctx) as i64,
     };
     let stats = engine.stats().clone();
@@ -337,6 +354,7 @@ fn publish(ctx: &Ctx, previous: &Stats) -> Stats {
         ];
         ctx.shared.metrics.publish_cluster(ctx.index, &events);
     }
+    ctx.shared.metrics.publish_as_requests(&ctx.meters);
     ctx.shared.metrics.publish(
         ctx.index,
         &snapshot,
@@ -384,9 +402,14 @@ async fn release_answers(ctx: Rc<Ctx>) {
 type Opened = (ShardStore, Vec<Record>, Option<ClusterNode>);
 
 /// A single node: the shard's WAL, replayed.
-async fn open_wal(index: usize, config: &ServerConfig) -> Result<Opened, String> {
+async fn open_wal(index: usize, shared: &Shared) -> Result<Opened, String> {
+    let config = &shared.config;
+    let fsyncs = shared.metrics.wal_fsync(index);
     let options = LogOptions {
         fsync: config.fsync,
+        on_sync: Some(Rc::new(move |took: Duration| {
+            fsyncs.observe(took.as_secs_f64())
+        })),
         ..LogOptions::default()
     };
     let (journal, recovered) = herald_store::open_shard(&config.data_dir, index, options)

@@ -23,6 +23,7 @@ use herald_engine::{Millis, Uaid};
 use herald_store::{Claim, ClaimError};
 
 use crate::cluster::ClusterNode;
+use crate::metrics::ShardMeters;
 use crate::node_link::NodeLink;
 use crate::per_ip::{AddressRates, IpSlot};
 use crate::shard::{Driver, RingMsg, Runtime};
@@ -60,6 +61,14 @@ pub fn now_ms() -> Millis {
         .map_or(0, |elapsed| elapsed.as_millis() as Millis)
 }
 
+/// Microseconds since the Unix epoch: the clock of
+/// [`Runtime::now_us`], read again when a stamped frame is written.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_micros() as u64)
+}
+
 /// The driver's [`Runtime`] on glommio: the wall clock, the shard mesh,
 /// local answer channels and the wakeup core.
 pub struct Glommio {
@@ -78,6 +87,10 @@ impl Runtime for Glommio {
 
     fn now_ms(&self) -> Millis {
         now_ms()
+    }
+
+    fn now_us(&self) -> u64 {
+        now_us()
     }
 
     fn try_send(&self, shard: usize, message: ShardRing) -> Result<(), ShardRing> {
@@ -154,6 +167,8 @@ pub struct Ctx {
     token_requests: RefCell<AHashMap<IpAddr, (Millis, u32)>>,
     /// This shard's rate limits per source address.
     pub address_rates: AddressRates,
+    /// This shard's latency histograms and AS request counts.
+    pub meters: ShardMeters,
 }
 
 impl Ctx {
@@ -170,6 +185,7 @@ impl Ctx {
         Ctx {
             index,
             address_rates: AddressRates::new(&shared.config.limits),
+            meters: shared.metrics.shard_meters(index),
             shared,
             keys,
             driver: RefCell::new(driver),

@@ -24,6 +24,15 @@ pub enum ShardState {
 }
 
 impl ShardState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShardState::Replaying => "replaying",
+            ShardState::Serving => "serving",
+            ShardState::StoreFailed => "store failed",
+            ShardState::StoreUnreachable => "store unreachable",
+        }
+    }
+
     fn from_u8(value: u8) -> ShardState {
         match value {
             0 => ShardState::Replaying,
@@ -49,6 +58,11 @@ impl ShardStates {
 
     pub fn set(&self, shard: usize, state: ShardState) {
         self.0[shard].store(state as u8, Ordering::SeqCst);
+    }
+
+    /// One shard's state, for `/about`.
+    pub fn get(&self, shard: usize) -> ShardState {
+        ShardState::from_u8(self.0[shard].load(Ordering::SeqCst))
     }
 
     fn all(&self) -> Vec<ShardState> {

@@ -25,6 +25,7 @@ mod pages;
 mod per_ip;
 pub mod process;
 mod proxy_header;
+mod rate_window;
 mod runtime;
 pub mod shard;
 mod shared;
@@ -49,6 +50,14 @@ pub use cidrs::Cidrs;
 pub use herald_store::FsyncMode;
 pub use runtime::serve;
 pub use wakeup_http::ProxyUrl;
+
+/// The running binary: its release and the git commit it was built from
+/// (`tools/build.rs`), for `herald_build_info` and the operator pages.
+#[derive(Clone, Copy, Debug)]
+pub struct Build {
+    pub version: &'static str,
+    pub commit: &'static str,
+}
 
 /// Where a wakeup for one mobile network goes (SPEC §5).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,12 +1,22 @@
 //! Prometheus metrics (SPEC §4.3). One registry for the process; each shard
 //! publishes its engine's counters into its own labelled series once a second,
-//! so the hot paths touch no shared memory.
+//! so the hot paths touch no shared memory. A shard's latency histograms are
+//! its own too ([`ShardMeters`]): observing one touches memory only that
+//! shard writes (and a scrape reads).
 
+use std::cell::RefCell;
+use std::time::Duration;
+
+use ahash::AHashMap;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+
+use crate::Build;
 
 use herald_engine::shard::Stats;
 
@@ -41,6 +51,102 @@ pub struct ClusterLabel {
     pub event: String,
 }
 
+/// What an AS request asked for, as `herald_as_requests_total` names it: a
+/// bounded set, never the path itself (tokens would make a series each).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, reason = "the label values Prometheus shows")]
+pub enum AsRoute {
+    /// `/wpush/v1/...`: a push without VAPID key binding.
+    push_v1,
+    /// `/wpush/v2/...`: a push to a VAPID-bound endpoint.
+    push_v2,
+    /// `/m/<id>`: a message's state, or its deletion.
+    message,
+    /// `/notify/<app>`: an extended-protocol app notification.
+    app_notify,
+    broadcast,
+    health,
+    metrics,
+    about,
+    other,
+}
+
+impl AsRoute {
+    pub fn of(path: &str) -> AsRoute {
+        let path = path.split('?').next().unwrap_or_default();
+        let prefixes = [
+            ("/wpush/v1/", AsRoute::push_v1),
+            ("/wpush/v2/", AsRoute::push_v2),
+            ("/m/", AsRoute::message),
+            ("/notify/", AsRoute::app_notify),
+            ("/v1/broadcasts/", AsRoute::broadcast),
+            ("/health", AsRoute::health),
+        ];
+        if let Some((_, route)) = prefixes.iter().find(|(prefix, _)| path.starts_with(prefix)) {
+            return *route;
+        }
+        match path {
+            "/metrics" => AsRoute::metrics,
+            "/about" | "/" => AsRoute::about,
+            _ => AsRoute::other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AsRoute::push_v1 => "push_v1",
+            AsRoute::push_v2 => "push_v2",
+            AsRoute::message => "message",
+            AsRoute::app_notify => "app_notify",
+            AsRoute::broadcast => "broadcast",
+            AsRoute::health => "health",
+            AsRoute::metrics => "metrics",
+            AsRoute::about => "about",
+            AsRoute::other => "other",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AsRequestLabel {
+    route: AsRoute,
+    status: u16,
+}
+
+/// Latency buckets, in seconds, for every histogram here: 50 µs doubling
+/// to about 6.5 s (an fsync on a busy disk, a delivery across a slow
+/// socket).
+fn latency_histogram() -> Histogram {
+    const FIRST_BUCKET_S: f64 = 0.000_05;
+    const BUCKETS: u16 = 18;
+    Histogram::new(exponential_buckets(FIRST_BUCKET_S, 2.0, BUCKETS))
+}
+
+type Latencies = Family<ShardLabel, Histogram>;
+
+/// One shard's own meters: its latency histograms, and its AS requests
+/// counted since it last published (`Metrics::publish_as_requests`).
+pub struct ShardMeters {
+    pub as_answer: Histogram,
+    pub delivery: Histogram,
+    as_requests: RefCell<AHashMap<(AsRoute, u16), u64>>,
+}
+
+impl ShardMeters {
+    /// One AS request answered `status` after `took` (`None`: answered
+    /// before it was read whole, so not timed).
+    pub fn as_answered(&self, route: AsRoute, status: u16, took: Option<Duration>) {
+        if let Some(took) = took {
+            self.as_answer.observe(took.as_secs_f64());
+        }
+        *self
+            .as_requests
+            .borrow_mut()
+            .entry((route, status))
+            .or_default() += 1;
+    }
+}
+
 /// What one shard last published, read by `/about` and `/health` too.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ShardSnapshot {
@@ -50,6 +156,9 @@ pub struct ShardSnapshot {
     pub pending: i64,
     pub notifications_in: u64,
     pub notifications_out: u64,
+    /// Notifications in and out per second over the last minute.
+    pub in_per_s: f64,
+    pub out_per_s: f64,
     pub wal_bytes: i64,
 }
 
@@ -76,18 +185,20 @@ pub struct Metrics {
     /// nothing to an operator, and the three series exist from the start.
     rate_limited: Family<LimitLabel, Counter>,
     cluster_events: Family<ClusterLabel, Counter>,
+    as_requests: Family<AsRequestLabel, Counter>,
+    as_answer_seconds: Latencies,
+    wal_fsync_seconds: Latencies,
+    delivery_seconds: Latencies,
+    /// The process, sampled when the metrics are read.
+    resident_memory_bytes: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
     /// Written by the wakeup core only (see `wakeup_metrics.rs`).
     pub wakeup: crate::wakeup_metrics::WakeupMetrics,
 }
 
-impl Default for Metrics {
-    fn default() -> Metrics {
-        Metrics::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub fn new(build: Build) -> Metrics {
         let mut registry = Registry::with_prefix("herald");
         let metrics = Metrics {
             connections: Family::default(),
@@ -109,6 +220,13 @@ impl Metrics {
             errors: Family::default(),
             rate_limited: Family::default(),
             cluster_events: Family::default(),
+            as_requests: Family::default(),
+            as_answer_seconds: Family::new_with_constructor(latency_histogram),
+            wal_fsync_seconds: Family::new_with_constructor(latency_histogram),
+            delivery_seconds: Family::new_with_constructor(latency_histogram),
+            resident_memory_bytes: Gauge::default(),
+            open_fds: Gauge::default(),
+            max_fds: Gauge::default(),
             wakeup: crate::wakeup_metrics::WakeupMetrics::default(),
             registry: Registry::default(),
         };
@@ -203,6 +321,46 @@ impl Metrics {
             "Cluster mode: Redis batches, calls, claims, failed batches, fenced writes, forwards to other nodes",
             metrics.cluster_events.clone(),
         );
+        registry.register(
+            "build",
+            "The running build: release and git commit",
+            Info::new(vec![("version", build.version), ("commit", build.commit)]),
+        );
+        registry.register(
+            "as_requests",
+            "AS listener requests by route and answer status",
+            metrics.as_requests.clone(),
+        );
+        registry.register(
+            "as_answer_seconds",
+            "AS listener: from a whole request read to its answer (a push's includes its fsync)",
+            metrics.as_answer_seconds.clone(),
+        );
+        registry.register(
+            "wal_fsync_seconds",
+            "WAL fdatasync calls (group commits)",
+            metrics.wal_fsync_seconds.clone(),
+        );
+        registry.register(
+            "delivery_seconds",
+            "Notifications to connected UAs: from the owning shard taking the push to the frame written to the socket",
+            metrics.delivery_seconds.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the process",
+            metrics.resident_memory_bytes.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors of the process (sockets included)",
+            metrics.open_fds.clone(),
+        );
+        registry.register(
+            "process_max_fds",
+            "The process's descriptor limit (RLIMIT_NOFILE, LimitNOFILE in systemd)",
+            metrics.max_fds.clone(),
+        );
         metrics.wakeup.register(&mut registry);
         Metrics {
             registry,
@@ -211,10 +369,44 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
+        let process = crate::process::usage();
+        self.resident_memory_bytes
+            .set(process.resident_bytes as i64);
+        self.open_fds.set(process.open_fds as i64);
+        self.max_fds.set(process.max_fds as i64);
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// A shard's own meters (call once per shard).
+    pub fn shard_meters(&self, shard: usize) -> ShardMeters {
+        let label = ShardLabel {
+            shard: shard.to_string(),
+        };
+        ShardMeters {
+            as_answer: self.as_answer_seconds.get_or_create(&label).clone(),
+            delivery: self.delivery_seconds.get_or_create(&label).clone(),
+            as_requests: RefCell::default(),
+        }
+    }
+
+    /// The histogram of a shard's WAL fsyncs, for its log to observe.
+    pub fn wal_fsync(&self, shard: usize) -> Histogram {
+        let label = ShardLabel {
+            shard: shard.to_string(),
+        };
+        self.wal_fsync_seconds.get_or_create(&label).clone()
+    }
+
+    /// Adds what a shard counted since it last published, and forgets it.
+    pub fn publish_as_requests(&self, meters: &ShardMeters) {
+        for ((route, status), count) in meters.as_requests.borrow_mut().drain() {
+            self.as_requests
+                .get_or_create(&AsRequestLabel { route, status })
+                .inc_by(count);
+        }
     }
 
     pub fn rate_limited(&self, limit: RateLimit, count: u64) {

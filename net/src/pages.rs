@@ -59,16 +59,26 @@ pub fn not_found() -> HttpResponse {
     )
 }
 
-fn totals(shared: &Shared) -> ShardSnapshot {
+/// Every shard's last published snapshot, in shard order.
+fn snapshots(shared: &Shared) -> Vec<ShardSnapshot> {
+    shared
+        .snapshots
+        .iter()
+        .map(|slot| slot.lock().map(|snapshot| *snapshot).unwrap_or_default())
+        .collect()
+}
+
+fn totals(snapshots: &[ShardSnapshot]) -> ShardSnapshot {
     let mut total = ShardSnapshot::default();
-    for slot in &shared.snapshots {
-        let Ok(snapshot) = slot.lock() else { continue };
+    for snapshot in snapshots {
         total.connections += snapshot.connections;
         total.user_agents += snapshot.user_agents;
         total.asleep += snapshot.asleep;
         total.pending += snapshot.pending;
         total.notifications_in += snapshot.notifications_in;
         total.notifications_out += snapshot.notifications_out;
+        total.in_per_s += snapshot.in_per_s;
+        total.out_per_s += snapshot.out_per_s;
         total.wal_bytes += snapshot.wal_bytes;
     }
     total
@@ -79,7 +89,8 @@ fn totals(shared: &Shared) -> ShardSnapshot {
 fn status_body(shared: &Shared, status: &str) -> Map<String, Value> {
     let mut body = Map::new();
     body.insert("status".to_owned(), status.into());
-    body.insert("version".to_owned(), env!("CARGO_PKG_VERSION").into());
+    body.insert("version".to_owned(), shared.build.version.into());
+    body.insert("commit".to_owned(), shared.build.commit.into());
     body.insert("shards".to_owned(), shared.config.shards.into());
     let uptime_s = shared.started.elapsed().as_secs();
     body.insert("uptime_s".to_owned(), uptime_s.into());
@@ -131,12 +142,21 @@ fn metrics(shared: &Shared) -> HttpResponse {
     }
 }
 
+/// How often `/about` reloads itself in a browser.
+const ABOUT_REFRESH_S: u32 = 5;
+
+/// The page for people: the process, then a row per shard. Rates are over
+/// the last minute (`rate_window.rs`), and the page reloads itself.
 fn about(shared: &Shared) -> HttpResponse {
-    let total = totals(shared);
-    let uptime_s = shared.started.elapsed().as_secs().max(1);
+    let shards = snapshots(shared);
+    let total = totals(&shards);
+    let uptime_s = shared.started.elapsed().as_secs();
     let config = &shared.config;
     let rows = [
-        ("Version", env!("CARGO_PKG_VERSION").to_owned()),
+        (
+            "Version",
+            format!("{} (commit {})", shared.build.version, shared.build.commit),
+        ),
         (
             "Uptime",
             format!(
@@ -152,26 +172,51 @@ fn about(shared: &Shared) -> HttpResponse {
         ("Known UAs", total.user_agents.to_string()),
         ("Pending notifications", total.pending.to_string()),
         (
-            "Notifications in (average per second)",
-            format!("{:.2}", total.notifications_in as f64 / uptime_s as f64),
+            "Notifications in (per second, last minute)",
+            format!("{:.2}", total.in_per_s),
         ),
         (
-            "Notifications out (average per second)",
-            format!("{:.2}", total.notifications_out as f64 / uptime_s as f64),
+            "Notifications out (per second, last minute)",
+            format!("{:.2}", total.out_per_s),
         ),
         ("WAL size on disk", format!("{} bytes", total.wal_bytes)),
         ("Fsync mode", config.fsync.as_str().to_owned()),
         ("Readiness", readiness_text(shared)),
     ];
-    let mut body = String::from(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Herald</title>\
-<style>body{font-family:sans-serif;margin:2em}td,th{padding:.3em 1em;text-align:left}</style></head>\
+    let mut body = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\
+<meta http-equiv=\"refresh\" content=\"{ABOUT_REFRESH_S}\"><title>Herald</title>\
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em 1em;text-align:left}}\
+td.n{{text-align:right}}</style></head>\
 <body><h1>Herald push server</h1><table>\n",
     );
     for (name, value) in rows {
         body.push_str(&format!("<tr><th>{name}</th><td>{value}</td></tr>\n"));
     }
-    body.push_str("</table><p>Machine-readable: <a href=\"/metrics\">/metrics</a>, <a href=\"/health\">/health</a>.</p></body></html>\n");
+    body.push_str(
+        "</table>\n<h2>Shards</h2><table id=\"shards\">\n<tr><th>Shard</th><th>State</th>\
+<th>Connected UAs</th><th>Asleep</th><th>Known UAs</th><th>Pending</th>\
+<th>In/s (1 min)</th><th>Out/s (1 min)</th><th>WAL bytes</th></tr>\n",
+    );
+    for (index, shard) in shards.iter().enumerate() {
+        body.push_str(&format!(
+            "<tr class=\"shard\"><td>{index}</td><td>{}</td><td class=\"n\">{}</td>\
+<td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+<td class=\"n\">{:.2}</td><td class=\"n\">{:.2}</td><td class=\"n\">{}</td></tr>\n",
+            shared.states.get(index).as_str(),
+            shard.connections,
+            shard.asleep,
+            shard.user_agents,
+            shard.pending,
+            shard.in_per_s,
+            shard.out_per_s,
+            shard.wal_bytes,
+        ));
+    }
+    body.push_str(&format!(
+        "</table><p>Reloads every {ABOUT_REFRESH_S} s. Machine-readable: \
+<a href=\"/metrics\">/metrics</a>, <a href=\"/health\">/health</a>.</p></body></html>\n"
+    ));
     HttpResponse {
         status: 200,
         content_type: "text/html; charset=utf-8",

@@ -49,3 +49,44 @@ pub fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     unsafe { libc::sigwait(set, &mut signal) };
     signal
 }
+
+/// What the process uses of the machine, for `/metrics`.
+pub struct Usage {
+    pub resident_bytes: u64,
+    /// Descriptors open now (sockets, WAL files, io_uring rings).
+    pub open_fds: u64,
+    /// The soft descriptor limit (`RLIMIT_NOFILE`).
+    pub max_fds: u64,
+}
+
+/// Reads `/proc/self`: a few small reads and one directory listing, done
+/// when the metrics are scraped, never on a request's path. What cannot be
+/// read counts as 0.
+pub fn usage() -> Usage {
+    // statm: sizes in pages; the second field is the resident set.
+    let resident_pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf and getrlimit only read process-wide values; `limit`
+    // is a local the kernel fills.
+    let (page_bytes, max_fds) = unsafe {
+        let page_bytes = libc::sysconf(libc::_SC_PAGESIZE).max(0) as u64;
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        let max_fds = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur
+        } else {
+            0
+        };
+        (page_bytes, max_fds)
+    };
+    // The listing holds a descriptor of its own while it runs.
+    let open_fds = std::fs::read_dir("/proc/self/fd")
+        .map(|entries| entries.count().saturating_sub(1) as u64)
+        .unwrap_or(0);
+    Usage {
+        resident_bytes: resident_pages * page_bytes,
+        open_fds,
+        max_fds,
+    }
+}

@@ -12,7 +12,7 @@ use crate::ctx::ShardRing;
 use crate::metrics::{Metrics, ShardSnapshot};
 use crate::process::{block_termination_signals, wait_for_signal};
 use crate::shared::Shared;
-use crate::ServerConfig;
+use crate::{Build, ServerConfig};
 
 /// io_uring buffer memory per executor. The machine allows 8 MiB of locked
 /// memory in all; glommio's default (10 MiB) would not fit even one shard.
@@ -38,6 +38,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(600);
 pub fn serve(
     config: ServerConfig,
     _data_dir_lock: herald_store::DataDirLock,
+    build: Build,
 ) -> Result<(), String> {
     herald_store::check_layout(&config.data_dir, config.shards)
         .map_err(|error| format!("data dir {}: {error}", config.data_dir.display()))?;
@@ -55,7 +56,8 @@ pub fn serve(
         snapshots: (0..shards)
             .map(|_| Mutex::new(ShardSnapshot::default()))
             .collect(),
-        metrics: Metrics::new(),
+        metrics: Metrics::new(build),
+        build,
         shutdown: AtomicBool::new(false),
         started: Instant::now(),
         wakeups,

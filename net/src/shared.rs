@@ -11,6 +11,7 @@ use crate::ServerConfig;
 /// What every shard can read: configuration, metrics, the shutdown flag.
 pub struct Shared {
     pub config: ServerConfig,
+    pub build: crate::Build,
     pub metrics: Metrics,
     pub snapshots: Vec<Mutex<ShardSnapshot>>,
     pub shutdown: AtomicBool,

@@ -30,7 +30,7 @@ use herald_engine::ConnId;
 use herald_store::RecordLog;
 
 use crate::client_addr;
-use crate::ctx::{Adopted, Ctx};
+use crate::ctx::{now_us, Adopted, Ctx};
 use crate::http;
 use crate::metrics::RateLimit;
 use crate::per_ip::IpSlot;
@@ -478,13 +478,30 @@ async fn write_batch(
     let mut bytes = Vec::new();
     let mut next = Some(first);
     let mut more = true;
+    // When each notification in the batch was taken (allocates only if one is).
+    let mut pushed = Vec::new();
     while let Some(item) = next.take() {
+        if let Outgoing::Text {
+            pushed_us: Some(at),
+            ..
+        } = item
+        {
+            pushed.push(at);
+        }
         more = encode_item(item, &mut bytes);
         if more && bytes.len() < WRITE_BATCH_BYTES {
             next = outbox.next_frame(ctx.journal.durable_lsn());
         }
     }
-    stream.write_all(&bytes).await.is_ok() && more
+    let written = stream.write_all(&bytes).await.is_ok();
+    if written && !pushed.is_empty() {
+        let now = now_us();
+        for at in pushed {
+            let took_s = now.saturating_sub(at) as f64 / 1e6;
+            ctx.meters.delivery.observe(took_s);
+        }
+    }
+    written && more
 }
 
 /// Appends one item's frame; false after the last frame a socket gets.

@@ -75,7 +75,9 @@ pub use herald_engine::Lsn;
 pub use inspect::{inspect, InspectSummary};
 pub use layout::{check_layout, shard_dir};
 pub use lock::DataDirLock;
-pub use log::{CompactReport, FsyncMode, Log, LogOptions, LogStats, ProgressFn, Recovered};
+pub use log::{
+    CompactReport, FsyncMode, Log, LogOptions, LogStats, ProgressFn, Recovered, SyncObserver,
+};
 pub use mem_log::MemLog;
 pub use record_log::{Claim, ClaimError, Fenced, PreviousClaim, RecordLog};
 pub use recovery::{RecoveryProgress, RecoveryReport};

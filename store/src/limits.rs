@@ -42,6 +42,13 @@ pub const READ_CHUNK_BYTES: usize = 1 << 20;
 /// records, so a large replay shows signs of life (SPEC §2).
 pub const RECOVERY_PROGRESS_EVERY_RECORDS: u64 = 100_000;
 
+/// Recovery also reports each time it passes this percentage of the log
+/// segments' bytes...
+pub const RECOVERY_PROGRESS_STEP_PERCENT: u64 = 10;
+/// ...when they hold at least this much (1 MiB of a segment is zeros
+/// written ahead, so a log this small replays in a moment).
+pub const RECOVERY_PROGRESS_MIN_BYTES: u64 = 4 << 20;
+
 /// Upper bound on a snapshot record count we are willing to believe when it is
 /// read back; anything above is treated as damage.
 pub const SNAPSHOT_MAX_RECORDS: u64 = 1 << 40;

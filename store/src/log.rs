@@ -83,6 +83,8 @@ impl clap::ValueEnum for FsyncMode {
 
 /// A recovery progress callback.
 pub type ProgressFn = Rc<dyn Fn(&RecoveryProgress)>;
+/// Told how long each fdatasync of a commit took (for a latency histogram).
+pub type SyncObserver = Rc<dyn Fn(Duration)>;
 
 /// How a [`Log`] behaves.
 #[derive(Clone)]
@@ -93,6 +95,7 @@ pub struct LogOptions {
     /// Called every [`crate::limits::RECOVERY_PROGRESS_EVERY_RECORDS`]
     /// records during recovery (which also logs with `tracing::info!`).
     pub progress: Option<ProgressFn>,
+    pub on_sync: Option<SyncObserver>,
 }
 
 impl Default for LogOptions {
@@ -101,6 +104,7 @@ impl Default for LogOptions {
             fsync: FsyncMode::Batch,
             segment_target_bytes: SEGMENT_TARGET_BYTES,
             progress: None,
+            on_sync: None,
         }
     }
 }
@@ -120,6 +124,7 @@ impl std::fmt::Debug for LogOptions {
             .field("fsync", &self.fsync)
             .field("segment_target_bytes", &self.segment_target_bytes)
             .field("progress", &self.progress.is_some())
+            .field("on_sync", &self.on_sync.is_some())
             .finish()
     }
 }
@@ -187,6 +192,7 @@ struct Active {
 struct Inner<S> {
     storage: S,
     fsync: FsyncMode,
+    on_sync: Option<SyncObserver>,
     segment_target_bytes: u64,
     next_lsn: Cell<Lsn>,
     durable_lsn: Cell<Lsn>,
@@ -273,6 +279,7 @@ impl<S: Storage> Log<S> {
         let inner = Inner {
             storage,
             fsync: options.fsync,
+            on_sync: options.on_sync,
             segment_target_bytes: options.segment_target_bytes,
             next_lsn: Cell::new(next_lsn),
             durable_lsn: Cell::new(next_lsn - 1),
@@ -781,6 +788,9 @@ impl<S: Storage> Log<S> {
             let started = Instant::now();
             storage.sync(&name).await?;
             let latency = started.elapsed();
+            if let Some(observe) = &inner.on_sync {
+                observe(latency);
+            }
             let mut stats = inner.stats.borrow_mut();
             stats.batches_synced += 1;
             stats.records_synced += count;

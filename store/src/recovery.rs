@@ -29,7 +29,9 @@ use herald_engine::record::Record;
 use herald_engine::Lsn;
 
 use crate::format::{self, Damage, Fatal, FrameKind, Scan};
-use crate::limits::RECOVERY_PROGRESS_EVERY_RECORDS;
+use crate::limits::{
+    RECOVERY_PROGRESS_EVERY_RECORDS, RECOVERY_PROGRESS_MIN_BYTES, RECOVERY_PROGRESS_STEP_PERCENT,
+};
 use crate::storage::Storage;
 use crate::StoreError;
 
@@ -295,8 +297,57 @@ impl RecoveryReport {
 /// Progress of a long replay, handed to [`crate::LogOptions::progress`].
 #[derive(Clone, Copy, Debug)]
 pub struct RecoveryProgress {
+    /// Records read so far (the snapshot's included).
     pub records: u64,
+    /// Bytes of the log segments replayed so far, of `total_bytes`.
     pub bytes: u64,
+    pub total_bytes: u64,
+    /// `bytes` as a percentage of `total_bytes`.
+    pub percent: u64,
+}
+
+/// Says how far a long replay is: every [`RECOVERY_PROGRESS_EVERY_RECORDS`]
+/// records, and at each [`RECOVERY_PROGRESS_STEP_PERCENT`] of the segments'
+/// bytes once they hold [`RECOVERY_PROGRESS_MIN_BYTES`] (a smaller log
+/// replays in a moment). The caller's tracing span names the shard.
+struct ProgressMeter<'a> {
+    callback: Option<&'a dyn Fn(&RecoveryProgress)>,
+    total_bytes: u64,
+    next_records: u64,
+    next_percent: u64,
+}
+
+impl ProgressMeter<'_> {
+    fn update(&mut self, records: u64, bytes: u64) {
+        let percent = (bytes.saturating_mul(100) / self.total_bytes.max(1)).min(100);
+        let by_records = records >= self.next_records;
+        let by_bytes =
+            self.total_bytes >= RECOVERY_PROGRESS_MIN_BYTES && percent >= self.next_percent;
+        if !(by_records || by_bytes) {
+            return;
+        }
+        while self.next_records <= records {
+            self.next_records += RECOVERY_PROGRESS_EVERY_RECORDS;
+        }
+        self.next_percent =
+            (percent / RECOVERY_PROGRESS_STEP_PERCENT + 1) * RECOVERY_PROGRESS_STEP_PERCENT;
+        let status = RecoveryProgress {
+            records,
+            bytes,
+            total_bytes: self.total_bytes,
+            percent,
+        };
+        tracing::info!(
+            percent,
+            records,
+            bytes,
+            total_bytes = self.total_bytes,
+            "replaying the WAL"
+        );
+        if let Some(callback) = self.callback {
+            callback(&status);
+        }
+    }
 }
 
 /// Where appending continues after recovery.
@@ -497,7 +548,18 @@ pub(crate) async fn recover<S: Storage>(
     }
 
     let mut active: Option<ActiveSegment> = None;
-    let mut progress_mark = RECOVERY_PROGRESS_EVERY_RECORDS;
+    let mut total_bytes = 0;
+    for (_, name) in segments {
+        total_bytes += storage.len(name).await?;
+    }
+    let mut meter = ProgressMeter {
+        callback: progress,
+        total_bytes,
+        next_records: RECOVERY_PROGRESS_EVERY_RECORDS,
+        next_percent: RECOVERY_PROGRESS_STEP_PERCENT,
+    };
+    // Segment bytes replayed before the current segment.
+    let mut replayed_bytes = 0u64;
     'segments: for (index, (first, name)) in segments.iter().enumerate() {
         if *first != expected {
             report.saw(Condition::LsnOutOfOrder);
@@ -513,6 +575,8 @@ pub(crate) async fn recover<S: Storage>(
         let bytes = storage.read_all(name).await?;
         report.segments += 1;
         report.bytes += bytes.len() as u64;
+        let segment_start = replayed_bytes;
+        replayed_bytes += bytes.len() as u64;
         let mut offset = 0usize;
         loop {
             match format::read_frame(&bytes, offset) {
@@ -559,21 +623,7 @@ pub(crate) async fn recover<S: Storage>(
                     }
                     expected += 1;
                     offset += frame.len_on_disk;
-                    if records.len() as u64 >= progress_mark {
-                        progress_mark += RECOVERY_PROGRESS_EVERY_RECORDS;
-                        let status = RecoveryProgress {
-                            records: records.len() as u64,
-                            bytes: report.bytes,
-                        };
-                        tracing::info!(
-                            records = status.records,
-                            bytes = status.bytes,
-                            "replaying the WAL"
-                        );
-                        if let Some(callback) = progress {
-                            callback(&status);
-                        }
-                    }
+                    meter.update(records.len() as u64, segment_start + offset as u64);
                 }
                 Scan::End => {
                     report.saw(Condition::EndOfFile);

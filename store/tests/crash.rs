@@ -30,7 +30,7 @@ fn workload(
         fsync,
         // Small segments, so rotation is crashed into too.
         segment_target_bytes: 1500,
-        progress: None,
+        ..LogOptions::default()
     };
     let (log, _) = block_on(Log::open(fault.clone(), options)).expect("open an empty log");
     if let Some(op) = crash_at {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use futures_lite::future::block_on;
@@ -500,18 +500,49 @@ fn recovery_reports_progress() {
         log.append(&records[(i % 1000) as usize]).expect("append");
     }
     block_on(log.flush()).expect("flush");
-    let calls = Rc::new(Cell::new(0u64));
+    let calls = Rc::new(RefCell::new(Vec::new()));
     let options = LogOptions {
         progress: Some(Rc::new({
             let calls = calls.clone();
             move |progress: &herald_store::RecoveryProgress| {
                 assert!(progress.records > 0);
-                calls.set(calls.get() + 1);
+                calls.borrow_mut().push(*progress);
             }
         })),
         ..LogOptions::default()
     };
     let (_, recovered) = block_on(Log::open(mem, options)).expect("reopen");
     assert_eq!(recovered.records.len() as u64, total);
-    assert_eq!(calls.get(), 2);
+    let calls = calls.borrow();
+    // Every `every` records, and (these segments are larger than
+    // RECOVERY_PROGRESS_MIN_BYTES) at each step of the bytes replayed.
+    let at_records: Vec<u64> = calls
+        .iter()
+        .map(|progress| progress.records)
+        .filter(|records| records % every == 0)
+        .collect();
+    assert_eq!(at_records, [every, every * 2], "{calls:?}");
+    let total_bytes = calls[0].total_bytes;
+    assert!(total_bytes >= herald_store::limits::RECOVERY_PROGRESS_MIN_BYTES);
+    let step = herald_store::limits::RECOVERY_PROGRESS_STEP_PERCENT;
+    let percents: Vec<u64> = calls.iter().map(|progress| progress.percent).collect();
+    let steps: Vec<u64> = percents.iter().map(|percent| percent / step).collect();
+    assert!(
+        steps.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{percents:?}"
+    );
+    // Every step the replay passed is reported (the last segment's zeros
+    // written ahead are part of its bytes but hold no record).
+    let last = *steps.last().expect("reports");
+    for reached in 1..=last {
+        assert!(
+            steps.contains(&reached),
+            "step {reached} missing: {percents:?}"
+        );
+    }
+    assert!(last * step >= 50, "{percents:?}");
+    for progress in calls.iter() {
+        assert_eq!(progress.total_bytes, total_bytes);
+        assert_eq!(progress.percent, progress.bytes * 100 / total_bytes);
+    }
 }

@@ -87,7 +87,7 @@ pub struct ServeArgs {
 }
 
 /// `[cluster]` in the config file: the Redis Cluster behind cluster mode.
-#[derive(Deserialize, Debug)]
+#[derive(Deserialize, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 struct ClusterFile {
     /// The `--cluster` value: every seed node.
@@ -111,39 +111,63 @@ impl Default for ClusterFile {
     }
 }
 
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
+/// The config file. A key with a fixed default holds it here (the
+/// `Default` impl is where those defaults live); an `Option` key's default
+/// is computed in [`resolve`] or is "none". `packaging/herald.toml` lists
+/// every key with its default, and a test below keeps it so.
+#[derive(Deserialize, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
 struct FileConfig {
-    ua_listen: Option<SocketAddr>,
-    as_listen: Option<SocketAddr>,
-    admin_listen: Option<SocketAddr>,
+    ua_listen: SocketAddr,
+    as_listen: SocketAddr,
+    admin_listen: SocketAddr,
     endpoint_url: Option<String>,
-    data_dir: Option<PathBuf>,
+    data_dir: PathBuf,
     shards: Option<usize>,
-    #[serde(default, deserialize_with = "fsync_from_text")]
-    fsync: Option<FsyncMode>,
-    #[serde(default)]
+    #[serde(deserialize_with = "fsync_from_text")]
+    fsync: FsyncMode,
     wakeup_routes: Vec<String>,
     wakeup_proxy_secret_file: Option<PathBuf>,
     keys_file: Option<PathBuf>,
     admin_token: Option<String>,
     node_listen: Option<SocketAddr>,
     node_url: Option<String>,
-    #[serde(default)]
     trusted_proxies: Vec<String>,
-    #[serde(default)]
     cluster: ClusterFile,
-    #[serde(default)]
     limits: Limits,
+}
+
+impl Default for FileConfig {
+    fn default() -> FileConfig {
+        let address = |text: &str| text.parse().expect("literal address");
+        FileConfig {
+            ua_listen: address("127.0.0.1:8080"),
+            as_listen: address("127.0.0.1:8081"),
+            admin_listen: address("127.0.0.1:8082"),
+            endpoint_url: None,
+            data_dir: PathBuf::from("./herald-data"),
+            shards: None,
+            fsync: FsyncMode::default(),
+            wakeup_routes: Vec::new(),
+            wakeup_proxy_secret_file: None,
+            keys_file: None,
+            admin_token: None,
+            node_listen: None,
+            node_url: None,
+            trusted_proxies: Vec::new(),
+            cluster: ClusterFile::default(),
+            limits: Limits::default(),
+        }
+    }
 }
 
 /// The file's `fsync` key takes the flag's spellings; a bad one fails like
 /// any bad key (the message names the file, line and column).
 fn fsync_from_text<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
-) -> Result<Option<FsyncMode>, D::Error> {
+) -> Result<FsyncMode, D::Error> {
     let text = String::deserialize(deserializer)?;
-    text.parse().map(Some).map_err(serde::de::Error::custom)
+    text.parse().map_err(serde::de::Error::custom)
 }
 
 /// Shards are capped: each holds a mesh ring to every other one.
@@ -161,18 +185,9 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
         }
         None => FileConfig::default(),
     };
-    let ua_listen = args
-        .ua_listen
-        .or(file.ua_listen)
-        .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal address"));
-    let as_listen = args
-        .as_listen
-        .or(file.as_listen)
-        .unwrap_or_else(|| "127.0.0.1:8081".parse().expect("literal address"));
-    let admin_listen = args
-        .admin_listen
-        .or(file.admin_listen)
-        .unwrap_or_else(|| "127.0.0.1:8082".parse().expect("literal address"));
+    let ua_listen = args.ua_listen.unwrap_or(file.ua_listen);
+    let as_listen = args.as_listen.unwrap_or(file.as_listen);
+    let admin_listen = args.admin_listen.unwrap_or(file.admin_listen);
     let node_listen = args.node_listen.or(file.node_listen);
     let mut listeners = vec![
         ("UA", ua_listen),
@@ -190,10 +205,7 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
             "endpoint URL must start with http:// or https://, got {endpoint_url:?}"
         ));
     }
-    let data_dir = args
-        .data_dir
-        .or(file.data_dir)
-        .unwrap_or_else(|| PathBuf::from("./herald-data"));
+    let data_dir = args.data_dir.unwrap_or(file.data_dir);
     let cores = std::thread::available_parallelism().map_or(1, |count| count.get());
     let shards = args.shards.or(file.shards).unwrap_or(cores);
     if shards == 0 || shards > SHARDS_MAX {
@@ -201,7 +213,7 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
             "--shards must be between 1 and {SHARDS_MAX}, got {shards}"
         ));
     }
-    let fsync = args.fsync.or(file.fsync).unwrap_or_default();
+    let fsync = args.fsync.unwrap_or(file.fsync);
     let routes = if args.wakeup_routes.is_empty() {
         file.wakeup_routes
     } else {
@@ -625,6 +637,95 @@ mod tests {
             ("admin", address("127.0.0.1:8081")),
         ])
         .is_ok());
+    }
+
+    /// The example config shipped for operators (packaging/herald.toml).
+    const EXAMPLE: &str = include_str!("../../packaging/herald.toml");
+
+    /// A line `# key = value`: a key the example shows commented out.
+    fn commented_key(line: &str) -> Option<&str> {
+        let rest = line.strip_prefix("# ")?;
+        let (key, _) = rest.split_once(" = ")?;
+        key.bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte == b'_')
+            .then_some(rest)
+    }
+
+    /// The field names a `Deserialize` struct knows: serde hands them to
+    /// `deserialize_struct`, which this deserializer answers with them.
+    fn field_names<'de, T: Deserialize<'de>>() -> Vec<&'static str> {
+        use serde::de::{self, Visitor};
+        struct Names<'a>(&'a mut &'static [&'static str]);
+        impl<'de> de::Deserializer<'de> for Names<'_> {
+            type Error = de::value::Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(de::Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                *self.0 = fields;
+                Err(de::Error::custom("names taken"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+                bytes byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map enum identifier ignored_any
+            }
+        }
+        let mut fields: &'static [&'static str] = &[];
+        let _ = T::deserialize(Names(&mut fields));
+        fields.to_vec()
+    }
+
+    #[test]
+    fn the_example_config_lists_every_key_with_its_default() {
+        // As written, the example is the defaults.
+        let written: FileConfig = toml::from_str(EXAMPLE).expect("the example parses");
+        assert_eq!(
+            written,
+            FileConfig::default(),
+            "a value differs from the code's default"
+        );
+        // With the commented keys uncommented it still parses (their
+        // examples are valid), and it names every key the parser knows.
+        let mut uncommented = String::new();
+        let mut previous = "";
+        for line in EXAMPLE.lines() {
+            let key_line = commented_key(line).unwrap_or(line);
+            if key_line.contains(" = ") && !key_line.starts_with('#') {
+                assert!(
+                    previous.starts_with("# ") && commented_key(previous).is_none(),
+                    "{key_line:?} needs a line of meaning above it"
+                );
+            }
+            uncommented.push_str(key_line);
+            uncommented.push('\n');
+            previous = line;
+        }
+        let every: FileConfig = toml::from_str(&uncommented).expect("every example parses");
+        assert_ne!(every, FileConfig::default());
+        let table: toml::Table = toml::from_str(&uncommented).expect("a table");
+        let keys = |table: &toml::Table| {
+            let mut keys: Vec<String> = table.keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        let expected = |mut names: Vec<&str>| {
+            names.sort();
+            names.into_iter().map(str::to_owned).collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&table), expected(field_names::<FileConfig>()));
+        for (section, names) in [
+            ("limits", field_names::<Limits>()),
+            ("cluster", field_names::<ClusterFile>()),
+        ] {
+            let section_table = table[section].as_table().expect(section);
+            assert_eq!(keys(section_table), expected(names), "[{section}]");
+        }
     }
 
     #[test]

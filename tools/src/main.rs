@@ -5,19 +5,39 @@ mod push;
 mod wakeup_proxy;
 mod webpush_crypto;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// What `--version` prints: the release and the commit it was built from
+/// (`build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("HERALD_COMMIT"),
+    ")"
+);
 
 #[derive(Parser, Debug)]
 #[command(
     name = "herald",
-    version,
+    version = VERSION,
     about = "Herald: a thread-per-core push notification server (SimplePush and Web Push, with UDP wakeup)"
 )]
 struct Cli {
+    /// Log lines on stderr as text (coloured only on a terminal) or as one
+    /// JSON object each
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -45,19 +65,14 @@ enum WalCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let result = match cli.command.unwrap_or(Command::Serve(config::ServeArgs::default())) {
         Command::Serve(args) => config::resolve(args).and_then(|(config, data_dir_lock)| {
             if config.fsync == herald_net::FsyncMode::Never {
                 tracing::warn!("--fsync never: acknowledged notifications can be lost in a crash (benchmarks only)");
             }
-            herald_net::serve(config, data_dir_lock)
+            herald_net::serve(config, data_dir_lock, build())
         }),
         Command::Push(args) => push::run(args),
         Command::WakeupProxy(args) => wakeup_proxy::run(args),
@@ -69,6 +84,29 @@ fn main() -> ExitCode {
             eprintln!("herald: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`). Colour
+/// codes only when stderr is a terminal: in a journal or a file they are
+/// noise.
+fn init_logs(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+/// The build, for the server's metrics and pages.
+fn build() -> herald_net::Build {
+    herald_net::Build {
+        version: env!("CARGO_PKG_VERSION"),
+        commit: env!("HERALD_COMMIT"),
     }
 }
 

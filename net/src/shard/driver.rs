@@ -75,6 +75,9 @@ pub struct Driver<L: RecordLog, R: Runtime> {
     frames_for_closed_sockets: u64,
     outbox_frames_max: usize,
     in_flight_max: usize,
+    /// While the engine takes a push: when (`Runtime::now_us`), so that the
+    /// frames it sends are stamped for the delivery latency.
+    push_taken_us: Option<u64>,
 }
 
 impl<L: RecordLog, R: Runtime> Driver<L, R> {
@@ -115,6 +118,7 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
             // only frames beyond that (and the slack) mean the UA is not reading.
             outbox_frames_max: limits.pending_per_uaid_max + limits.ua_outbox_frames_max.max(1),
             in_flight_max: limits.as_in_flight_per_shard_max,
+            push_taken_us: None,
         }
     }
 
@@ -243,8 +247,7 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
         let request = self.next_id();
         if owner == self.index {
             self.requests.insert(request, Origin::Local(waiter));
-            let now = self.runtime.now_ms();
-            self.engine.on_push(now, request, push);
+            self.take_push(request, push);
             self.run_actions();
             return Ok(());
         }
@@ -318,8 +321,7 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
                 push,
             } => {
                 let local = self.take_remote_request(origin, request);
-                let now = self.runtime.now_ms();
-                self.engine.on_push(now, local, push);
+                self.take_push(local, push);
             }
             RingMsg::AppNotify {
                 origin,
@@ -342,6 +344,15 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
         }
         self.run_actions();
         None
+    }
+
+    /// The engine takes a push this shard owns; the frames it sends to the
+    /// UA (a connected one's notification) carry the moment, and leave
+    /// with the actions run right after.
+    fn take_push(&mut self, request: RequestId, push: PushRequest) {
+        let now = self.runtime.now_ms();
+        self.push_taken_us = Some(self.runtime.now_us());
+        self.engine.on_push(now, request, push);
     }
 
     /// A request another shard sent here: its local id, under which the
@@ -490,7 +501,13 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
             match action {
                 Action::Append { .. } => unreachable!("batched above"),
                 Action::Send { conn, after, text } => {
-                    self.engine_frame(conn, Outgoing::Text { after, text })
+                    let pushed_us = self.push_taken_us;
+                    let frame = Outgoing::Text {
+                        after,
+                        text,
+                        pushed_us,
+                    };
+                    self.engine_frame(conn, frame)
                 }
                 Action::WsPing { conn } => self.engine_frame(conn, Outgoing::Ping),
                 Action::Close { conn, code, reason } => {
@@ -524,6 +541,7 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
             }
         }
         self.append_batch();
+        self.push_taken_us = None;
     }
 
     fn append_batch(&mut self) {

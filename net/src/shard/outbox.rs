@@ -9,10 +9,13 @@ use herald_engine::Lsn;
 
 /// What a UA connection's task is asked to do, in order.
 pub enum Outgoing {
-    /// A text frame that may leave once `after` is durable.
+    /// A text frame that may leave once `after` is durable; `pushed_us`:
+    /// when its shard took the push it notifies of (`Runtime::now_us`), for
+    /// the delivery latency.
     Text {
         after: Option<Lsn>,
         text: String,
+        pushed_us: Option<u64>,
     },
     Ping,
     Pong(Vec<u8>),

@@ -21,6 +21,11 @@ pub trait Runtime {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> Millis;
 
+    /// Microseconds on the same clock, for latencies.
+    fn now_us(&self) -> u64 {
+        self.now_ms().saturating_mul(1000)
+    }
+
     /// Puts `message` on the ring to `shard`, or gives it back when the ring
     /// is full (back-pressure: the caller refuses the request).
     #[allow(
