@@ -11,8 +11,9 @@ use herald_engine::limits::Limits;
 use herald_engine::push::{errno, HttpResponse};
 
 use crate::http::Head;
-use crate::http_conn::{self, Routes};
+use crate::http_conn;
 use crate::pages::{self, Page};
+use crate::routes::Routes;
 use crate::shared::Shared;
 
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {

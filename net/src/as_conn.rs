@@ -15,9 +15,10 @@ use herald_engine::push::{self, errno, DecodeContext, HttpRequest, HttpResponse}
 use crate::client_addr;
 use crate::ctx::{now_ms, Ctx};
 use crate::http::Head;
-use crate::http_conn::{self, Routes};
+use crate::http_conn;
 use crate::metrics::{AsRoute, RateLimit};
 use crate::pages::Page;
+use crate::routes::Routes;
 use crate::shard::{refusal_response, Refusal};
 use crate::{admin_token, broadcasts};
 

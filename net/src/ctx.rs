@@ -108,9 +108,13 @@ impl Runtime for Glommio {
     }
 
     fn send(&self, shard: usize, message: ShardRing) {
+        let Err(message) = self.try_send(shard, message) else {
+            return;
+        };
         let (senders, index) = (self.senders.clone(), self.index);
         spawn_local(async move {
-            // Waits for ring space: the answer must not be dropped.
+            // The ring is full: wait for space, the answer must not be dropped
+            // (answers are independent: another may overtake this one).
             if senders.send_to(shard, message).await.is_err() {
                 tracing::warn!(shard = index, peer = shard, "ring closed");
             }

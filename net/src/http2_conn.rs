@@ -25,7 +25,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use herald_engine::push::{errno, HttpResponse};
 
 use crate::http::Head;
-use crate::http_conn::Routes;
+use crate::routes::Routes;
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -18,23 +18,14 @@ use herald_engine::push::{errno, HttpResponse};
 
 use crate::http::{self, FramingError, Head};
 use crate::http2_conn;
+use crate::routes::Routes;
 
-const READ_CHUNK_BYTES: usize = 4096;
+/// Enough for a few dozen pipelined pushes per read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// After an early answer (413), how much of the refused body is read and
 /// dropped, and for how long, before the connection is closed.
 const UNREAD_BODY_DISCARD_BYTES_MAX: usize = 1024 * 1024;
 const UNREAD_BODY_DISCARD_TIME: Duration = Duration::from_secs(2);
-
-/// What one listener answers: its bounds and its routes.
-pub trait Routes {
-    fn limits(&self) -> &Limits;
-    /// The largest body a request may carry.
-    fn body_bytes_max(&self) -> usize;
-    /// The answer to a body over it (each protocol has its error format).
-    fn too_large(&self, head: &Head) -> HttpResponse;
-    /// The answer to one whole request.
-    async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse;
-}
 
 /// Serves requests until the connection ends; `buffer` holds what was read
 /// before the first request (after a PROXY header).

@@ -26,6 +26,7 @@ mod per_ip;
 pub mod process;
 mod proxy_header;
 mod rate_window;
+mod routes;
 mod runtime;
 pub mod shard;
 mod shared;

@@ -11,8 +11,9 @@ use herald_engine::Uaid;
 
 use crate::ctx::Ctx;
 use crate::http::Head;
-use crate::http_conn::{self, Routes};
+use crate::http_conn;
 use crate::node_link::{self, DROPPED_PATH, SECRET_HEADER};
+use crate::routes::Routes;
 
 /// Serves one connection of the node listener.
 pub async fn serve(ctx: Rc<Ctx>, stream: glommio::net::TcpStream) {

@@ -335,10 +335,12 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
             }
             RingMsg::Broadcast { id, version } => self.engine.on_broadcast(&id, &version),
             RingMsg::Displaced { uaid, nonce } => self.displaced(uaid, &nonce),
-            RingMsg::Reply { request, response } => {
-                self.remote_in_flight = self.remote_in_flight.saturating_sub(1);
-                if let Some(Origin::Local(waiter)) = self.requests.remove(&request) {
-                    self.runtime.answer(waiter, response);
+            RingMsg::Replies(replies) => {
+                for (request, response) in replies {
+                    self.remote_in_flight = self.remote_in_flight.saturating_sub(1);
+                    if let Some(Origin::Local(waiter)) = self.requests.remove(&request) {
+                        self.runtime.answer(waiter, response);
+                    }
                 }
             }
         }
@@ -411,6 +413,8 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
         self.take_fenced();
         let durable = self.log.durable_lsn();
         let failed = self.log.failed();
+        // Answers for other shards leave together, one ring message each.
+        let mut remote: Vec<Vec<(RequestId, HttpResponse)>> = Vec::new();
         while let Some(entry) = self.held_replies.first_entry() {
             let (lsn, _) = *entry.key();
             if lsn > durable && !failed {
@@ -422,7 +426,18 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
             } else {
                 HttpResponse::error(503, errno::STORAGE_FAILED, "storage unavailable")
             };
-            self.deliver(origin, response);
+            match origin {
+                Origin::Local(waiter) => self.runtime.answer(waiter, response),
+                Origin::Remote { shard, request } => {
+                    remote.resize_with(remote.len().max(shard + 1), Vec::new);
+                    remote[shard].push((request, response));
+                }
+            }
+        }
+        for (shard, replies) in remote.into_iter().enumerate() {
+            if !replies.is_empty() {
+                self.runtime.send(shard, RingMsg::Replies(replies));
+            }
         }
         // Held answers wait only for LSNs above the durable one.
         self.fenced = self.fenced.split_off(&(durable + 1));
@@ -619,7 +634,7 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
             Origin::Local(waiter) => self.runtime.answer(waiter, response),
             Origin::Remote { shard, request } => self
                 .runtime
-                .send(shard, RingMsg::Reply { request, response }),
+                .send(shard, RingMsg::Replies(vec![(request, response)])),
         }
     }
 }

@@ -28,9 +28,7 @@ pub enum RingMsg<S> {
     Displaced { uaid: Uaid, nonce: String },
     /// An operator changed a broadcast on another shard.
     Broadcast { id: String, version: String },
-    /// The owner's answer, already durable.
-    Reply {
-        request: RequestId,
-        response: HttpResponse,
-    },
+    /// The owner's answers, already durable: all those one durable point
+    /// released for the receiving shard travel together.
+    Replies(Vec<(RequestId, HttpResponse)>),
 }

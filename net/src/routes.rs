@@ -1,0 +1,19 @@
+//! What an HTTP listener (AS, admin, node) answers, whichever protocol
+//! carries its requests.
+
+use herald_engine::limits::Limits;
+use herald_engine::push::HttpResponse;
+
+use crate::http::Head;
+
+/// What one listener answers, over HTTP/1.1 (`http_conn.rs`) or HTTP/2
+/// (`http2_conn.rs`) alike: its bounds and its routes.
+pub trait Routes {
+    fn limits(&self) -> &Limits;
+    /// The largest body a request may carry.
+    fn body_bytes_max(&self) -> usize;
+    /// The answer to a body over it (each protocol has its error format).
+    fn too_large(&self, head: &Head) -> HttpResponse;
+    /// The answer to one whole request.
+    async fn route(&self, head: &Head, body: &[u8]) -> HttpResponse;
+}
