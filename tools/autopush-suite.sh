@@ -4,7 +4,7 @@
 # its tests pass. A developer command, not part of CI: the suite is not in
 # this repository (it is Mozilla's, MPL-2.0, and CI cannot fetch it).
 #
-# Get the suite once (any recent checkout of autopush-rs works):
+# Get the suite once (the result in README.md is for autopush-rs 4ebe2624):
 #     git clone --depth 1 https://github.com/mozilla-services/autopush-rs /tmp/autopush-rs
 # then:
 #     tools/autopush-suite.sh /tmp/autopush-rs/tests/integration [pytest args...]
@@ -29,14 +29,17 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 
-suite="${1:-${AUTOPUSH_SUITE:-}}"
+suite="${AUTOPUSH_SUITE:-}"
+if [ $# -gt 0 ]; then
+    suite="$1"
+    shift
+fi
 if [ -z "$suite" ] || [ ! -f "$suite/test_integration_all_rust.py" ]; then
     sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
     echo "autopush-suite.sh: give the path of autopush-rs's tests/integration" >&2
     exit 2
 fi
 suite="$(cd "$suite" && pwd)"
-shift
 
 venv="${AUTOPUSH_VENV:-/tmp/autopush-venv}"
 # The suite's integration dependencies (its pyproject.toml), by name.
