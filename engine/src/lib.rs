@@ -5,6 +5,7 @@
 //! time and returns [`shard::Action`]s for the `net/` layer to carry out. That
 //! makes every protocol rule testable deterministically, without sockets.
 
+pub mod aesgcm_params;
 pub mod extended;
 pub mod identity;
 pub mod limits;

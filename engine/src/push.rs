@@ -4,6 +4,7 @@
 
 use serde_json::json;
 
+use crate::aesgcm_params;
 use crate::identity::{EndpointClaims, Keys, MessageClaims};
 use crate::limits::Limits;
 use crate::message::{MessageBody, Urgency};
@@ -382,7 +383,8 @@ fn is_valid_topic(topic: &str) -> bool {
 }
 
 /// A body needs an encoding; `aesgcm` also needs its salt (`Encryption`) and
-/// sender key (`Crypto-Key: dh=`), which travel to the UA untouched.
+/// sender key (`Crypto-Key: dh=`), which travel to the UA unquoted and
+/// unpadded ([`aesgcm_params`]); the body itself is never touched.
 fn decode_encrypted_body(request: &HttpRequest) -> Result<MessageBody, HttpResponse> {
     let invalid = |message: &str| HttpResponse::error(400, errno::INVALID_ENCRYPTION, message);
     if request.body.is_empty() {
@@ -420,7 +422,10 @@ fn decode_encrypted_body(request: &HttpRequest) -> Result<MessageBody, HttpRespo
                         "aesgcm needs a Crypto-Key header with dh",
                     )
                 })?;
-            (Some(encryption.to_owned()), Some(crypto_key.to_owned()))
+            (
+                Some(aesgcm_params::unquote_and_unpad(encryption)),
+                Some(aesgcm_params::unquote_and_unpad(crypto_key)),
+            )
         }
         _ => return Err(invalid("Content-Encoding must be aes128gcm or aesgcm")),
     };

@@ -19,7 +19,33 @@ pub struct Hello {
     /// Present only when both `wakeup_hostport` and `mobilenetwork` are valid.
     pub wakeup: Option<WakeupInfo>,
     /// Broadcast id → the version the UA has (SPEC §3.5).
-    pub broadcasts: Vec<(String, String)>,
+    pub broadcasts: BroadcastRequest,
+}
+
+/// A UA's `broadcasts` object (SPEC §3.5): the entries Herald can follow,
+/// and the ids of those it cannot read. A UA asking for a broadcast Herald
+/// does not know keeps its socket: the answer names the id in `errors`.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct BroadcastRequest {
+    /// Id → the version the UA has.
+    pub wanted: Vec<(String, String)>,
+    /// Ids whose entry is not a valid id with a version string.
+    pub malformed: Vec<String>,
+}
+
+/// What a hello or `broadcast_subscribe` answers about broadcasts.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct BroadcastReply {
+    /// Subscribed broadcasts whose version differs from the UA's.
+    pub changes: Vec<(String, String)>,
+    /// Ids Herald has no version for (never set, or unreadable).
+    pub not_found: Vec<String>,
+}
+
+impl BroadcastReply {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.not_found.is_empty()
+    }
 }
 
 #[derive(Clone, PartialEq, Debug, serde::Deserialize)]
@@ -55,7 +81,7 @@ pub enum ClientMessage {
     /// Seed 001's `PING` text frame.
     TextPing,
     /// Broadcast id → the version the UA has (SPEC §3.5).
-    BroadcastSubscribe(Vec<(String, String)>),
+    BroadcastSubscribe(BroadcastRequest),
 }
 
 /// Why a UA message was refused. Every variant closes the socket with 1002
@@ -189,33 +215,37 @@ fn parse_wakeup(object: &Map<String, Value>) -> Option<WakeupInfo> {
     })
 }
 
-/// `{"<id>": "<version>", ...}`; absent means none. Entries that are not
-/// valid broadcast ids and versions are refused (a broken UA), not skipped.
-fn parse_broadcasts(object: &Map<String, Value>) -> Result<Vec<(String, String)>, ParseError> {
+/// `{"<id>": "<version>", ...}`; absent means none. An entry that is not a
+/// valid id with a version string is set aside for the answer's `errors`,
+/// not refused: an id the UA knows and Herald does not (a megaphone service
+/// name, a typo) must not cost the UA its push connection. Only a
+/// `broadcasts` that is not an object at all is a broken UA.
+fn parse_broadcasts(object: &Map<String, Value>) -> Result<BroadcastRequest, ParseError> {
     let entries = match object.get("broadcasts") {
-        None | Some(Value::Null) => return Ok(Vec::new()),
+        None | Some(Value::Null) => return Ok(BroadcastRequest::default()),
         Some(Value::Object(entries)) => entries,
         Some(_) => return Err(ParseError::BadField("broadcasts must be an object")),
     };
-    entries
-        .iter()
-        .map(|(id, version)| match version.as_str() {
+    let mut request = BroadcastRequest::default();
+    for (id, version) in entries {
+        match version.as_str() {
             Some(version) if is_broadcast_id(id) && is_broadcast_version(version) => {
-                Ok((id.clone(), version.to_owned()))
+                request.wanted.push((id.clone(), version.to_owned()))
             }
-            _ => Err(ParseError::BadField(
-                "broadcasts must map ids to version strings",
-            )),
-        })
-        .collect()
+            _ => request.malformed.push(id.clone()),
+        }
+    }
+    Ok(request)
 }
 
-/// Broadcast ids look like `remote-settings/monitor_changes`.
+/// Broadcast ids look like `remote-settings/monitor_changes` or megaphone's
+/// `kinto:123`. `errors` is the key of the answers' error map, never an id.
 pub fn is_broadcast_id(id: &str) -> bool {
     (1..=BROADCAST_TEXT_BYTES_MAX).contains(&id.len())
+        && id != ERRORS_KEY
         && id
             .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || b"_-./".contains(&byte))
+            .all(|byte| byte.is_ascii_alphanumeric() || b"_-./:".contains(&byte))
 }
 
 /// Versions are opaque printable strings (megaphone sends quoted numbers).
@@ -225,6 +255,11 @@ pub fn is_broadcast_version(version: &str) -> bool {
 }
 
 const BROADCAST_TEXT_BYTES_MAX: usize = 128;
+
+/// The map of ids Herald has no version for, inside `broadcasts` (autopush's
+/// and Firefox's name for it).
+const ERRORS_KEY: &str = "errors";
+const NOT_FOUND: &str = "Broadcast not found";
 
 fn is_digits(text: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&text.len()) && text.bytes().all(|byte| byte.is_ascii_digit())
@@ -284,22 +319,32 @@ fn parse_ack(object: &Map<String, Value>) -> Result<ClientMessage, ParseError> {
     Ok(ClientMessage::Ack(parsed))
 }
 
-fn broadcast_map(broadcasts: &[(String, String)]) -> Value {
-    Value::Object(
-        broadcasts
+/// `{"<id>": "<version>", ..., "errors": {"<id>": "Broadcast not found"}}`,
+/// the `errors` map only when there is one.
+fn broadcast_map(reply: &BroadcastReply) -> Value {
+    let mut map: Map<String, Value> = reply
+        .changes
+        .iter()
+        .map(|(id, version)| (id.clone(), Value::String(version.clone())))
+        .collect();
+    if !reply.not_found.is_empty() {
+        let errors = reply
+            .not_found
             .iter()
-            .map(|(id, version)| (id.clone(), Value::String(version.clone())))
-            .collect(),
-    )
+            .map(|id| (id.clone(), Value::String(NOT_FOUND.to_owned())))
+            .collect();
+        map.insert(ERRORS_KEY.to_owned(), Value::Object(errors));
+    }
+    Value::Object(map)
 }
 
 /// `broadcasts` carries the subscribed broadcasts whose version differs
-/// from the one the UA said it has.
+/// from the one the UA said it has, and the ids Herald has no version for.
 pub fn hello_reply(
     uaid_hex: &str,
     status: u16,
     use_webpush: bool,
-    broadcasts: &[(String, String)],
+    broadcasts: &BroadcastReply,
 ) -> String {
     let mut reply = json!({
         "messageType": "hello",
@@ -325,8 +370,8 @@ pub fn unregister_reply(channel_id: &str, status: u16) -> String {
     json!({"messageType": "unregister", "channelID": channel_id, "status": status}).to_string()
 }
 
-pub fn broadcast_message(changes: &[(String, String)]) -> String {
-    json!({"messageType": "broadcast", "broadcasts": broadcast_map(changes)}).to_string()
+pub fn broadcast_message(reply: &BroadcastReply) -> String {
+    json!({"messageType": "broadcast", "broadcasts": broadcast_map(reply)}).to_string()
 }
 
 pub const PING_REPLY: &str = "{}";
@@ -345,7 +390,7 @@ mod tests {
                 channel_ids: None,
                 use_webpush: true,
                 wakeup: None,
-                broadcasts: Vec::new()
+                broadcasts: BroadcastRequest::default()
             })
         );
     }

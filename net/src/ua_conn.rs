@@ -124,6 +124,10 @@ async fn upgrade(
                 refuse(stream, "426 Upgrade Required").await;
                 return None;
             }
+            Err(HandshakeError::NoSuchResource) => {
+                refuse(stream, "404 Not Found").await;
+                return None;
+            }
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() || stream.set_read_timeout(Some(remaining)).is_err() {

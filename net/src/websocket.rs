@@ -41,7 +41,13 @@ pub enum HandshakeError {
     /// Not yet a complete request head: read more.
     Incomplete,
     Malformed,
+    /// A GET that is not an upgrade: the WebSocket's resource, asked for
+    /// over plain HTTP (426).
     NotWebSocket,
+    /// Any other method: the UA listener serves only GETs (the WebSocket and
+    /// `GET /token`), so there is no such resource here (404). autopush's
+    /// internal routes, such as `PUT /notif/<uaid>`, are not on this port.
+    NoSuchResource,
 }
 
 /// Parses an HTTP upgrade request head; returns it with its length in bytes.
@@ -54,7 +60,7 @@ pub fn parse_upgrade(bytes: &[u8]) -> Result<(Upgrade, usize), HandshakeError> {
         Err(_) => return Err(HandshakeError::Malformed),
     };
     if request.method != Some("GET") {
-        return Err(HandshakeError::NotWebSocket);
+        return Err(HandshakeError::NoSuchResource);
     }
     let header = |name: &str| {
         request

@@ -1342,8 +1342,8 @@ fn hello_broadcasts_answer_changed_versions_and_later_changes_arrive() {
     );
     assert_eq!(
         reply["broadcasts"],
-        json!({MONITOR: "\"100\""}),
-        "only subscribed broadcasts whose version changed"
+        json!({MONITOR: "\"100\"", "errors": {"other/x": "Broadcast not found"}}),
+        "subscribed broadcasts whose version changed, and the one not set yet"
     );
     let up_to_date = h.open_on(0);
     let reply = h.hello(up_to_date, json!({"broadcasts": {MONITOR: "\"100\""}}));
@@ -1386,10 +1386,11 @@ fn broadcast_subscribe_adds_subscriptions() {
     );
     assert_eq!(
         h.take(conn),
-        vec![Frame::Json(
-            json!({"messageType": "broadcast", "broadcasts": {MONITOR: "\"7\""}})
-        )],
-        "the stale one is answered at once"
+        vec![Frame::Json(json!({
+            "messageType": "broadcast",
+            "broadcasts": {MONITOR: "\"7\"", "errors": {"b/c": "Broadcast not found"}},
+        }))],
+        "the stale one is answered at once, the one not set yet as not found"
     );
     h.broadcast("b/c", "2");
     assert_eq!(
@@ -1398,12 +1399,20 @@ fn broadcast_subscribe_adds_subscriptions() {
             json!({"messageType": "broadcast", "broadcasts": {"b/c": "2"}})
         )]
     );
-    // Malformed broadcasts are a protocol error.
+    // An entry Herald cannot read is answered as not found; the socket stays.
     h.send_json(
         conn,
         json!({"messageType": "broadcast_subscribe", "broadcasts": {"x": 5}}),
     );
-    assert_eq!(h.closed(conn), Some(close::PROTOCOL_ERROR));
+    assert_eq!(
+        h.take(conn),
+        vec![Frame::Json(json!({
+            "messageType": "broadcast",
+            "broadcasts": {"errors": {"x": "Broadcast not found"}},
+        }))]
+    );
+    assert_eq!(h.closed(conn), None);
+    // A `broadcasts` that is not an object is a protocol error.
     let conn = h.open();
     h.send_json(conn, json!({"messageType": "hello", "broadcasts": ["x"]}));
     assert_eq!(h.closed(conn), Some(close::PROTOCOL_ERROR));

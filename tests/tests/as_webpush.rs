@@ -313,6 +313,33 @@ fn unregistered_channel_gets_410_json() {
     push_aes128gcm(&e, b"x", 60).assert_json_error(410);
 }
 
+/// A 410 is final: it says so for a day (`Cache-Control: max-age=86400`, as
+/// autopush does), to senders and to any cache in front of Herald.
+#[test]
+fn gone_endpoint_may_be_cached_for_a_day() {
+    let server = Server::start_default();
+    let mut ua = server.ua_webpush();
+    let (c, e) = ua.register_new();
+    let live = push_aes128gcm(&e, b"x", 60);
+    live.assert_status(201, "POST to a live channel");
+    assert_eq!(
+        live.header("Cache-Control"),
+        None,
+        "a 201 is not cacheable: {live:?}"
+    );
+    let n = ua.recv_notification(DEADLINE);
+    ua.ack_notification(&n);
+    ua.unregister(&c);
+    let gone = push_aes128gcm(&e, b"x", 60);
+    gone.assert_json_error(410);
+    assert_eq!(
+        gone.header("Cache-Control"),
+        Some("max-age=86400"),
+        "410 headers: {:?}",
+        gone.headers
+    );
+}
+
 #[test]
 fn prefer_respond_async_gives_202_receipt_link_and_delivery_state() {
     let server = Server::start_default();

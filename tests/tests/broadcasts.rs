@@ -95,3 +95,69 @@ fn broadcasts_survive_a_restart() {
     let (_ua, reply) = subscribed_ua(&server, "v0");
     assert_eq!(reply["broadcasts"][ID], "v3", "after restart: {reply}");
 }
+
+/// A UA may name broadcasts Herald has no version for (never set, or ids it
+/// cannot read): the answer names them in `errors` ("Broadcast not found",
+/// as autopush answers) beside the known ones, and the socket stays open.
+#[test]
+fn unknown_broadcast_ids_are_answered_in_errors_not_with_a_close() {
+    let server = start();
+    put_broadcast(&server, "v7", Some(TOKEN)).assert_status(200, "PUT broadcast");
+    // Megaphone's `service:id` form is an id like any other.
+    let colon_id = "kinto:123";
+    let url = format!("{}/v1/broadcasts/{colon_id}", server.as_url());
+    let authorization = format!("Bearer {TOKEN}");
+    http(
+        "PUT",
+        &url,
+        &[("Authorization", authorization.as_str())],
+        Some(b"version=k1"),
+    )
+    .assert_status(200, "PUT a megaphone-style id");
+
+    let mut ua = server.ua();
+    let reply = ua.hello_raw(&json!({
+        "messageType": "hello",
+        "use_webpush": true,
+        "broadcasts": {ID: "v1", colon_id: "k0", "kinto:456": "v1", "not an id!": "v1"},
+    }));
+    assert_eq!(reply["status"], 200, "{reply}");
+    assert_eq!(
+        reply["broadcasts"],
+        json!({
+            ID: "v7",
+            colon_id: "k1",
+            "errors": {"kinto:456": "Broadcast not found", "not an id!": "Broadcast not found"},
+        }),
+        "hello answer: {reply}"
+    );
+
+    ua.send_json(&json!({
+        "messageType": "broadcast_subscribe",
+        "broadcasts": {"kinto:789": "v1", "bad-version": 5},
+    }));
+    let message = ua.recv_type("broadcast", DEADLINE);
+    assert_eq!(
+        message["broadcasts"],
+        json!({"errors": {"kinto:789": "Broadcast not found", "bad-version": "Broadcast not found"}}),
+        "broadcast_subscribe answer: {message}"
+    );
+    // Still a working push connection.
+    ua.register_new();
+
+    // An id without a version yet stays subscribed: when an operator sets it,
+    // the UA hears of it.
+    http(
+        "PUT",
+        &format!("{}/v1/broadcasts/kinto:789", server.as_url()),
+        &[("Authorization", authorization.as_str())],
+        Some(b"version=v2"),
+    )
+    .assert_status(200, "PUT the id the UA asked for");
+    let message = ua.recv_type("broadcast", DEADLINE);
+    assert_eq!(
+        message["broadcasts"],
+        json!({"kinto:789": "v2"}),
+        "{message}"
+    );
+}

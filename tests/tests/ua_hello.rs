@@ -304,6 +304,22 @@ fn no_subprotocol_header_speaks_the_json_protocol() {
     ua.recv_notification(DEADLINE);
 }
 
+/// Plain HTTP on the UA listener: a GET of the WebSocket's resource without
+/// an upgrade is told to upgrade (426); any other method finds nothing
+/// (404), whatever the path, so autopush's internal routes such as
+/// `PUT /notif/<uaid>` are plainly absent rather than half-answered.
+#[test]
+fn plain_http_on_the_ua_listener_is_426_for_get_and_404_otherwise() {
+    let server = Server::start_default();
+    let ua = server.ua_webpush();
+    let base = format!("http://{}", server.ua_addr());
+    http("GET", &format!("{base}/"), &[], None).assert_status(426, "GET / without upgrade");
+    let notif = format!("{base}/notif/{}", ua.uaid());
+    http("PUT", &notif, &[], Some(b"")).assert_status(404, "PUT /notif/<uaid>");
+    http("POST", &format!("{base}/"), &[], Some(b"x")).assert_status(404, "POST /");
+    http("DELETE", &notif, &[], None).assert_status(404, "DELETE /notif/<uaid>");
+}
+
 #[test]
 fn firefox_handshake_with_permessage_deflate_offer() {
     let server = Server::start_default();

@@ -74,6 +74,50 @@ fn aesgcm_encryption_and_crypto_key_reach_ua_as_headers() {
     assert_eq!(n["headers"]["crypto_key"], dh.as_str(), "{n}");
 }
 
+/// Senders may quote `aesgcm` parameters and pad their base64; Firefox
+/// decodes `salt` and `dh` with padding rejected and would drop the message.
+/// The UA gets them unquoted and unpadded (as autopush delivers them),
+/// delivered live and from storage alike; the body is untouched.
+#[test]
+fn aesgcm_params_reach_ua_unquoted_and_unpadded() {
+    let server = Server::start_default();
+    let mut ua = server.ua_webpush();
+    let (_c, e) = ua.register_new();
+    // 16 and 65 bytes: standard base64 pads them with "==" and "=".
+    let salt = b64url_encode(&random_bytes(16));
+    let dh = b64url_encode(&random_bytes(65));
+    let encryption = format!(r#"keyid="http://example.org/keys/1";salt="{salt}==""#);
+    let crypto_key = format!(r#"keyid="a1"; dh="{dh}=""#);
+    let body = random_bytes(100);
+    let headers = [
+        ("TTL", "60"),
+        ("Content-Encoding", "aesgcm"),
+        ("Encryption", encryption.as_str()),
+        ("Crypto-Key", crypto_key.as_str()),
+    ];
+    push_with(&e, &headers, Some(&body)).assert_status(201, "POST padded aesgcm");
+    let live = ua.recv_notification(DEADLINE);
+    ua.ack_notification(&live);
+    let uaid = ua.uaid();
+    ua.close();
+    push_with(&e, &headers, Some(&body)).assert_status(201, "POST while away");
+    let mut back = server.ua_resume(&uaid, true);
+    let stored = back.recv_notification(DEADLINE);
+    for n in [live, stored] {
+        assert_eq!(notification_data(&n), body, "{n}");
+        assert_eq!(
+            n["headers"]["encryption"],
+            format!("keyid=http://example.org/keys/1;salt={salt}").as_str(),
+            "{n}"
+        );
+        assert_eq!(
+            n["headers"]["crypto_key"],
+            format!("keyid=a1; dh={dh}").as_str(),
+            "{n}"
+        );
+    }
+}
+
 #[test]
 fn several_webpush_messages_each_delivered_with_distinct_ids() {
     let server = Server::start_default();

@@ -25,7 +25,7 @@ use crate::message::{MessageBody, Registration, Removal, StoredMessage, Urgency,
 use crate::push::{errno, HttpResponse, Notification, PushRequest, VERSION_FROM_CLOCK};
 use crate::rate::{Limiter, Rate};
 use crate::record::Record;
-use crate::ua::{self, AckVersion, ClientMessage, Hello};
+use crate::ua::{self, AckVersion, BroadcastReply, BroadcastRequest, ClientMessage, Hello};
 use crate::{ChannelId, ConnId, KeyHash, Lsn, Millis, RequestId, Uaid};
 use channels::Channels;
 use lifetime::seen_in_snapshot;

@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// A 410 is final (an unregistered channel never comes back): a sender, or
+/// a cache in front of Herald, may remember it for a day instead of asking
+/// again. autopush sends the same.
+const GONE_CACHE_CONTROL: &str = "max-age=86400";
+
 impl Shard {
     pub fn on_push(&mut self, now_ms: Millis, request: RequestId, push: PushRequest) {
         if self.needs_load(push.uaid()) {
@@ -38,6 +43,7 @@ impl Shard {
                 errno::ENDPOINT_GONE,
                 "this subscription is no longer valid",
             )
+            .with_header("Cache-Control", GONE_CACHE_CONTROL.to_owned())
         };
         let Some(ua) = self.uas.get(&uaid) else {
             return (None, gone());

@@ -101,9 +101,9 @@ impl Shard {
             (Some(_), ClientMessage::Ping) => self.on_ping(now_ms, conn, false),
             (Some(_), ClientMessage::TextPing) => self.on_ping(now_ms, conn, true),
             (Some(_), ClientMessage::BroadcastSubscribe(wanted)) => {
-                let changes = self.subscribe_broadcasts(conn, &wanted);
-                if !changes.is_empty() {
-                    self.send(conn, None, ua::broadcast_message(&changes));
+                let reply = self.subscribe_broadcasts(conn, &wanted);
+                if !reply.is_empty() {
+                    self.send(conn, None, ua::broadcast_message(&reply));
                 }
             }
         }
@@ -177,11 +177,11 @@ impl Shard {
         if let Some(state) = self.conns.get_mut(&conn) {
             state.web_push = hello.use_webpush;
         }
-        let changes = self.subscribe_broadcasts(conn, &hello.broadcasts);
+        let broadcasts = self.subscribe_broadcasts(conn, &hello.broadcasts);
         self.send(
             conn,
             None,
-            ua::hello_reply(&uaid.to_hex(), status, hello.use_webpush, &changes),
+            ua::hello_reply(&uaid.to_hex(), status, hello.use_webpush, &broadcasts),
         );
         if self.uas.get(&uaid).is_some_and(|ua| ua.wakeup.is_some()) {
             self.actions.push_back(Action::Awake { uaid });

@@ -421,6 +421,7 @@ fn upgrade(input: &mut Input) -> u32 {
         Err(HandshakeError::Incomplete) => return 2000 + token,
         Err(HandshakeError::Malformed) => return 2010 + token,
         Err(HandshakeError::NotWebSocket) => return 2020 + token,
+        Err(HandshakeError::NoSuchResource) => return 2030 + token,
         Ok(parsed) => parsed,
     };
     assert!(length > 0 && length <= bytes.len());
