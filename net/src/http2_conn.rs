@@ -25,7 +25,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use herald_engine::push::{errno, HttpResponse};
 
 use crate::http::Head;
-use crate::routes::Routes;
+use crate::routes::{Routes, UNREAD_BODY_DISCARD_BYTES_MAX};
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -132,20 +132,25 @@ async fn read_body(
         .iter()
         .find(|(name, _)| name == "content-length")
         .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse::<usize>().ok());
-    if let Some(length) = announced.filter(|&length| length > body_bytes_max) {
-        head.body_bytes = length;
-        return Err(BodyError::TooLarge);
-    }
-    let mut data = Vec::with_capacity(announced.unwrap_or(0));
+    let mut data = Vec::with_capacity(announced.unwrap_or(0).min(body_bytes_max));
+    let mut received = 0;
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|_| BodyError::Reset)?;
         // Read bytes free the client's flow-control window for more.
         let _ = body.flow_control().release_capacity(chunk.len());
-        head.body_bytes = data.len() + chunk.len();
-        if head.body_bytes > body_bytes_max {
-            return Err(BodyError::TooLarge);
+        received += chunk.len();
+        if received > UNREAD_BODY_DISCARD_BYTES_MAX {
+            break;
         }
-        data.extend_from_slice(&chunk);
+        // Past the limit the rest is read and dropped: a client still
+        // sending when its 413 comes may take the stream's end for an error.
+        if received <= body_bytes_max {
+            data.extend_from_slice(&chunk);
+        }
+    }
+    head.body_bytes = announced.unwrap_or(0).max(received);
+    if head.body_bytes > body_bytes_max {
+        return Err(BodyError::TooLarge);
     }
     Ok(data)
 }

@@ -18,13 +18,13 @@ use herald_engine::push::{errno, HttpResponse};
 
 use crate::http::{self, FramingError, Head};
 use crate::http2_conn;
-use crate::routes::Routes;
+use crate::routes::{Routes, UNREAD_BODY_DISCARD_BYTES_MAX};
 
 /// Enough for a few dozen pipelined pushes per read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
-/// After an early answer (413), how much of the refused body is read and
-/// dropped, and for how long, before the connection is closed.
-const UNREAD_BODY_DISCARD_BYTES_MAX: usize = 1024 * 1024;
+/// After an early answer (413), for how long the refused body is read and
+/// dropped (up to [`UNREAD_BODY_DISCARD_BYTES_MAX`]) before the connection
+/// is closed.
 const UNREAD_BODY_DISCARD_TIME: Duration = Duration::from_secs(2);
 
 /// Serves requests until the connection ends; `buffer` holds what was read

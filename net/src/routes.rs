@@ -6,6 +6,11 @@ use herald_engine::push::HttpResponse;
 
 use crate::http::Head;
 
+/// How much of a body over the limit is read and dropped around its 413:
+/// a client still sending when the answer comes may take a closed
+/// connection (HTTP/1.1) or a reset stream (HTTP/2) for an error instead.
+pub const UNREAD_BODY_DISCARD_BYTES_MAX: usize = 1024 * 1024;
+
 /// What one listener answers, over HTTP/1.1 (`http_conn.rs`) or HTTP/2
 /// (`http2_conn.rs`) alike: its bounds and its routes.
 pub trait Routes {
