@@ -25,6 +25,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use clap::Parser;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use futures_util::future::join_all;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
@@ -491,23 +492,26 @@ struct Request {
     ttl: u64,
 }
 
-/// One keep-alive AS connection: answers every complete request buffered
-/// (pipelined ones in one write), then reads more.
+/// One keep-alive AS connection: routes every complete request buffered
+/// at once (pipelined ones hop to their shards together, as Herald's do),
+/// answers them in order in one write, then reads more.
 async fn serve_as(ctx: Rc<Ctx>, mut stream: TcpStream) {
     let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; 16 * 1024];
     loop {
-        let mut out = String::new();
+        let mut requests = Vec::new();
         let refused = loop {
             match parse_request(&buffer) {
                 Ok(Some((request, used))) => {
                     buffer.drain(..used);
-                    out.push_str(&answer(&ctx, request).await);
+                    requests.push(request);
                 }
                 Ok(None) => break None,
                 Err(status) => break Some(status),
             }
         };
+        let answers = join_all(requests.into_iter().map(|request| answer(&ctx, request))).await;
+        let mut out = answers.concat();
         if let Some(status) = refused {
             out.push_str(&refusal(status));
         }
