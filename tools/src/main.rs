@@ -10,6 +10,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc rather than glibc's malloc: each notification allocates dozens
+/// of small buffers on one shard and frees some on another, and glibc's
+/// allocator took about a fifth of the server's CPU at peak
+/// (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// What `--version` prints: the release and the commit it was built from
 /// (`build.rs`).
 const VERSION: &str = concat!(

@@ -35,6 +35,10 @@ use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::{Frame, FrameHeader};
 
+/// Herald's allocator (`tools/src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Clone, Copy)]
 #[command(about = "The benchmark's floor: Herald's sockets and hops, no engine, no WAL")]
 struct Cli {
