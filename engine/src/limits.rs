@@ -17,7 +17,8 @@ pub struct Limits {
     /// Beyond this the oldest normal-or-lower urgency message is dropped.
     pub pending_per_uaid_max: usize,
     /// From TCP accept to a complete WebSocket upgrade (a trusted proxy's
-    /// PROXY header included).
+    /// PROXY header and TLS handshake included); with TLS, also how long an
+    /// AS connection's TLS handshake may take.
     pub handshake_timeout_ms: u64,
     /// From the upgrade to the hello message.
     pub hello_timeout_ms: u64,

@@ -37,7 +37,16 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
         ctx,
         connection: origin.client,
     };
-    http_conn::serve(&routes, stream, origin.rest).await;
+    match &routes.ctx.shared.tls {
+        None => http_conn::serve(&routes, stream, origin.rest).await,
+        Some(tls) => {
+            let handshake = routes.ctx.shared.config.limits.handshake_timeout_ms;
+            let deadline = Instant::now() + Duration::from_millis(handshake);
+            if let Some(stream) = tls.accept_as(stream, origin.rest, deadline).await {
+                http_conn::serve(&routes, stream, Vec::new()).await;
+            }
+        }
+    }
     // The connection's place under the cap on connections per IP ends here.
     drop(origin.slot);
 }

@@ -35,6 +35,8 @@ use crate::wakeup_client::WakeupClient;
 pub struct Adopted {
     /// A `dup` of the socket, now the receiver's to own.
     pub fd: RawFd,
+    /// On `wss://`, the socket's TLS session (keys, sequence numbers).
+    pub tls: Option<Box<crate::ua_tls::UaTls>>,
     /// Every byte the other shard read after the hello.
     pub buffered: Vec<u8>,
     pub hello: String,

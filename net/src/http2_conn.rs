@@ -1,5 +1,5 @@
-//! One HTTP/2 connection (h2c, with prior knowledge) on a Herald listener,
-//! on the `h2` crate: many requests in flight at once, one per stream, each
+//! One HTTP/2 connection (h2c with prior knowledge, or `h2` chosen by ALPN
+//! over TLS) on a Herald listener, on the `h2` crate: many requests in flight at once, one per stream, each
 //! answered through the listener's [`Routes`] exactly as an HTTP/1.1 one is
 //! (same routes, statuses, headers and bodies).
 //!
@@ -9,21 +9,19 @@
 //! body byte (408 past it), and `http_read_timeout_ms` of silence before
 //! the connection is dropped.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::future;
-use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
+use futures_lite::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use glommio::net::TcpStream;
 use h2::server::SendResponse;
 use h2::RecvStream;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use herald_engine::push::{errno, HttpResponse};
 
+use crate::conn_io::{Conn, Replayed};
 use crate::http::Head;
 use crate::routes::{Routes, UNREAD_BODY_DISCARD_BYTES_MAX};
 
@@ -32,17 +30,13 @@ pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves the connection's streams until it ends; `read` holds the bytes
 /// read while telling HTTP/2 from HTTP/1.1 (the preface, and maybe more).
-pub async fn serve(routes: &impl Routes, stream: TcpStream, read: Vec<u8>) {
+pub async fn serve(routes: &impl Routes, stream: impl Conn, read: Vec<u8>) {
     let limits = routes.limits();
     let idle = Duration::from_millis(limits.http_read_timeout_ms.max(1));
     if stream.set_read_timeout(Some(idle)).is_err() {
         return;
     }
-    let io = Replayed {
-        read,
-        at: 0,
-        stream,
-    };
+    let io = Replayed::new(read, stream);
     let header_bytes_max = u32::try_from(limits.http_header_bytes_max).unwrap_or(u32::MAX);
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(limits.http2_streams_max.max(1))
@@ -180,48 +174,5 @@ fn send(respond: &mut SendResponse<Bytes>, response: &HttpResponse) {
     };
     if !end_of_stream {
         let _ = stream.send_data(Bytes::from(response.body.clone()), true);
-    }
-}
-
-/// The connection, with the bytes already read from it read again first.
-struct Replayed {
-    read: Vec<u8>,
-    at: usize,
-    stream: TcpStream,
-}
-
-impl AsyncRead for Replayed {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let replay = &this.read[this.at..];
-        if replay.is_empty() {
-            return Pin::new(&mut this.stream).poll_read(cx, buf);
-        }
-        let count = replay.len().min(buf.len());
-        buf[..count].copy_from_slice(&replay[..count]);
-        this.at += count;
-        Poll::Ready(Ok(count))
-    }
-}
-
-impl AsyncWrite for Replayed {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_close(cx)
     }
 }

@@ -4,18 +4,19 @@
 //! timeout between requests and a deadline for each whole request) and
 //! answer each through the listener's [`Routes`]; a framing error is
 //! answered, after the answers to the requests before it, and closes the
-//! connection.
+//! connection. The connection is any [`Conn`]: a TCP socket, or TLS over
+//! one (where ALPN `h2` leads to the same preface, and so to HTTP/2).
 
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use futures_util::future::join_all;
-use glommio::net::TcpStream;
 
 use herald_engine::limits::Limits;
 use herald_engine::push::{errno, HttpResponse};
 
+use crate::conn_io::Conn;
 use crate::http::{self, FramingError, Head};
 use crate::http2_conn;
 use crate::routes::{Routes, UNREAD_BODY_DISCARD_BYTES_MAX};
@@ -34,7 +35,7 @@ const UNREAD_BODY_DISCARD_TIME: Duration = Duration::from_secs(2);
 /// read (up to `http_pipeline_requests_max`) is routed at once, so a sender
 /// with many requests in flight gets them decoded, stored and made durable
 /// together; the answers leave in request order, in one write.
-pub async fn serve(routes: &impl Routes, mut stream: TcpStream, mut buffer: Vec<u8>) {
+pub async fn serve(routes: &impl Routes, mut stream: impl Conn, mut buffer: Vec<u8>) {
     let limits = routes.limits();
     let batch_max = limits.http_pipeline_requests_max.max(1);
     let mut reader = Reader::new(limits);
@@ -71,7 +72,7 @@ pub async fn serve(routes: &impl Routes, mut stream: TcpStream, mut buffer: Vec<
         buffer.drain(..batch_bytes);
         reader.request_done(&buffer);
         let keep_alive = batch[batch.len() - 1].1.keep_alive;
-        if stream.write_all(&answers).await.is_err() || !keep_alive {
+        if !send(&mut stream, &answers).await || !keep_alive {
             return;
         }
     }
@@ -81,7 +82,7 @@ pub async fn serve(routes: &impl Routes, mut stream: TcpStream, mut buffer: Vec<
 /// knowledge), reading until the first bytes tell; None if the connection
 /// ended first.
 async fn speaks_http2(
-    stream: &mut TcpStream,
+    stream: &mut impl Conn,
     buffer: &mut Vec<u8>,
     reader: &mut Reader,
 ) -> Option<bool> {
@@ -107,7 +108,7 @@ fn whole_request(routes: &impl Routes, buffer: &[u8]) -> Option<Head> {
 /// or a body over the limit answered).
 async fn next_request(
     routes: &impl Routes,
-    stream: &mut TcpStream,
+    stream: &mut impl Conn,
     buffer: &mut Vec<u8>,
     reader: &mut Reader,
 ) -> Option<Head> {
@@ -144,11 +145,7 @@ async fn next_request(
     let request_bytes = head.head_bytes + head.body_bytes;
     if buffer.len() < request_bytes && expects_continue(&head) {
         // curl and others wait (about a second) for this before sending a body.
-        if stream
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .is_err()
-        {
+        if !send(stream, b"HTTP/1.1 100 Continue\r\n\r\n").await {
             return None;
         }
     }
@@ -188,7 +185,7 @@ impl Reader {
 
     /// Reads more into `buffer`; false when the connection is done (closed,
     /// broken, idle too long, or a request too slow: that one gets a 408).
-    async fn read_more(&mut self, stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
+    async fn read_more(&mut self, stream: &mut impl Conn, buffer: &mut Vec<u8>) -> bool {
         if !buffer.is_empty() {
             self.started.get_or_insert_with(Instant::now);
         }
@@ -230,7 +227,7 @@ impl Reader {
 
 /// Answers a request that was not complete in time, and closes: false, for
 /// [`Reader::read_more`].
-async fn too_slow(stream: &mut TcpStream) -> bool {
+async fn too_slow(stream: &mut impl Conn) -> bool {
     let late = HttpResponse::error(
         408,
         errno::BAD_REQUEST,
@@ -241,18 +238,23 @@ async fn too_slow(stream: &mut TcpStream) -> bool {
 }
 
 /// Answers a framing error and closes: after one, request boundaries are lost.
-async fn finish(stream: &mut TcpStream, response: &HttpResponse) {
-    let _ = stream
-        .write_all(&http::write_response(response, false))
-        .await;
+async fn finish(stream: &mut impl Conn, response: &HttpResponse) {
+    send(stream, &http::write_response(response, false)).await;
+}
+
+/// Writes `bytes` out (through TLS's record layer too: hence the flush);
+/// false when the connection broke.
+async fn send(stream: &mut impl Conn, bytes: &[u8]) -> bool {
+    stream.write_all(bytes).await.is_ok() && stream.flush().await.is_ok()
 }
 
 /// Answers before reading a body the client is still sending, then reads and
 /// discards a bounded part of it: closing at once would reset the connection
 /// and the client would see a broken pipe instead of the answer.
-async fn finish_unread(stream: &mut TcpStream, response: &HttpResponse, body_bytes: usize) {
+async fn finish_unread(stream: &mut impl Conn, response: &HttpResponse, body_bytes: usize) {
     finish(stream, response).await;
-    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    // Shuts the write side (after TLS's close_notify).
+    let _ = stream.close().await;
     let mut left = body_bytes.min(UNREAD_BODY_DISCARD_BYTES_MAX);
     let _ = stream.set_read_timeout(Some(UNREAD_BODY_DISCARD_TIME));
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];

@@ -12,6 +12,7 @@ pub mod cidrs;
 mod client_addr;
 mod cluster;
 mod compaction;
+mod conn_io;
 mod ctx;
 mod health;
 pub mod http;
@@ -31,7 +32,10 @@ mod runtime;
 pub mod shard;
 mod shared;
 mod store;
+mod tls;
 mod ua_conn;
+mod ua_stream;
+mod ua_tls;
 mod wakeup;
 mod wakeup_client;
 mod wakeup_http;
@@ -50,6 +54,7 @@ use herald_engine::limits::Limits;
 pub use cidrs::Cidrs;
 pub use herald_store::FsyncMode;
 pub use runtime::serve;
+pub use tls::TlsFiles;
 pub use wakeup_http::ProxyUrl;
 
 /// The running binary: its release and the git commit it was built from
@@ -118,6 +123,9 @@ pub struct ServerConfig {
     /// `X-Forwarded-For` headers (AS listener) name the client
     /// (`--trusted-proxy`); everyone else's are not believed.
     pub trusted_proxies: cidrs::Cidrs,
+    /// `--tls-cert`/`--tls-key`: `wss://` and `https://` on the UA and AS
+    /// listeners; None: plain text.
+    pub tls: Option<TlsFiles>,
 }
 
 /// One node of a cluster whose state lives in a Redis Cluster (SPEC §2).

@@ -1,7 +1,7 @@
 //! What every thread-per-core server process here needs from the OS, shared
 //! by Herald and the benchmark's floor server (bench/src/bin/floor.rs): one
-//! listening address for every executor, and SIGTERM/SIGINT handled by the
-//! main thread only.
+//! listening address for every executor, and SIGTERM/SIGINT/SIGHUP handled
+//! by the main thread only.
 
 use std::os::fd::{FromRawFd, IntoRawFd};
 
@@ -28,15 +28,18 @@ pub fn shared_listener(address: std::net::SocketAddr) -> std::io::Result<TcpList
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
-/// Blocks SIGTERM and SIGINT in this thread and every thread it starts, so
-/// that only [`wait_for_signal`] sees them. Call it before any executor starts.
-pub fn block_termination_signals() -> libc::sigset_t {
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread and every thread it
+/// starts, so that only [`wait_for_signal`] sees them (and a SIGHUP, which
+/// reloads Herald's TLS files, never kills the process). Call it before any
+/// executor starts.
+pub fn block_handled_signals() -> libc::sigset_t {
     // SAFETY: plain libc signal-set calls on a local, initialised set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
@@ -45,7 +48,7 @@ pub fn block_termination_signals() -> libc::sigset_t {
 /// Waits for one of the blocked signals; returns its number.
 pub fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     let mut signal = 0;
-    // SAFETY: `set` was built by block_termination_signals; sigwait only reads it.
+    // SAFETY: `set` was built by block_handled_signals; sigwait only reads it.
     unsafe { libc::sigwait(set, &mut signal) };
     signal
 }

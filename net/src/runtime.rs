@@ -10,7 +10,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::boot;
 use crate::ctx::ShardRing;
 use crate::metrics::{Metrics, ShardSnapshot};
-use crate::process::{block_termination_signals, wait_for_signal};
+use crate::process::{block_handled_signals, wait_for_signal};
 use crate::shared::Shared;
 use crate::{Build, ServerConfig};
 
@@ -49,7 +49,9 @@ pub fn serve(
             .chain(node_listen)
             .collect::<Vec<_>>(),
     )?;
-    let signals = block_termination_signals();
+    // Unreadable TLS files stop the start here, before anything listens.
+    let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
+    let signals = block_handled_signals();
     let shards = config.shards.max(1);
     let (wakeups, wakeup_core) = crate::wakeup_client::channel(config.limits.wakeup_ring_capacity)?;
     let shared = Arc::new(Shared {
@@ -64,6 +66,7 @@ pub fn serve(
         connections_per_ip: Arc::default(),
         states: crate::health::ShardStates::new(shards),
         held: (0..shards).map(|_| Default::default()).collect(),
+        tls,
         config,
     });
     let wakeup_handle = crate::wakeup::spawn(shared.clone(), wakeup_core, WAKEUP_IO_MEMORY_BYTES)?;
@@ -97,12 +100,16 @@ pub fn serve(
         }
     }
     let config = &shared.config;
+    let (ws, http) = match config.tls {
+        None => ("ws", "http"),
+        Some(_) => ("wss", "https"),
+    };
     println!(
-        "herald: UA WebSocket listening on ws://{}",
+        "herald: UA WebSocket listening on {ws}://{}",
         config.ua_listen
     );
     println!(
-        "herald: AS HTTP listening on http://{} (endpoints under {})",
+        "herald: AS HTTP listening on {http}://{} (endpoints under {})",
         config.as_listen, config.endpoint_url
     );
     println!(
@@ -122,7 +129,12 @@ pub fn serve(
         );
     }
     tracing::info!(shards, "ready");
-    let signal = wait_for_signal(&signals);
+    let signal = loop {
+        match wait_for_signal(&signals) {
+            libc::SIGHUP => reload_tls(&shared),
+            signal => break signal,
+        }
+    };
     tracing::info!(signal, "shutting down");
     shared.shutdown.store(true, Ordering::SeqCst);
     for handle in handles {
@@ -134,6 +146,22 @@ pub fn serve(
         return Err("the wakeup core failed while shutting down".to_owned());
     }
     Ok(())
+}
+
+/// SIGHUP: the TLS certificate and key are read again; handshakes from now
+/// on use them, connections keep their sessions. Files that do not load
+/// leave the ones in force.
+fn reload_tls(shared: &Shared) {
+    let Some(tls) = &shared.tls else {
+        tracing::info!("SIGHUP: no TLS files to reload");
+        return;
+    };
+    match tls.reload() {
+        Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+        Err(error) => {
+            tracing::error!(%error, "SIGHUP: TLS files not reloaded, the previous ones stay")
+        }
+    }
 }
 
 /// The shards bind with SO_REUSEPORT, which would let a second Herald (or

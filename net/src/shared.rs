@@ -24,6 +24,8 @@ pub struct Shared {
     pub states: crate::health::ShardStates,
     /// Cluster mode: the UAs each shard holds (empty on a single node).
     pub held: Vec<herald_store::cluster::HeldSet>,
+    /// Built-in TLS on the UA and AS listeners (`--tls-cert`); None: plain.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl Shared {

@@ -6,19 +6,17 @@
 //! (`poll` then `recv`), so giving up a pending read to write loses no bytes,
 //! and the process's descriptor budget goes to sockets, not duplicates. A
 //! socket handed to another shard leaves with the hello and every byte read
-//! after it.
+//! after it, and on `wss://` with its TLS session (`ua_tls.rs`).
 
 use std::cell::Cell;
 use std::future::Future;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::spawn_local;
 use glommio::{GlommioError, ResourceType};
@@ -35,11 +33,9 @@ use crate::http;
 use crate::metrics::RateLimit;
 use crate::per_ip::IpSlot;
 use crate::shard::{Next, Outbox, Outgoing, RingMsg, STORE_FAILED_CLOSE};
+use crate::ua_stream::{Ready, UaStream};
 use crate::websocket::{self, Decoder, FrameError, HandshakeError, Incoming};
 
-/// Bytes read per `recv`, into a chunk that exists only while data is ready
-/// (see ARCHITECTURE.md).
-const READ_CHUNK_BYTES: usize = 2048;
 /// A batch of queued frames is written once it reaches this size.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// After Herald's close frame, how long the UA gets to close its side.
@@ -57,26 +53,26 @@ pub fn open_sockets() -> usize {
 /// A freshly accepted socket: its client's address, the WebSocket upgrade
 /// in this short-lived task, then the protocol in a task of its own
 /// ([`Socket::start`]), so that nothing of the upgrade stays with the socket.
-pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
+/// On `wss://` the TLS handshake comes before the upgrade, in the same
+/// deadline.
+pub async fn serve(ctx: Rc<Ctx>, mut tcp: TcpStream) {
     let limits = &ctx.shared.config.limits;
     // One deadline for a trusted proxy's PROXY header and the upgrade.
     let deadline = Instant::now() + Duration::from_millis(limits.handshake_timeout_ms);
-    let Some(origin) = client_addr::accept(&ctx.shared, ctx.index, &mut stream, deadline).await
-    else {
+    let Some(origin) = client_addr::accept(&ctx.shared, ctx.index, &mut tcp, deadline).await else {
         return;
+    };
+    let (mut stream, read) = match &ctx.shared.tls {
+        None => (UaStream::plain(tcp), origin.rest),
+        Some(tls) => match UaStream::accept_tls(tcp, tls.ua(), origin.rest, deadline).await {
+            Some(accepted) => accepted,
+            None => return,
+        },
     };
     // Counted at connect, answered once the request is read: an answer and
     // a close before it would reset the connection and lose the answer.
     let limited = ctx.address_rates.ua_connect(origin.client).err();
-    let upgraded = upgrade(
-        &ctx,
-        &mut stream,
-        deadline,
-        origin.client,
-        limited,
-        origin.rest,
-    )
-    .await;
+    let upgraded = upgrade(&ctx, &mut stream, deadline, origin.client, limited, read).await;
     let Some((buffer, extended)) = upgraded else {
         return;
     };
@@ -91,7 +87,7 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
 /// behind it).
 async fn upgrade(
     ctx: &Rc<Ctx>,
-    stream: &mut TcpStream,
+    stream: &mut UaStream,
     deadline: Instant,
     client: IpAddr,
     limited: Option<Limited>,
@@ -133,7 +129,7 @@ async fn upgrade(
         if remaining.is_zero() || stream.set_read_timeout(Some(remaining)).is_err() {
             return None;
         }
-        if !read_more(stream, &mut buffer).await {
+        if !stream.read_more(&mut buffer).await {
             return None;
         }
     };
@@ -150,7 +146,7 @@ async fn upgrade(
 
 /// `GET /token` (SPEC §3.6): a fresh, self-authenticating UA token minted for
 /// this shard, at most `tokens_per_ip_per_minute_max` per client address.
-async fn answer_token_request(ctx: &Rc<Ctx>, stream: &mut TcpStream, client: IpAddr) {
+async fn answer_token_request(ctx: &Rc<Ctx>, stream: &mut UaStream, client: IpAddr) {
     let response = if ctx.token_allowed(client) {
         let token = ctx
             .keys
@@ -171,7 +167,8 @@ async fn answer_token_request(ctx: &Rc<Ctx>, stream: &mut TcpStream, client: IpA
 /// engine reads the hello now, then the socket's task takes over.
 pub fn adopt(ctx: &Rc<Ctx>, adopted: Adopted) {
     // SAFETY: the sending shard dup'ed this fd for us and closed its own copies.
-    let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(adopted.fd) };
+    let tcp = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(adopted.fd) };
+    let stream = UaStream::from_parts(tcp, adopted.tls);
     let socket = Socket::register(ctx, adopted.ip_slot, adopted.client, adopted.extended);
     let (conn, hello) = (socket.conn, &adopted.hello);
     ctx.with_driver(|driver| driver.on_adopted(conn, hello, adopted.extended));
@@ -180,7 +177,7 @@ pub fn adopt(ctx: &Rc<Ctx>, adopted: Adopted) {
 
 /// 429 with `Retry-After` and a JSON reason, then close: a UA that backs
 /// off as told gets in.
-async fn refuse_rate_limited(ctx: &Ctx, stream: &mut TcpStream, limited: Limited) {
+async fn refuse_rate_limited(ctx: &Ctx, stream: &mut UaStream, limited: Limited) {
     ctx.shared.metrics.rate_limited(RateLimit::ua_address, 1);
     let reason = "too many connections from this address";
     let response = HttpResponse::rate_limited(reason, limited);
@@ -189,51 +186,9 @@ async fn refuse_rate_limited(ctx: &Ctx, stream: &mut TcpStream, limited: Limited
         .await;
 }
 
-async fn refuse(stream: &mut TcpStream, status: &str) {
+async fn refuse(stream: &mut UaStream, status: &str) {
     let response = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     let _ = stream.write_all(response.as_bytes()).await;
-}
-
-/// Reads once more into `buffer`; false on EOF or error. The chunk is boxed
-/// so that it is allocated only for the instant a read is ready.
-async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-    match stream.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(read) => {
-            buffer.extend_from_slice(&chunk[..read]);
-            true
-        }
-    }
-}
-
-/// Appends to `buffer` whatever the socket has ready. The chunk lives on the
-/// stack of this call only: glommio reads are readiness-based (a
-/// non-blocking `recv`, else a poll that holds no buffer), so a socket that
-/// waits here keeps no read buffer.
-fn poll_read_ready(
-    cx: &mut Context<'_>,
-    stream: &mut TcpStream,
-    buffer: &mut Vec<u8>,
-) -> Poll<Event> {
-    let mut chunk = [0u8; READ_CHUNK_BYTES];
-    let had = buffer.len();
-    loop {
-        let got_bytes = buffer.len() > had;
-        match Pin::new(&mut *stream).poll_read(cx, &mut chunk) {
-            Poll::Ready(Ok(read)) if read > 0 => {
-                buffer.extend_from_slice(&chunk[..read]);
-                if read < chunk.len() {
-                    return Poll::Ready(Event::Readable);
-                }
-            }
-            // EOF or an error: the bytes before it are handled first.
-            Poll::Ready(_) if got_bytes => return Poll::Ready(Event::Readable),
-            Poll::Ready(_) => return Poll::Ready(Event::Closed),
-            Poll::Pending if got_bytes => return Poll::Ready(Event::Readable),
-            Poll::Pending => return Poll::Pending,
-        }
-    }
 }
 
 struct Socket {
@@ -285,7 +240,7 @@ impl Socket {
     /// Spawns the task that carries the socket's life on this shard: an idle
     /// socket is mostly this task, so it holds only what [`Socket::run`]
     /// needs (see ARCHITECTURE.md).
-    fn start(self, ctx: Rc<Ctx>, stream: TcpStream, buffer: Vec<u8>) {
+    fn start(self, ctx: Rc<Ctx>, stream: UaStream, buffer: Vec<u8>) {
         spawn_local(self.run(ctx, stream, buffer)).detach();
     }
 
@@ -300,7 +255,7 @@ impl Socket {
     fn run(
         mut self,
         ctx: Rc<Ctx>,
-        mut stream: TcpStream,
+        mut stream: UaStream,
         mut buffer: Vec<u8>,
     ) -> impl Future<Output = ()> {
         async move {
@@ -357,7 +312,7 @@ impl Socket {
         &self,
         cx: &mut Context<'_>,
         ctx: &Ctx,
-        stream: &mut TcpStream,
+        stream: &mut UaStream,
         buffer: &mut Vec<u8>,
     ) -> Poll<Event> {
         match self.outbox.poll_next(cx, ctx.journal.durable_lsn()) {
@@ -368,7 +323,10 @@ impl Socket {
         if self.forgotten {
             return Poll::Ready(Event::Drained);
         }
-        poll_read_ready(cx, stream, buffer)
+        stream.poll_read_ready(cx, buffer).map(|ready| match ready {
+            Ready::Readable => Event::Readable,
+            Ready::Closed => Event::Closed,
+        })
     }
 
     /// Tells the engine the socket is gone, unless the engine closed it.
@@ -378,7 +336,7 @@ impl Socket {
 
     /// Writes what is still queued (the close frame among it), then gives the
     /// UA a moment to close its side.
-    async fn close_gracefully(&self, ctx: &Rc<Ctx>, stream: &mut TcpStream) {
+    async fn close_gracefully(&self, ctx: &Rc<Ctx>, stream: &mut UaStream) {
         self.forget(ctx);
         // Nothing can be queued any more: the shard no longer has the outbox.
         loop {
@@ -396,22 +354,25 @@ impl Socket {
                 break;
             }
         }
-        let _ = stream.shutdown(std::net::Shutdown::Write).await;
+        stream.shutdown().await;
         let _ = future::or(
-            async { while read_more(stream, &mut Vec::new()).await {} },
+            async { while stream.read_more(&mut Vec::new()).await {} },
             glommio::timer::sleep(CLOSE_GRACE),
         )
         .await;
     }
 
     /// What travels with the socket to the shard that owns its UA (SPEC
-    /// §8): a dup of its fd for the owner, every local handle dropped.
-    fn leaving(&mut self, stream: TcpStream, buffered: Vec<u8>, hello: String) -> Option<Adopted> {
+    /// §8): a dup of its fd for the owner, every local handle dropped, and
+    /// its TLS session.
+    fn leaving(&mut self, stream: UaStream, buffered: Vec<u8>, hello: String) -> Option<Adopted> {
+        let (tcp, tls) = stream.into_parts();
         // SAFETY: dup of the valid socket fd this task owns.
-        let fd = unsafe { libc::dup(stream.as_raw_fd()) };
-        drop(stream);
+        let fd = unsafe { libc::dup(tcp.as_raw_fd()) };
+        drop(tcp);
         (fd >= 0).then(|| Adopted {
             fd,
+            tls,
             buffered,
             hello,
             ip_slot: self.ip_slot.take().map(|slot| *slot),
@@ -458,7 +419,7 @@ impl Socket {
 /// Waits until the record a queued frame depends on is durable; false (and
 /// a close frame to the UA) when the store failed and it never will be.
 /// Rare: the socket's task awaits it boxed, so idle sockets carry none of it.
-async fn wait_for_record(ctx: &Ctx, stream: &mut TcpStream, lsn: herald_engine::Lsn) -> bool {
+async fn wait_for_record(ctx: &Ctx, stream: &mut UaStream, lsn: herald_engine::Lsn) -> bool {
     if ctx.journal.wait_durable(lsn).await.is_ok() {
         return true;
     }
@@ -475,7 +436,7 @@ async fn wait_for_record(ctx: &Ctx, stream: &mut TcpStream, lsn: herald_engine::
 /// keeps the rest). False when the socket is done (closed or broken).
 async fn write_batch(
     ctx: &Rc<Ctx>,
-    stream: &mut TcpStream,
+    stream: &mut UaStream,
     first: Outgoing,
     outbox: &Outbox,
 ) -> bool {

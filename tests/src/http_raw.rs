@@ -228,8 +228,26 @@ impl RawHttp {
     }
 }
 
+/// A blocking stream whose reads can be given a timeout: a TCP socket, or
+/// a UA's connection (TLS over one).
+pub trait TimedRead: Read {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl TimedRead for TcpStream {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+}
+
+impl TimedRead for crate::ua::UaConn {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.tcp().set_read_timeout(timeout)
+    }
+}
+
 pub fn read_http_head(
-    stream: &mut TcpStream,
+    stream: &mut impl TimedRead,
     within: Duration,
 ) -> Result<(String, Vec<u8>), String> {
     let deadline = Instant::now() + within;

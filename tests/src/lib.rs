@@ -14,6 +14,7 @@
 //!   address;
 //! - [`ece`]: RFC 8291 decryption, the UA's side;
 //! - [`h2_client`]: an HTTP/2 sender over any async stream;
+//! - [`tls`]: a test CA and its server certificates, `wss://` and `https://` clients;
 //! - [`redis_cluster`]: [`RedisCluster`], nine `redis-server` processes in
 //!   three "data centres", for cluster mode;
 //! - [`util`]: ids, base64url, ports, temp dirs, [`wait_until`].
@@ -34,6 +35,7 @@ pub mod process;
 pub mod proxy;
 pub mod redis_cluster;
 pub mod server;
+pub mod tls;
 pub mod ua;
 pub mod util;
 
@@ -46,6 +48,7 @@ pub use proxy::*;
 pub use redis_cluster::RedisCluster;
 pub use serde_json;
 pub use server::*;
+pub use tls::*;
 pub use ua::*;
 pub use util::*;
 

@@ -65,18 +65,28 @@ pub fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
 
 /// Poll `GET http://addr/health` until 200 (or the child exits / deadline).
 pub fn wait_health(as_addr: &str, child: &mut Child, within: Duration) -> Result<(), String> {
+    let url = format!("http://{as_addr}/health");
+    wait_health_on(&url, ureq::AgentBuilder::new(), child, within)
+}
+
+/// Poll `GET url` with `agent` until 200 (or the child exits / deadline).
+pub fn wait_health_on(
+    url: &str,
+    agent: ureq::AgentBuilder,
+    child: &mut Child,
+    within: Duration,
+) -> Result<(), String> {
     let deadline = Instant::now() + within;
-    let agent = ureq::AgentBuilder::new()
+    let agent = agent
         .timeout_connect(Duration::from_millis(300))
         .timeout(Duration::from_secs(2))
         .build();
-    let url = format!("http://{as_addr}/health");
     let mut last: String;
     loop {
         if let Ok(Some(st)) = child.try_wait() {
             return Err(format!("herald exited during startup with {st}"));
         }
-        match agent.get(&url).call() {
+        match agent.get(url).call() {
             Ok(r) if r.status() == 200 => return Ok(()),
             Ok(r) => last = format!("status {}", r.status()),
             Err(ureq::Error::Status(c, _)) => last = format!("status {c}"),

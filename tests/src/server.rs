@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::as_client::http;
 use crate::metrics::{metric_name, parse_prometheus};
-use crate::process::{herald_bin, send_signal, wait_child, wait_health, wait_tcp};
+use crate::process::{herald_bin, send_signal, wait_child, wait_health, wait_health_on, wait_tcp};
+use crate::tls::{client_config, ServerCert, TestCa};
 use crate::ua::WsClient;
 use crate::util::{free_port, wait_until, TempDir};
 use crate::{DEADLINE, READY_DEADLINE};
@@ -30,6 +31,9 @@ pub struct ServerOptions {
     /// The process's file size limit (`RLIMIT_FSIZE`), if any: see
     /// [`ServerOptions::file_size_max`].
     pub file_size_max: Option<u64>,
+    /// Built-in TLS: the certificate served, and the CA that signed it
+    /// (readiness is checked over `https://` trusting it).
+    pub tls: Option<(ServerCert, PathBuf)>,
 }
 
 impl Default for ServerOptions {
@@ -42,11 +46,18 @@ impl Default for ServerOptions {
             extra_args: vec![],
             env: vec![],
             file_size_max: None,
+            tls: None,
         }
     }
 }
 
 impl ServerOptions {
+    /// Serve `wss://` and `https://` with `cert` (`--tls-cert`, `--tls-key`).
+    pub fn tls(mut self, cert: &ServerCert, ca: &TestCa) -> Self {
+        self.tls = Some((cert.clone(), ca.ca_pem()));
+        self
+    }
+
     pub fn new() -> Self {
         Self::default()
     }
@@ -191,9 +202,15 @@ impl Server {
     pub fn ua_url(&self) -> String {
         format!("ws://{}/", self.ua_addr())
     }
-    /// `http://127.0.0.1:<as port>` (no trailing slash): the default endpoint URL.
+    /// `http://127.0.0.1:<as port>` (no trailing slash; `https://` with
+    /// TLS): the default endpoint URL.
     pub fn as_url(&self) -> String {
-        format!("http://{}", self.as_addr())
+        let scheme = if self.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.as_addr())
     }
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
@@ -257,6 +274,14 @@ impl Server {
             .arg("--shards")
             .arg(self.opts.shards.to_string())
             .args(&self.opts.extra_args)
+            .args(self.opts.tls.iter().flat_map(|(cert, _)| {
+                [
+                    "--tls-cert".as_ref(),
+                    cert.cert.as_os_str(),
+                    "--tls-key".as_ref(),
+                    cert.key.as_os_str(),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(Stdio::from(o))
             .stderr(Stdio::from(e));
@@ -276,7 +301,14 @@ impl Server {
         let as_addr = self.as_addr();
         let ua_addr = self.ua_addr();
         let child = self.child.as_mut().expect("child");
-        wait_health(&as_addr, child, READY_DEADLINE)?;
+        match &self.opts.tls {
+            None => wait_health(&as_addr, child, READY_DEADLINE)?,
+            Some((_, ca_pem)) => {
+                let url = format!("https://{as_addr}/health");
+                let agent = ureq::AgentBuilder::new().tls_config(client_config(ca_pem));
+                wait_health_on(&url, agent, child, READY_DEADLINE)?
+            }
+        }
         wait_tcp(&ua_addr, READY_DEADLINE)
     }
 
@@ -367,9 +399,13 @@ impl Server {
         }
     }
 
-    /// A UA socket (subprotocol `push-notification`), handshake done, no hello yet.
+    /// A UA socket (subprotocol `push-notification`), handshake done, no
+    /// hello yet; over TLS when the server serves it.
     pub fn ua(&self) -> WsClient {
-        WsClient::connect(&self.ua_addr())
+        match &self.opts.tls {
+            None => WsClient::connect(&self.ua_addr()),
+            Some((_, ca_pem)) => WsClient::connect_tls(&self.ua_addr(), client_config(ca_pem)),
+        }
     }
 
     /// Reconnect a known UAID on a fresh socket; asserts the same UAID comes back.

@@ -1,10 +1,13 @@
-//! The UA: a WebSocket client over a blocking `TcpStream`, with a hand-rolled
-//! handshake so that a server which does not echo the subprotocol is accepted,
-//! as Firefox does.
+//! The UA: a WebSocket client over a blocking `TcpStream` (or TLS over
+//! one, `wss://`), with a hand-rolled handshake so that a server which does
+//! not echo the subprotocol is accepted, as Firefox does.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use serde_json::{json, Value};
 use tungstenite::protocol::{Role, WebSocket};
@@ -30,9 +33,51 @@ pub enum WsEvent {
     Timeout,
 }
 
-/// A UA: a WebSocket over a blocking `TcpStream` with read timeouts.
+/// A UA's connection: plain TCP, or TLS over it.
+pub enum UaConn {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl UaConn {
+    /// The TCP socket (underneath TLS): timeouts, shutdown, raw writes.
+    pub fn tcp(&mut self) -> &mut TcpStream {
+        match self {
+            UaConn::Plain(tcp) => tcp,
+            UaConn::Tls(tls) => &mut tls.sock,
+        }
+    }
+}
+
+impl Read for UaConn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            UaConn::Plain(tcp) => tcp.read(buf),
+            UaConn::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for UaConn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            UaConn::Plain(tcp) => tcp.write(buf),
+            UaConn::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            UaConn::Plain(tcp) => tcp.flush(),
+            UaConn::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+/// A UA: a WebSocket over a blocking `TcpStream` (or TLS over one) with
+/// read timeouts.
 pub struct WsClient {
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<UaConn>,
     /// Set by [`WsClient::hello`].
     pub uaid: Option<String>,
     /// `Sec-WebSocket-Protocol` the server answered with, if any.
@@ -77,14 +122,26 @@ impl WsClient {
         WsClient::handshake_on(stream, addr, hs)
     }
 
+    /// Connect over TLS (`wss://`), trusting `config`'s roots only, with
+    /// the default handshake. Panics on failure.
+    pub fn connect_tls(addr: &str, config: Arc<ClientConfig>) -> WsClient {
+        let stream = crate::tls::tls_connect(addr, config).unwrap_or_else(|e| panic!("{e}"));
+        WsClient::handshake_on_conn(UaConn::Tls(Box::new(stream)), addr, &Handshake::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// The WebSocket handshake on a connected stream (one that already sent
     /// a PROXY header, say); `addr` is for the Host header.
-    pub fn handshake_on(
-        mut stream: TcpStream,
+    pub fn handshake_on(stream: TcpStream, addr: &str, hs: &Handshake) -> Result<WsClient, String> {
+        stream.set_nodelay(true).ok();
+        WsClient::handshake_on_conn(UaConn::Plain(stream), addr, hs)
+    }
+
+    fn handshake_on_conn(
+        mut stream: UaConn,
         addr: &str,
         hs: &Handshake,
     ) -> Result<WsClient, String> {
-        stream.set_nodelay(true).ok();
         let key = tungstenite::handshake::client::generate_key();
         let mut req = format!(
             "GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
@@ -152,7 +209,15 @@ impl WsClient {
     }
 
     pub fn stream(&mut self) -> &mut TcpStream {
-        self.ws.get_mut()
+        self.ws.get_mut().tcp()
+    }
+
+    /// The certificate the server presented (on `wss://`).
+    pub fn peer_certificate(&mut self) -> Option<Vec<u8>> {
+        match self.ws.get_mut() {
+            UaConn::Plain(_) => None,
+            UaConn::Tls(tls) => Some(tls.conn.peer_certificates()?.first()?.to_vec()),
+        }
     }
 
     pub fn send_text(&mut self, s: &str) {
@@ -208,7 +273,7 @@ impl WsClient {
                 return WsEvent::Timeout;
             }
             let left = (deadline - now).max(Duration::from_millis(1));
-            let _ = self.ws.get_mut().set_read_timeout(Some(left));
+            let _ = self.ws.get_mut().tcp().set_read_timeout(Some(left));
             match self.ws.read() {
                 Ok(Message::Text(t)) => return WsEvent::Text(t.to_string()),
                 Ok(Message::Binary(b)) => return WsEvent::Binary(b.to_vec()),
@@ -470,7 +535,7 @@ impl WsClient {
 
     /// Drop the TCP connection abruptly (no close frame).
     pub fn drop_tcp(mut self) {
-        let _ = self.ws.get_mut().shutdown(Shutdown::Both);
+        let _ = self.ws.get_mut().tcp().shutdown(Shutdown::Both);
     }
 }
 

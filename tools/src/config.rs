@@ -13,7 +13,9 @@ use serde::Deserialize;
 
 use herald_engine::identity::KeyMaterial;
 use herald_engine::limits::Limits;
-use herald_net::{Cidrs, ClusterConfig, FsyncMode, ProxyUrl, Secret, ServerConfig, WakeupRoute};
+use herald_net::{
+    Cidrs, ClusterConfig, FsyncMode, ProxyUrl, Secret, ServerConfig, TlsFiles, WakeupRoute,
+};
 use herald_store::DataDirLock;
 
 #[derive(Args, Debug, Default)]
@@ -84,6 +86,14 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<String>,
+    /// PEM certificate chain (the server's first): serve wss:// on the UA
+    /// listener and https:// on the AS listener; SIGHUP reloads it
+    /// [default: none, plain text]
+    #[arg(long, env = "HERALD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1)
+    #[arg(long, env = "HERALD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[cluster]` in the config file: the Redis Cluster behind cluster mode.
@@ -133,6 +143,8 @@ struct FileConfig {
     node_listen: Option<SocketAddr>,
     node_url: Option<String>,
     trusted_proxies: Vec<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     cluster: ClusterFile,
     limits: Limits,
 }
@@ -155,6 +167,8 @@ impl Default for FileConfig {
             node_listen: None,
             node_url: None,
             trusted_proxies: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
             cluster: ClusterFile::default(),
             limits: Limits::default(),
         }
@@ -196,10 +210,19 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
     ];
     listeners.extend(node_listen.map(|address| ("node", address)));
     refuse_shared_listeners(&listeners)?;
+    let tls = match (
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    ) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => return Err("TLS needs both tls_cert and tls_key (--tls-cert, --tls-key)".to_owned()),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let endpoint_url = args
         .endpoint_url
         .or(file.endpoint_url)
-        .unwrap_or_else(|| format!("http://{as_listen}"));
+        .unwrap_or_else(|| format!("{scheme}://{as_listen}"));
     if !(endpoint_url.starts_with("http://") || endpoint_url.starts_with("https://")) {
         return Err(format!(
             "endpoint URL must start with http:// or https://, got {endpoint_url:?}"
@@ -287,6 +310,7 @@ pub fn resolve(args: ServeArgs) -> Result<(ServerConfig, DataDirLock), String> {
             .filter(|token| !token.is_empty()),
         cluster,
         trusted_proxies,
+        tls,
     };
     Ok((config, lock))
 }

@@ -49,8 +49,9 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the server (the default when no command is given).
-    Serve(config::ServeArgs),
+    /// Run the server (the default when no command is given). Boxed: the
+    /// largest of the commands' arguments by far.
+    Serve(Box<config::ServeArgs>),
     /// Send one test notification to a push endpoint and print the answer.
     Push(push::PushArgs),
     /// Relay wakeups inside an operator network: HTTP `POST /wakeup` in, UDP datagram out.
@@ -74,8 +75,8 @@ enum WalCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
-    let result = match cli.command.unwrap_or(Command::Serve(config::ServeArgs::default())) {
-        Command::Serve(args) => config::resolve(args).and_then(|(config, data_dir_lock)| {
+    let result = match cli.command.unwrap_or(Command::Serve(Box::default())) {
+        Command::Serve(args) => config::resolve(*args).and_then(|(config, data_dir_lock)| {
             if config.fsync == herald_net::FsyncMode::Never {
                 tracing::warn!("--fsync never: acknowledged notifications can be lost in a crash (benchmarks only)");
             }

@@ -30,7 +30,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{spawn_local, LocalExecutorBuilder, Placement};
-use herald_net::process::{block_termination_signals, shared_listener, wait_for_signal};
+use herald_net::process::{block_handled_signals, shared_listener, wait_for_signal};
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::{Frame, FrameHeader};
@@ -183,7 +183,7 @@ async fn route(ctx: &Rc<Ctx>, shard: usize, conn: u64, push: Push) -> bool {
 fn main() {
     let cli = Cli::parse();
     // Before any executor starts, so that only this thread sees them.
-    let signals = block_termination_signals();
+    let signals = block_handled_signals();
     let shards = cli.shards.max(1);
     let mesh = MeshBuilder::<Hop, _>::full(shards, RING_CAPACITY);
     let cpus = std::thread::available_parallelism().map_or(1, |count| count.get());
