@@ -1,4 +1,4 @@
-//! What the HTTP loops ([`crate::http_conn`], [`crate::http2_conn`]) need of
+//! What the HTTP loops (`http_conn.rs`, `http2_conn.rs`) need of
 //! a connection, so that one loop serves a plain TCP socket and TLS over one
 //! alike: futures-io reads and writes, and the read timeout of the TCP
 //! socket underneath (glommio's, armed per read), which carries the idle
