@@ -9,6 +9,7 @@
 //! body byte (408 past it), and `http_read_timeout_ms` of silence before
 //! the connection is dropped.
 
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,19 +48,17 @@ pub async fn serve(routes: &impl Routes, stream: impl Conn, read: Vec<u8>) {
     };
     let mut answering = FuturesUnordered::new();
     loop {
-        let accepted = future::or(async { Some(connection.accept().await) }, async {
-            match answering.next().await {
-                // Nothing in flight: only a new stream can come.
-                None => future::pending().await,
-                Some(()) => None,
-            }
+        let accepted = future::poll_fn(|cx| {
+            // Every answer that can finish now does, before the connection
+            // is polled: their frames then leave together, in one write.
+            while let Poll::Ready(Some(())) = answering.poll_next(cx) {}
+            connection.poll_accept(cx)
         });
         match accepted.await {
-            Some(Some(Ok((request, respond)))) => answering.push(answer(routes, request, respond)),
+            Some(Ok((request, respond))) => answering.push(answer(routes, request, respond)),
             // The client went away, broke the protocol or was idle too long:
             // the streams still answering have nobody to answer.
-            Some(Some(Err(_)) | None) => return,
-            None => {}
+            Some(Err(_)) | None => return,
         }
     }
 }
