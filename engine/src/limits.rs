@@ -66,6 +66,11 @@ pub struct Limits {
     /// Frames queued for one UA socket, beyond `pending_per_uaid_max` (which a
     /// reconnect may queue at once), before it is treated as stuck and closed.
     pub ua_outbox_frames_max: usize,
+    /// Per shard: outcomes (acked, expired, replaced, cancelled) of messages
+    /// no longer pending, remembered for `GET /m/<id>`; past it the oldest
+    /// is forgotten (that id then answers 404). Each costs ~80 B, so this
+    /// bounds what delivered messages leave behind in memory. 0 keeps none.
+    pub message_outcomes_max: usize,
     /// Slots in the ring from all shards to the wakeup core. A full ring never
     /// blocks a shard: the wakeup is dropped and counted as failed.
     pub wakeup_ring_capacity: usize,
@@ -144,6 +149,7 @@ impl Default for Limits {
             broadcasts_per_ua_max: 64,
             tokens_per_ip_per_minute_max: 60,
             ua_outbox_frames_max: 256,
+            message_outcomes_max: 10_000,
             wakeup_ring_capacity: 8192,
             wakeup_pending_max: 262_144,
             wakeup_retry_initial_ms: 1_000,

@@ -532,3 +532,40 @@ fn connection_close_mid_pipeline_is_the_last_request_answered() {
         "the request after the close is not served"
     );
 }
+
+#[test]
+fn message_outcomes_are_remembered_up_to_their_limit_oldest_forgotten_first() {
+    let server = Server::start(
+        ServerOptions::new()
+            .shards(1)
+            .limit("message_outcomes_max", 2),
+    );
+    let mut ua = server.ua_webpush();
+    let (_c, e) = ua.register_new();
+    let headers = [
+        ("TTL", "60"),
+        ("Content-Encoding", "aes128gcm"),
+        ("Prefer", "respond-async"),
+    ];
+    let receipts: Vec<String> = (0..3)
+        .map(|i| {
+            let r = push_with(&e, &headers, Some(format!("m{i}").as_bytes()));
+            r.assert_status(202, "POST with Prefer: respond-async");
+            let n = ua.recv_notification(DEADLINE);
+            ua.ack_notification(&n);
+            r.header("Location").expect("Location").to_owned()
+        })
+        .collect();
+    let state = |location: &str| {
+        let answer = http("GET", location, &[], None);
+        (answer.status, answer.json()["state"].clone())
+    };
+    wait_until(DEADLINE, "the last two acks are remembered", || {
+        state(&receipts[1]) == (200, "acked".into()) && state(&receipts[2]) == (200, "acked".into())
+    });
+    assert_eq!(
+        state(&receipts[0]).0,
+        404,
+        "the oldest outcome is forgotten"
+    );
+}

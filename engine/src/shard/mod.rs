@@ -217,7 +217,6 @@ enum Timer {
 }
 
 /// How long removed messages are remembered for `GET /m/<id>`.
-const OUTCOMES_REMEMBERED_MAX: usize = 100_000;
 const PING_WINDOW_MS: Millis = 60_000;
 /// Sequence numbers start from the clock so ids stay unique across restarts
 /// even after compaction forgot every earlier message of a UA.
@@ -437,10 +436,14 @@ impl Shard {
     }
 
     fn remember_outcome(&mut self, uaid: Uaid, seq: u64, reason: Removal) {
+        let remembered_max = self.config.limits.message_outcomes_max;
+        if remembered_max == 0 {
+            return;
+        }
         if self.outcomes.insert((uaid, seq), reason).is_none() {
             self.outcome_order.push_back((uaid, seq));
         }
-        while self.outcome_order.len() > OUTCOMES_REMEMBERED_MAX {
+        while self.outcome_order.len() > remembered_max {
             if let Some(oldest) = self.outcome_order.pop_front() {
                 self.outcomes.remove(&oldest);
             }

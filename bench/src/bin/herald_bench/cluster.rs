@@ -119,6 +119,7 @@ pub fn run(cli: &Cli, args: &ClusterArgs) {
         uas: args.memory_uas,
         workers: MEMORY_WORKERS,
         concurrency: MEMORY_CONCURRENCY,
+        messages: 1,
     };
     for run in 1..=cli.runs {
         let mut figures = scenarios::idle_run(SPLIT.0, cli.shards, &idle);

@@ -128,6 +128,7 @@ fn main() {
                     uas: 19_000,
                     workers: 4,
                     concurrency: 64,
+                    messages: 3,
                 },
             );
             plot::draw(&cli.out);
@@ -143,6 +144,7 @@ fn idle(cli: &Cli, args: &IdleArgs) {
     });
     let figures = [
         "rss_bytes_per_idle_ua",
+        "rss_bytes_per_idle_ua_after_messages",
         "connects_per_s",
         "server_us_per_connect",
         "generator_us_per_connect",
@@ -151,7 +153,7 @@ fn idle(cli: &Cli, args: &IdleArgs) {
     finish(
         cli,
         "idle",
-        json!({"uas": args.uas, "workers": args.workers, "concurrency": args.concurrency}),
+        json!({"uas": args.uas, "workers": args.workers, "concurrency": args.concurrency, "messages": args.messages}),
         runs,
         &figures,
     );

@@ -274,11 +274,16 @@ pub struct IdleArgs {
     /// Connections being set up at once, per worker.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Pushes each UA gets and acks after the first measurement; the
+    /// server's memory is measured again after them, the UAs still idle.
+    #[arg(long, default_value_t = 3)]
+    pub messages: usize,
 }
 
 /// N UAs connect, hello, register and stay idle: the server's RSS per UA over
-/// its empty baseline, the connect + hello + register rate, and that every
-/// UA still gets a notification afterwards. Against a cluster (UAs spread
+/// its empty baseline, the connect + hello + register rate, that every UA
+/// still gets its notifications afterwards, and the RSS per UA once more
+/// after them (the UAs idle again). Against a cluster (UAs spread
 /// over its nodes), Redis memory per UA as well.
 pub fn idle_run(target: Target, shards: usize, args: &IdleArgs) -> Value {
     let server = UnderTest::start(target, shards);
@@ -290,6 +295,7 @@ pub fn idle_run(target: Target, shards: usize, args: &IdleArgs) -> Value {
         .map(|index| Spec {
             pushers: 16,
             concurrency: args.concurrency,
+            messages: args.messages,
             ..worker(
                 Role::Idle,
                 index,
@@ -313,6 +319,8 @@ pub fn idle_run(target: Target, shards: usize, args: &IdleArgs) -> Value {
     let stats_loaded = server.redis().map(crate::redis::memory_stats);
     processes.tell(&json!({"verify": true}));
     let done = processes.collect("done");
+    std::thread::sleep(Duration::from_secs(1));
+    let after_messages = server.rss_bytes();
     processes.finish();
     server.stop();
     let uas = sum(&connected, "uas");
@@ -323,6 +331,11 @@ pub fn idle_run(target: Target, shards: usize, args: &IdleArgs) -> Value {
         "rss_empty_bytes": baseline,
         "rss_loaded_bytes": loaded,
         "rss_bytes_per_idle_ua": loaded.saturating_sub(baseline) as f64 / uas.max(1) as f64,
+        "rss_after_messages_bytes": after_messages,
+        // The same UAs idle again, after `messages` pushes each, acked.
+        "rss_bytes_per_idle_ua_after_messages":
+            after_messages.saturating_sub(baseline) as f64 / uas.max(1) as f64,
+        "messages_per_ua": args.messages,
         "connects_per_s": uas as f64 / connect_s.max(1e-6),
         // CPU per connect + hello + register, on each side of the socket.
         "server_us_per_connect": server_connect_cpu * 1e6 / uas.max(1) as f64,

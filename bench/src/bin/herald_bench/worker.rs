@@ -103,7 +103,8 @@ pub struct Spec {
     /// When not 0: each pusher is one HTTP/2 connection with this many
     /// streams in flight (and `pipeline` does not apply).
     pub http2_streams: usize,
-    /// Stored role: messages per UA.
+    /// Stored role: messages per UA; idle role: pushes each UA gets (and
+    /// acks) after the idle period.
     pub messages: usize,
 }
 
@@ -536,7 +537,9 @@ async fn idle(spec: &Spec) -> Value {
     let (opened, started, finished) = open_all(spec).await;
     report(&connect_report(&opened, started, finished));
     wait_for_orchestrator();
-    // Every UA still works after the idle period: one push each.
+    // Every UA still works after the idle period: `messages` pushes each,
+    // each received and acked; the UAs then stay connected, idle again,
+    // until the orchestrator has read the server's memory once more.
     let opened = Rc::new(RefCell::new(opened));
     let received = Rc::new(Cell::new(0u64));
     let lanes = spec.pushers.max(1);
@@ -548,24 +551,30 @@ async fn idle(spec: &Spec) -> Value {
                 let Some((mut ua, registered)) = opened.borrow_mut()[index].take() else {
                     continue;
                 };
-                let pushed = pusher.push(&registered.path, Push::WebPush(&[])).await;
-                if !matches!(pushed, Ok(201)) {
-                    continue;
-                }
-                let answer = glommio::timer::timeout(Duration::from_secs(10), async {
-                    receive_one(&mut ua)
+                let mut all_arrived = true;
+                for _ in 0..spec.messages.max(1) {
+                    let pushed = pusher.push(&registered.path, Push::WebPush(&[])).await;
+                    let arrived = matches!(pushed, Ok(201))
+                        && glommio::timer::timeout(Duration::from_secs(10), async {
+                            receive_one(&mut ua)
+                                .await
+                                .map_err(glommio::GlommioError::from)
+                        })
                         .await
-                        .map_err(glommio::GlommioError::from)
-                })
-                .await;
-                if answer.is_ok() {
+                        .is_ok();
+                    all_arrived &= arrived;
+                }
+                if all_arrived {
                     received.set(received.get() + 1);
                 }
+                opened.borrow_mut()[index] = Some((ua, registered));
             }
         }
     })
     .await;
-    json!({"phase": "done", "verified": received.get()})
+    report(&json!({"phase": "done", "verified": received.get()}));
+    wait_for_orchestrator();
+    json!({"phase": "closed"})
 }
 
 async fn stored(spec: &Spec) -> Value {
