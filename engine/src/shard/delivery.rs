@@ -69,7 +69,7 @@ impl Shard {
             .map(|(seq, _)| *seq)
             .collect();
         for seq in &expired {
-            ua.pending.remove(seq);
+            ua.remove_pending(*seq);
         }
         for seq in expired {
             self.remember_outcome(uaid, seq, Removal::Expired);
