@@ -9,14 +9,22 @@
 //!   endpoint into a 410. The driver installs firefox-esr, the pinned PyPI and
 //!   npm packages when they are missing; if it cannot, this test FAILS (it
 //!   never passes without Firefox having decrypted the messages).
+//! - `firefox_decrypts_messages_sent_over_https_on_a_wss_push_connection`
+//!   runs the same driver with a CA made here (`TestCa`): Herald serves
+//!   `wss://` and `https://` with a certificate it signed, Firefox trusts the
+//!   CA through an enterprise policy (`Certificates.Install`, laid over its
+//!   install in a private mount namespace), and pywebpush and web-push send
+//!   over https trusting only that CA.
 //! - The `herald_push_*` tests act as the UA themselves (the harness's
 //!   WebSocket client) and check `herald push --data ... --vapid-key ...`
 //!   end to end: Herald accepts its VAPID signature on a v2 endpoint and the
 //!   UA decrypts the `aes128gcm` payload with its private key.
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use herald_tests::*;
@@ -29,10 +37,60 @@ fn driver_path() -> PathBuf {
     workspace_root().join("tests/webpush/driver.py")
 }
 
+/// The checks both runs must pass (the driver's report lines).
+const SENDER_CHECKS: [&str; 6] = [
+    "PASS  pywebpush aes128gcm",
+    "PASS  pywebpush aesgcm",
+    "PASS  pywebpush empty push",
+    "PASS  web-push (npm) aes128gcm",
+    "PASS  web-push (npm) aesgcm",
+    "PASS  endpoint answers 410 after unsubscribe()",
+];
+
+/// One headless Firefox at a time: two at once on a small CI machine would
+/// race the driver's deadlines for CPU, not test anything more.
+static FIREFOX: Mutex<()> = Mutex::new(());
+
 #[test]
 fn firefox_decrypts_messages_from_real_sender_libraries() {
+    let mut checks = SENDER_CHECKS.to_vec();
+    checks.push("PASS  herald push --data");
+    run_driver("firefox", &[], &checks);
+}
+
+/// The same over `wss://` and `https://`: Herald serves a certificate from a
+/// CA made here, Firefox trusts that CA through an enterprise policy, and
+/// pywebpush and web-push through their CA-bundle variables (the driver's
+/// module doc). `herald push` is not part of this run (it trusts only the
+/// public web roots).
+#[test]
+fn firefox_decrypts_messages_sent_over_https_on_a_wss_push_connection() {
+    let ca = TestCa::new();
+    let cert = ca.issue("server");
+    let args = [
+        "--tls-ca".into(),
+        ca.ca_pem().into_os_string(),
+        "--tls-cert".into(),
+        cert.cert.into_os_string(),
+        "--tls-key".into(),
+        cert.key.into_os_string(),
+    ];
+    let mut checks = SENDER_CHECKS.to_vec();
+    // The endpoint Firefox got is https://, so every sender above used TLS.
+    checks.push("policies.json (Certificates.Install");
+    checks.push("starting Firefox (push server wss://127.0.0.1:");
+    checks.push("PASS: subscribe (applicationServerKey -> VAPID v2 endpoint) -- subscription {\"endpoint\": \"https://");
+    run_driver("firefox-tls", &args, &checks);
+}
+
+/// Runs the driver with `extra` arguments and asserts that it exited 0 and
+/// that its output holds every line of `checks`.
+fn run_driver(name: &str, extra: &[OsString], checks: &[&str]) {
+    let _one_firefox = FIREFOX
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let herald = herald_bin();
-    let dir = TempDir::new("firefox");
+    let dir = TempDir::new(name);
     let log_path = dir.path().join("driver.log");
     let log = std::fs::File::create(&log_path).expect("create driver.log");
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
@@ -42,6 +100,7 @@ fn firefox_decrypts_messages_from_real_sender_libraries() {
         .arg(&herald)
         .arg("--workdir")
         .arg(dir.path().join("work"))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
@@ -66,15 +125,7 @@ fn firefox_decrypts_messages_from_real_sender_libraries() {
     println!("----- tests/webpush/driver.py output -----\n{output}\n-----");
     match status.and_then(|s| s.code()) {
         Some(0) => {
-            for needle in [
-                "PASS  pywebpush aes128gcm",
-                "PASS  pywebpush aesgcm",
-                "PASS  pywebpush empty push",
-                "PASS  web-push (npm) aes128gcm",
-                "PASS  web-push (npm) aesgcm",
-                "PASS  herald push --data",
-                "PASS  endpoint answers 410 after unsubscribe()",
-            ] {
+            for needle in checks {
                 assert!(
                     output.contains(needle),
                     "driver exited 0 but its report lacks {needle:?}"

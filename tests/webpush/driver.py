@@ -16,6 +16,18 @@ that a message sent while Firefox is closed is delivered when it starts again
 in the page makes the endpoint answer 410 Gone.
 
 Usage:  python3 tests/webpush/driver.py --herald target/release/herald
+        [--tls-ca ca.pem --tls-cert server.pem --tls-key server.key]
+
+With the --tls-* files (a test CA and a certificate it signed for localhost
+and 127.0.0.1), Herald serves them (`--tls-cert`, `--tls-key`): Firefox's
+push server is `wss://` (no allowInsecureServerURL), the endpoints are
+`https://`, and every sender trusts only that CA: pywebpush through
+REQUESTS_CA_BUNDLE, web-push's request through NODE_EXTRA_CA_CERTS, Firefox
+through an enterprise policy (`Certificates.Install`) in a policies.json that
+a private mount namespace lays over Firefox's `distribution` directory, so
+the installed Firefox is left untouched. `herald push` is left out of that
+run: it trusts the public web roots only. Firefox then talks to Herald
+directly: the frame-logging proxy cannot read TLS.
 
 Outer mode (the default) installs what is missing -- firefox-esr (apt-get),
 the pinned Python packages (requirements.txt, into tests/webpush/.venv) and
@@ -23,7 +35,7 @@ the pinned npm packages (package-lock.json, into tests/webpush/node_modules)
 -- then re-runs itself with `--inside` in a private network namespace
 (`unshare -n`) that has only loopback, so Firefox cannot reach anything but
 the Herald, the page server and the logging proxy this script starts in that
-namespace.
+namespace (with --tls-*, a private mount namespace too: `unshare -n -m`).
 
 Exit status: 0 every check passed; 1 a check failed (the report says which,
 with evidence: Herald's log, the WebSocket frames between Firefox and Herald,
@@ -41,6 +53,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -197,6 +210,10 @@ def outer(args):
     if not unshare:
         setup_failure("the unshare command (util-linux) is needed for a private network namespace")
     ns = [unshare, "--net"] if os.geteuid() == 0 else [unshare, "--user", "--map-root-user", "--net"]
+    if args.tls_ca:
+        # Firefox's policy file is laid over its install in here only
+        # (unshare makes the new mounts private: the host never sees them).
+        ns.append("--mount")
     probe = subprocess.run(ns + ["true"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if probe.returncode != 0:
         setup_failure("cannot create a network namespace with `%s true`: %s"
@@ -211,6 +228,9 @@ def outer(args):
         inner.append("--keep")
     if args.no_trace:
         inner.append("--no-trace")
+    if args.tls_ca:
+        inner += ["--tls-ca", os.path.abspath(args.tls_ca), "--tls-cert", os.path.abspath(args.tls_cert),
+                  "--tls-key", os.path.abspath(args.tls_key)]
     log("entering a private network namespace: " + " ".join(inner))
     try:
         p = subprocess.run(inner, timeout=args.timeout + 60, preexec_fn=die_with_parent)
@@ -237,6 +257,49 @@ def loopback_up():
     others = [name for _, name in socket.if_nameindex() if name != "lo"]
     if others:
         setup_failure("not in a private network namespace: interfaces %s are visible" % others)
+
+
+def bind_mount(source, target):
+    """`mount --bind source target`, with the system call so that the mount
+    package is not needed (as loopback_up does without iproute2)."""
+    import ctypes
+    MS_BIND = 4096
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(source.encode(), target.encode(), None, MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def install_ca_policy(firefox, ca, work):
+    """Makes Firefox trust `ca` the way an administrator would: an enterprise
+    policy (`Certificates.Install`) in policies.json. Firefox reads it from
+    the `distribution` directory beside its binary, or first from
+    /etc/firefox/policies/ (Debian's system policies) when that file exists;
+    ours is bind-mounted over both in this private mount namespace, so the
+    host's install stays as it was."""
+    app_dir = os.path.dirname(os.path.realpath(firefox))
+    dist = os.path.join(app_dir, "distribution")
+    if not os.path.isdir(dist):
+        setup_failure("Firefox has no distribution directory at %s to hold the test CA's "
+                      "policies.json" % dist)
+    ours = os.path.join(work, "distribution")
+    # Keep what the package ships there (search plugins), add the policy.
+    shutil.copytree(dist, ours, symlinks=True, dirs_exist_ok=True)
+    policies = os.path.join(ours, "policies.json")
+    with open(policies, "w") as f:
+        json.dump({"policies": {"Certificates": {"Install": [ca]}}}, f)
+    mounts = [(ours, dist)]
+    for etc in ("/etc/firefox", "/etc/firefox-esr"):
+        system = os.path.join(etc, "policies", "policies.json")
+        if os.path.exists(system):
+            mounts.append((policies, system))
+    for source, target in mounts:
+        try:
+            bind_mount(source, target)
+        except OSError as e:
+            setup_failure("cannot bind-mount %s over %s in the private mount namespace: %s"
+                          % (source, target, e))
+        log("policies.json (Certificates.Install %s) laid over %s" % (ca, target))
 
 
 class State:
@@ -474,9 +537,10 @@ class FrameLog:
 
 def user_js(ua_url):
     prefs = {
-        # Herald as the push service.
+        # Herald as the push service; a ws:// one needs the testing pref, a
+        # wss:// one is what production uses and goes without it.
         "dom.push.serverURL": ua_url,
-        "dom.push.testing.allowInsecureServerURL": True,
+        "dom.push.testing.allowInsecureServerURL": ua_url.startswith("ws://"),
         "dom.push.enabled": True,
         "dom.push.connection.enabled": True,
         "dom.push.loglevel": "debug",
@@ -583,6 +647,8 @@ class Scenario:
         self.procs = []
         self.results = []   # (name, ok, detail)
         self.frames = None
+        self.tls = args.tls_ca is not None
+        self.ua_scheme, self.as_scheme = ("wss", "https") if self.tls else ("ws", "http")
 
     # -- helpers ----------------------------------------------------------
 
@@ -636,18 +702,28 @@ class Scenario:
     def start_herald(self):
         data = os.path.join(self.work, "herald-data")
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "debug"))
+        tls = ["--tls-cert", self.args.tls_cert, "--tls-key", self.args.tls_key] if self.tls else []
         self.herald = self.spawn("herald", [
             self.args.herald, "serve", "--data-dir", data,
             "--ua-listen", "127.0.0.1:%d" % UA_PORT, "--as-listen", "127.0.0.1:%d" % AS_PORT,
-            "--admin-listen", "127.0.0.1:%d" % ADMIN_PORT, "--shards", "2"], env)
+            "--admin-listen", "127.0.0.1:%d" % ADMIN_PORT, "--shards", "2"] + tls, env)
+        health = "%s://127.0.0.1:%d/health" % (self.as_scheme, AS_PORT)
+        # A readiness probe only, so it does not judge the certificate:
+        # whether it is trusted is for Firefox and the senders to say.
+        probe_tls = None
+        if self.tls:
+            probe_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            probe_tls.check_hostname = False
+            probe_tls.verify_mode = ssl.CERT_NONE
         deadline = time.time() + 20
         while time.time() < deadline:
             if self.herald.poll() is not None:
                 setup_failure("herald exited at startup:\n" + tail(os.path.join(self.work, "herald.log")))
             try:
-                with urllib.request.urlopen("http://127.0.0.1:%d/health" % AS_PORT, timeout=2) as r:
+                with urllib.request.urlopen(health, timeout=2, context=probe_tls) as r:
                     if r.status == 200:
-                        log("herald is up (UA ws://127.0.0.1:%d, AS http://127.0.0.1:%d)" % (UA_PORT, AS_PORT))
+                        log("herald is up (UA %s://127.0.0.1:%d, AS %s://127.0.0.1:%d)"
+                            % (self.ua_scheme, UA_PORT, self.as_scheme, AS_PORT))
                         return
             except OSError:
                 pass
@@ -659,8 +735,8 @@ class Scenario:
         home = os.path.join(self.work, "home")
         os.makedirs(profile, exist_ok=True)
         os.makedirs(home, exist_ok=True)
-        port = UA_PORT if self.args.no_trace else PROXY_PORT
-        ua_url = "ws://127.0.0.1:%d/" % port
+        port = PROXY_PORT if self.frames is not None else UA_PORT
+        ua_url = "%s://127.0.0.1:%d/" % (self.ua_scheme, port)
         with open(os.path.join(profile, "user.js"), "w") as f:
             f.write(user_js(ua_url))
         env = dict(os.environ, HOME=home, MOZ_HEADLESS="1", MOZ_CRASHREPORTER_DISABLE="1",
@@ -697,6 +773,20 @@ class Scenario:
             time.sleep(0.25)
         raise TimeoutError("Firefox's push client did not complete a hello with Herald within 90 s")
 
+    def wait_for_herald_to_see_close(self):
+        """Without the frame log, the restarted Firefox's hello is seen as
+        herald_connections going from 0 to 1: wait (bounded) until Herald has
+        closed the stopped Firefox's socket. Should the gauge not get there,
+        the page's own subscribe() retries take over, as in
+        wait_for_push_client."""
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if herald_metric("herald_connections") == 0:
+                log("Herald has closed the stopped Firefox's connection (/metrics)")
+                return
+            time.sleep(0.1)
+        log("herald_connections did not reach 0 within 20 s; relying on the page's subscribe() retries")
+
     def sub_info(self):
         s = self.state.subscription
         return {"endpoint": s["endpoint"], "keys": {"p256dh": s["keys"]["p256dh"], "auth": s["keys"]["auth"]}}
@@ -721,8 +811,9 @@ class Scenario:
         req = {"subscription": self.sub_info(), "payload": data, "contentEncoding": encoding, "ttl": 60,
                "vapid": {"subject": self.subject, "publicKey": self.vapid_public_b64,
                          "privateKey": self.vapid_private_b64}}
+        env = dict(os.environ, NODE_EXTRA_CA_CERTS=self.args.tls_ca) if self.tls else None
         p = subprocess.run(["node", os.path.join(HERE, "send_webpush.js")], input=json.dumps(req).encode(),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60, cwd=HERE)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60, cwd=HERE, env=env)
         if p.returncode != 0:
             return None, "send_webpush.js failed: " + p.stderr.decode(errors="replace")[-1500:]
         out = json.loads(p.stdout)
@@ -787,6 +878,8 @@ class Scenario:
         t0 = time.time()
         self.stop_firefox()
         log("Firefox stopped (%.1f s)" % (time.time() - t0))
+        if self.frames is None:
+            self.wait_for_herald_to_see_close()
         # Firefox's socket is closed (the frame log shows its EOF). Should
         # Herald not have noticed yet, the message goes unacked to the dead
         # socket and must be re-sent on the next connection (SPEC 3.4):
@@ -825,8 +918,14 @@ class Scenario:
 
     def run(self):
         self.make_vapid()
+        if self.tls:
+            install_ca_policy(self.args.firefox, self.args.tls_ca, self.work)
+            # requests (pywebpush's HTTP client) trusts this bundle only.
+            os.environ["REQUESTS_CA_BUNDLE"] = self.args.tls_ca
         self.start_herald()
-        if not self.args.no_trace:
+        if self.tls:
+            log("TLS: Firefox connects to Herald directly (the frame-logging proxy cannot read TLS)")
+        elif not self.args.no_trace:
             self.frames = FrameLog(os.path.join(self.work, "ws-frames.log"), self.state)
         make_page_server(self.state)
         self.start_firefox()
@@ -842,7 +941,7 @@ class Scenario:
             self.check("subscribe", False, "pushManager.subscribe() failed in Firefox: %s" % sub["error"])
             return
         endpoint = sub.get("endpoint", "")
-        prefix = "http://127.0.0.1:%d/wpush/v2/" % AS_PORT
+        prefix = "%s://127.0.0.1:%d/wpush/v2/" % (self.as_scheme, AS_PORT)
         if not self.check("subscribe (applicationServerKey -> VAPID v2 endpoint)",
                           endpoint.startswith(prefix) and sub.get("keys", {}).get("p256dh") and sub["keys"].get("auth"),
                           "subscription %s" % json.dumps(sub)):
@@ -862,9 +961,10 @@ class Scenario:
         self.send_and_expect("web-push (npm) aesgcm",
                              lambda: self.webpush_js_send("hello from web-push aesgcm", "aesgcm"),
                              "hello from web-push aesgcm")
-        self.send_and_expect("herald push --data (aes128gcm, VAPID from PEM)",
-                             lambda: self.herald_push_send("hello from herald push"),
-                             "hello from herald push")
+        if not self.tls:
+            self.send_and_expect("herald push --data (aes128gcm, VAPID from PEM)",
+                                 lambda: self.herald_push_send("hello from herald push"),
+                                 "hello from herald push")
 
         self.restart_firefox_with_pending_message()
 
@@ -950,7 +1050,14 @@ def main():
     ap.add_argument("--no-trace", action="store_true",
                     help="connect Firefox to Herald directly, without the frame-logging proxy")
     ap.add_argument("--timeout", type=int, default=300, help="deadline for the whole scenario (s)")
+    ap.add_argument("--tls-ca", help="CA certificate (PEM) that Firefox and the senders trust; "
+                    "with --tls-cert and --tls-key, the run is over wss:// and https://")
+    ap.add_argument("--tls-cert", help="Herald's certificate (PEM), signed by --tls-ca")
+    ap.add_argument("--tls-key", help="Herald's private key (PEM)")
     args = ap.parse_args()
+    tls = [args.tls_ca, args.tls_cert, args.tls_key]
+    if any(tls) and not all(tls):
+        ap.error("--tls-ca, --tls-cert and --tls-key go together")
     if args.inside:
         sys.exit(inside(args))
     sys.exit(outer(args))

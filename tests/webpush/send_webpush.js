@@ -2,9 +2,11 @@
 // Sends one Web Push message with the `web-push` npm package, unchanged.
 //
 // `webpush.sendNotification` only speaks HTTPS, and the Herald under test
-// listens on plain HTTP on loopback: so this builds the request with the
-// library's own `generateRequestDetails` (encryption, VAPID headers, TTL, all
-// done by web-push) and sends exactly that request with Node's http module.
+// listens on plain HTTP on loopback in one run, on HTTPS in the other: so
+// this builds the request with the library's own `generateRequestDetails`
+// (encryption, VAPID headers, TTL, all done by web-push) and sends exactly
+// that request with Node's http or https module (the latter is what
+// sendNotification uses; it trusts the test CA through NODE_EXTRA_CA_CERTS).
 //
 // stdin: JSON {subscription, payload (string or null), contentEncoding,
 //              ttl, vapid: {subject, publicKey, privateKey}}
@@ -12,6 +14,7 @@
 'use strict';
 
 const http = require('http');
+const https = require('https');
 const webpush = require('web-push');
 
 function readStdin() {
@@ -37,11 +40,12 @@ async function main() {
     options,
   );
   const url = new URL(details.endpoint);
-  if (url.protocol !== 'http:') {
-    throw new Error(`this script sends plain HTTP only, endpoint is ${details.endpoint}`);
+  const transport = { 'http:': http, 'https:': https }[url.protocol];
+  if (transport === undefined) {
+    throw new Error(`not an http(s) endpoint: ${details.endpoint}`);
   }
   const result = await new Promise((resolve, reject) => {
-    const req = http.request({
+    const req = transport.request({
       method: details.method,
       hostname: url.hostname,
       port: url.port,
