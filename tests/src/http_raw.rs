@@ -303,7 +303,7 @@ mod tests {
         let t = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
             let (_h, _rest) = read_http_head(&mut s, DEADLINE).unwrap();
-            s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 39\r\n\r\n{\"code\":400,\"errno\":1,\"error\":\"x\",\"m\":1}").unwrap();
+            s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 40\r\n\r\n{\"code\":400,\"errno\":1,\"error\":\"x\",\"m\":1}").unwrap();
         });
         let r = raw_http(
             &addr,
