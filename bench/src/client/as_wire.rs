@@ -90,6 +90,8 @@ pub struct Answer {
     pub length: usize,
     /// The server will close the connection (`Connection: close`).
     pub close: bool,
+    /// The answer says when to retry (`Retry-After`).
+    pub retry_after: bool,
 }
 
 /// The first answer in `input`, once all of it (body included) is there.
@@ -112,11 +114,16 @@ fn parse_answer(input: &[u8]) -> io::Result<Option<Answer>> {
         header.name.eq_ignore_ascii_case("connection")
             && header.value.eq_ignore_ascii_case(b"close")
     });
+    let retry_after = response
+        .headers
+        .iter()
+        .any(|header| header.name.eq_ignore_ascii_case("retry-after"));
     let length = head.saturating_add(body);
     Ok((input.len() >= length).then_some(Answer {
         status: response.code.unwrap_or(0),
         length,
         close,
+        retry_after,
     }))
 }
 
@@ -154,7 +161,8 @@ mod tests {
             Some(Answer {
                 status: 201,
                 length: answer.len(),
-                close: true
+                close: true,
+                retry_after: false,
             })
         );
         assert!(parse_answer(b"HTTP/1.1 2x1\r\n\r\n").is_err());

@@ -28,23 +28,23 @@ impl<D: Dial> Pusher<D> {
     /// if the server closed the previous connection; after an error the
     /// next push starts on a new one.
     pub async fn push(&mut self, path: &str, push: Push<'_>) -> io::Result<u16> {
-        let mut statuses = Vec::with_capacity(1);
-        self.push_pipelined(&[(path, push)], &mut statuses).await?;
-        statuses
+        let mut answers = Vec::with_capacity(1);
+        self.push_pipelined(&[(path, push)], &mut answers).await?;
+        answers
             .first()
-            .copied()
+            .map(|answer| answer.status)
             .ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
     }
 
-    /// Sends `pushes` pipelined, in one write, and puts the statuses of the
-    /// answers into `statuses`, in order: fewer than `pushes` if the server
-    /// closed the connection after answering some.
+    /// Sends `pushes` pipelined, in one write, and puts their answers into
+    /// `answers`, in order: fewer than `pushes` if the server closed the
+    /// connection after answering some.
     pub async fn push_pipelined(
         &mut self,
         pushes: &[(&str, Push<'_>)],
-        statuses: &mut Vec<u16>,
+        answers: &mut Vec<Answer>,
     ) -> io::Result<()> {
-        statuses.clear();
+        answers.clear();
         self.wire.start(self.target, pushes);
         let stream = match &mut self.stream {
             Some(stream) => stream,
@@ -53,7 +53,7 @@ impl<D: Dial> Pusher<D> {
                 self.stream.insert(self.dial.dial(self.target)?)
             }
         };
-        match exchange(stream, &mut self.wire, pushes.len(), statuses).await {
+        match exchange(stream, &mut self.wire, pushes.len(), answers).await {
             Ok(closed) => {
                 if closed {
                     self.stream = None;
@@ -69,20 +69,20 @@ impl<D: Dial> Pusher<D> {
 }
 
 /// Writes what `wire` holds and reads up to `count` answers into
-/// `statuses`; true if the server closes the connection after the last.
+/// `answers`; true if the server closes the connection after the last.
 async fn exchange<S>(
     stream: &mut S,
     wire: &mut AsWire,
     count: usize,
-    statuses: &mut Vec<u16>,
+    answers: &mut Vec<Answer>,
 ) -> io::Result<bool>
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
 {
     write_out(stream, wire).await?;
-    while statuses.len() < count {
+    while answers.len() < count {
         let answer: Answer = wait_for(stream, wire, AsWire::take_answer).await?;
-        statuses.push(answer.status);
+        answers.push(answer);
         if answer.close {
             return Ok(true);
         }

@@ -159,7 +159,7 @@ fn idle(cli: &Cli, args: &IdleArgs) {
     );
 }
 
-const LOAD_FIGURES: [&str; 10] = [
+const LOAD_FIGURES: [&str; 12] = [
     "delivered_per_s",
     "accepted_per_s",
     "to_ua.p50_ms",
@@ -170,6 +170,8 @@ const LOAD_FIGURES: [&str; 10] = [
     "server_cpu_s",
     "generator_cpu_s",
     "refused",
+    "refused_without_retry_after",
+    "rss_bytes_max",
 ];
 
 fn load_params(args: &LoadArgs) -> Value {

@@ -1,6 +1,7 @@
 //! The plots of bench/RESULTS.md, drawn from the JSON results: latency
-//! percentiles against offered load, and delivered notifications per second
-//! over each throughput run (single node and floor; cluster).
+//! percentiles against offered load, delivered notifications per second
+//! over each throughput run (single node and floor; cluster), and the
+//! server's RSS over each run.
 
 use std::path::Path;
 
@@ -30,6 +31,11 @@ pub fn draw(out: &Path) {
     } else {
         timeline_plot(&timelines, &out.join("throughput_timeline.svg"));
     }
+    let with_rss: Vec<Value> = ["throughput", "floor", "latency"]
+        .iter()
+        .filter_map(|scenario| read(out, scenario))
+        .collect();
+    rss_plot(&with_rss, &out.join("rss_timeline.svg"));
     draw_cluster(out);
 }
 
@@ -155,26 +161,56 @@ fn latency_plot(latency: &Value, path: &Path) {
 
 /// Every run's delivered/s per 100 ms bucket, Herald's modes and the floor.
 fn timeline_plot(results: &[Value], path: &Path) {
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let bucket_s = crate::worker::TIMELINE_BUCKET_US as f64 / 1e6;
+    // Closed-loop runs only: a paced run's line is its pacing.
+    let series = series_of(results, "delivered_per_s_timeline", bucket_s, 1.0, |run| {
+        run["offered_per_s"].as_f64() == Some(0.0)
+    });
+    line_plot(
+        &series,
+        path,
+        "Delivered notifications per second over each run (100 ms buckets)",
+        "delivered/s",
+    );
+}
+
+/// Every run's server RSS, sampled once a second (`rss_bytes_timeline`).
+fn rss_plot(results: &[Value], path: &Path) {
+    let series = series_of(results, "rss_bytes_timeline", 1.0, 1e-6, |_| true);
+    if series.iter().all(|(_, points)| points.is_empty()) {
+        return;
+    }
+    line_plot(
+        &series,
+        path,
+        "Server RSS over each run (once a second)",
+        "RSS, MB",
+    );
+}
+
+/// One labelled line per run of `results` that `keep` keeps: the run's
+/// array `field`, one point per `step_s` seconds, values times `scale`.
+fn series_of(
+    results: &[Value],
+    field: &str,
+    step_s: f64,
+    scale: f64,
+    keep: impl Fn(&Value) -> bool,
+) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut series = Vec::new();
     for result in results {
-        // Closed-loop runs only: a paced run's line is its pacing.
-        let unpaced = result["runs"]
+        let runs = result["runs"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|run| run["offered_per_s"].as_f64() == Some(0.0));
-        for run in unpaced {
-            let points: Vec<(f64, f64)> = run["delivered_per_s_timeline"]
+            .filter(|run| keep(run));
+        for run in runs {
+            let points: Vec<(f64, f64)> = run[field]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .enumerate()
-                .filter_map(|(bucket, rate)| {
-                    Some((
-                        bucket as f64 * crate::worker::TIMELINE_BUCKET_US as f64 / 1e6,
-                        rate.as_f64()?,
-                    ))
-                })
+                .filter_map(|(index, value)| Some((index as f64 * step_s, value.as_f64()? * scale)))
                 .collect();
             series.push((
                 format!(
@@ -186,6 +222,11 @@ fn timeline_plot(results: &[Value], path: &Path) {
             ));
         }
     }
+    series
+}
+
+/// Draws `series` (labelled "<target> run <n>"), one colour per target.
+fn line_plot(series: &[(String, Vec<(f64, f64)>)], path: &Path, caption: &str, y_desc: &str) {
     let x_max = series
         .iter()
         .flat_map(|(_, points)| points.iter().map(|p| p.0))
@@ -198,10 +239,7 @@ fn timeline_plot(results: &[Value], path: &Path) {
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     let _ = root.fill(&WHITE);
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Delivered notifications per second over each run (100 ms buckets)",
-            ("sans-serif", 20),
-        )
+        .caption(caption, ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
@@ -210,14 +248,14 @@ fn timeline_plot(results: &[Value], path: &Path) {
     let _ = chart
         .configure_mesh()
         .x_desc("seconds")
-        .y_desc("delivered/s")
+        .y_desc(y_desc)
         .draw();
     let targets = unique(
         series
             .iter()
             .map(|(label, _)| label.split(" run ").next().unwrap_or_default().to_owned()),
     );
-    for (label, points) in &series {
+    for (label, points) in series {
         let target = label.split(" run ").next().unwrap_or_default();
         let colour = COLOURS[targets.iter().position(|t| t == target).unwrap_or(0) % COLOURS.len()];
         if let Ok(drawn) =

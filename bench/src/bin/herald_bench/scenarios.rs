@@ -2,6 +2,8 @@
 //! processes through their phases and turns their reports into figures.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -161,6 +163,35 @@ fn us_per(cpu_seconds: f64, events: u64) -> f64 {
     cpu_seconds * 1e6 / events.max(1) as f64
 }
 
+/// Reads the server's RSS once a second on a thread of its own, from
+/// `start` until `stop`.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl RssSampler {
+    fn start(pids: Vec<u32>) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                samples.push(crate::server::rss_of(&pids));
+                // A sampling period, not a wait for an event.
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            samples
+        });
+        RssSampler { stop, thread }
+    }
+
+    fn stop(self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
 /// One load run against a fresh `target`, placed by `placement`; `rate` 0 =
 /// as fast as it answers.
 pub fn load_run(
@@ -190,7 +221,9 @@ pub fn load_run(
     let commands_before = server.redis().map(crate::redis::command_stats);
     let machine_before = machine_cpu_seconds();
     tell_start(&mut processes);
+    let rss = RssSampler::start(server.pids());
     let done = processes.collect("done");
+    let rss_timeline = rss.stop();
     let server_cpu = server.cpu_seconds() - cpu_before;
     let (machine_cpu, steal) = machine_cpu_seconds();
     let (machine_cpu, steal) = (machine_cpu - machine_before.0, steal - machine_before.1);
@@ -235,6 +268,10 @@ pub fn load_run(
         "uas": sum(&connected, "uas"),
         "accepted": accepted,
         "refused": sum(&done, "refused"),
+        "refused_without_retry_after": sum(&done, "refused_without_retry_after"),
+        // The server's resident memory once a second over the run.
+        "rss_bytes_timeline": rss_timeline,
+        "rss_bytes_max": rss_timeline.iter().max(),
         "delivered": delivered,
         "unmatched": sum(&done, "unmatched"),
         "accepted_per_s": accepted as f64 / args.seconds,

@@ -121,10 +121,12 @@ impl UnderTest {
 
     /// Resident memory of the Herald processes together.
     pub fn rss_bytes(&self) -> u64 {
-        self.servers
-            .iter()
-            .filter_map(|server| herald_bench::proc::rss_bytes(server.pid()))
-            .sum()
+        rss_of(&self.pids())
+    }
+
+    /// The server processes (Herald nodes, or the floor).
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers.iter().map(Server::pid).collect()
     }
 
     /// CPU time of the Herald processes together.
@@ -150,6 +152,13 @@ impl UnderTest {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Resident memory of processes `pids` together.
+pub fn rss_of(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| herald_bench::proc::rss_bytes(*pid))
+        .sum()
 }
 
 /// Points `herald serve` at the config of every Herald under test, in a new

@@ -258,6 +258,8 @@ struct Load {
     delivered: Cell<u64>,
     accepted: Cell<u64>,
     refused: Cell<u64>,
+    /// 429s and 503s without `Retry-After`.
+    refused_without_retry_after: Cell<u64>,
     unmatched: Cell<u64>,
     /// Deliveries per TIMELINE_BUCKET_US since the start.
     timeline: RefCell<Vec<u64>>,
@@ -269,6 +271,16 @@ struct Load {
 }
 
 impl Load {
+    /// A push to `ua` sent at `sent` was answered `status` (None: failed)
+    /// now; a refusal should say when to retry (`retry_after`).
+    fn on_answer(&self, ua: usize, sent: u64, status: Option<u16>, retry_after: bool) {
+        if matches!(status, Some(429 | 503)) && !retry_after {
+            self.refused_without_retry_after
+                .set(self.refused_without_retry_after.get() + 1);
+        }
+        self.on_answered(ua, sent, matches!(status, Some(200..=202)));
+    }
+
     /// A push to `ua` sent at `sent` was answered (or failed) now.
     fn on_answered(&self, ua: usize, sent: u64, accepted: bool) {
         if accepted {
@@ -366,7 +378,7 @@ async fn push_loop(
     let mut version = now_us();
     let mut next = 0;
     let mut batch = Vec::with_capacity(depth);
-    let mut statuses = Vec::with_capacity(depth);
+    let mut answers = Vec::with_capacity(depth);
     loop {
         let mut now = now_us();
         if spec.rate > 0.0 {
@@ -396,9 +408,16 @@ async fn push_loop(
         }
         let requests: Vec<(&str, Push<'_>)> =
             batch.iter().map(|&(_, path, push)| (path, push)).collect();
-        let sent = pusher.push_pipelined(&requests, &mut statuses).await;
+        let sent = pusher.push_pipelined(&requests, &mut answers).await;
         for (index, &(ua, _, _)) in batch.iter().enumerate() {
-            load.on_answered(ua, now, matches!(statuses.get(index), Some(200..=202)));
+            let answer = answers.get(index);
+            let status = answer.map(|answer| answer.status);
+            load.on_answer(
+                ua,
+                now,
+                status,
+                answer.is_some_and(|answer| answer.retry_after),
+            );
         }
         if sent.is_err() {
             sleep(Duration::from_millis(10)).await;
@@ -450,9 +469,11 @@ async fn push_loop_h2(
                 };
                 load.in_flight.borrow_mut()[*ua].push_back(now);
                 let answer = sender.send("POST", path, headers, body).await;
-                let accepted =
-                    matches!(&answer, Ok(answer) if (200..=202).contains(&answer.status));
-                load.on_answered(*ua, now, accepted);
+                let (status, retry_after) = match &answer {
+                    Ok(answer) => (Some(answer.status), answer.header("retry-after").is_some()),
+                    Err(_) => (None, false),
+                };
+                load.on_answer(*ua, now, status, retry_after);
                 if answer.is_err() {
                     return;
                 }
@@ -471,6 +492,7 @@ async fn load(spec: &Spec) -> Value {
         delivered: Cell::new(0),
         accepted: Cell::new(0),
         refused: Cell::new(0),
+        refused_without_retry_after: Cell::new(0),
         unmatched: Cell::new(0),
         timeline: RefCell::new(Vec::new()),
         to_ua: RefCell::new(new_histogram()),
@@ -511,6 +533,7 @@ async fn load(spec: &Spec) -> Value {
         "phase": "done",
         "accepted": load.accepted.get(),
         "refused": load.refused.get(),
+        "refused_without_retry_after": load.refused_without_retry_after.get(),
         "delivered": load.delivered.get(),
         "unmatched": load.unmatched.get(),
         "start_us": load.started_us,
