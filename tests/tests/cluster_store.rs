@@ -194,7 +194,7 @@ fn a_registered_ua_at_rest_is_one_compact_key() {
             }
             let seen = Record::UaidCreated { uaid, at_ms: 9 };
             write(&x, &[seen.clone(), registered(uaid, 1), keyed.clone()]).await;
-            write(&x, &[message.clone()]).await;
+            write(&x, &[message]).await;
             assert_eq!(
                 request(owner_of(&redis, &messages), &["EXISTS", &messages]).expect("EXISTS"),
                 OwnedFrame::Integer(1),
