@@ -34,6 +34,9 @@ pub struct ClusterNode {
     pub forward_failures: Cell<u64>,
 }
 
+/// Where a lookup's answer goes: the claim token in `o`, if any.
+type TokenSender = LocalSender<Option<Vec<u8>>>;
+
 /// A shard's holder lookups waiting for the next Redis round trip. The
 /// lookups that arrive while one batch is out go together in the next: one
 /// at a time, a shard admitted one push per round trip, and its writer's
@@ -41,7 +44,7 @@ pub struct ClusterNode {
 /// shard's AS requests in flight, which the listener's limits bound.
 #[derive(Default)]
 struct Lookups {
-    waiting: RefCell<Vec<(Command, LocalSender<Option<Vec<u8>>>)>>,
+    waiting: RefCell<Vec<(Command, TokenSender)>>,
     /// A task is sending batches; it stops once the queue is empty.
     sending: Cell<bool>,
 }
