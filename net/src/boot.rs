@@ -3,7 +3,6 @@
 //! listeners, tick the engine's timers and publish metrics, and drain on
 //! shutdown.
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -463,11 +462,6 @@ async fn open_cluster(
         shared.held[index].clone(),
     );
     let link = NodeLink::new(cluster.node_url.clone(), config.keys.node_link_secret());
-    let node = ClusterNode {
-        reader,
-        link: Rc::new(link),
-        forwards: Cell::new(0),
-        forward_failures: Cell::new(0),
-    };
+    let node = ClusterNode::new(reader, link);
     Ok((ShardStore::Cluster(log), Vec::new(), Some(node)))
 }

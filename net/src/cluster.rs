@@ -9,9 +9,10 @@
 //! claims the UA, loads it, stores the message and lets go
 //! (`engine/src/shard/residency.rs`).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use glommio::channels::local_channel::{self, LocalSender};
 use herald_engine::Uaid;
 use herald_store::cluster::ua_keys;
 use herald_store::redis::{ClusterClient, Command, RedisError, Reply};
@@ -24,7 +25,8 @@ const BROADCASTS_KEY: &[u8] = b"{herald}broadcasts";
 /// What a shard of a cluster node has besides its store.
 pub struct ClusterNode {
     /// Reads where UAs are held (the store's own client carries writes).
-    pub reader: ClusterClient,
+    pub reader: Rc<ClusterClient>,
+    lookups: Rc<Lookups>,
     pub link: Rc<NodeLink>,
     /// AS requests sent to the node holding their UA, and those whose
     /// holder could not be reached (for `/metrics`).
@@ -32,7 +34,32 @@ pub struct ClusterNode {
     pub forward_failures: Cell<u64>,
 }
 
+/// Where a lookup's answer goes: the claim token in `o`, if any.
+type TokenSender = LocalSender<Option<Vec<u8>>>;
+
+/// A shard's holder lookups waiting for the next Redis round trip. The
+/// lookups that arrive while one batch is out go together in the next: one
+/// at a time, a shard admitted one push per round trip, and its writer's
+/// group commit found almost nothing to group. The queue is as long as the
+/// shard's AS requests in flight, which the listener's limits bound.
+#[derive(Default)]
+struct Lookups {
+    waiting: RefCell<Vec<(Command, TokenSender)>>,
+    /// A task is sending batches; it stops once the queue is empty.
+    sending: Cell<bool>,
+}
+
 impl ClusterNode {
+    pub fn new(reader: ClusterClient, link: NodeLink) -> ClusterNode {
+        ClusterNode {
+            reader: Rc::new(reader),
+            lookups: Rc::default(),
+            link: Rc::new(link),
+            forwards: Cell::new(0),
+            forward_failures: Cell::new(0),
+        }
+    }
+
     /// The node URL of the other node that holds `uaid`, if one does. Redis
     /// unreachable reads as "none": the shard's own claim then fails too,
     /// and the AS gets its 503 from there.
@@ -42,11 +69,14 @@ impl ClusterNode {
             &ua_key,
             vec![b"HGET".to_vec(), ua_key.clone(), b"o".to_vec()],
         );
-        let replies = self.reader.run(&[lookup], false).await.ok()?;
-        let Some(Reply::Bulk(token)) = replies.into_iter().next() else {
-            return None;
-        };
-        let token = String::from_utf8(token).ok()?;
+        let (answer, token) = local_channel::new_bounded(1);
+        self.lookups.waiting.borrow_mut().push((lookup, answer));
+        if !self.lookups.sending.replace(true) {
+            // A task of its own, not this request: a request whose AS hangs
+            // up is dropped mid-await, and must not strand the others.
+            glommio::spawn_local(send_lookups(self.reader.clone(), self.lookups.clone())).detach();
+        }
+        let token = String::from_utf8(token.recv().await.flatten()?).ok()?;
         let node = token.split(' ').next().unwrap_or_default();
         (!node.is_empty() && node != self.link.own_url).then(|| node.to_owned())
     }
@@ -92,5 +122,30 @@ impl ClusterNode {
             }
         }
         Ok(broadcasts)
+    }
+}
+
+/// Sends the queued lookups, all of them per batch, until none is left.
+async fn send_lookups(reader: Rc<ClusterClient>, lookups: Rc<Lookups>) {
+    loop {
+        let batch = std::mem::take(&mut *lookups.waiting.borrow_mut());
+        if batch.is_empty() {
+            lookups.sending.set(false);
+            return;
+        }
+        let (commands, answers): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        let mut replies = reader
+            .run(&commands, false)
+            .await
+            .ok()
+            .into_iter()
+            .flatten();
+        for answer in answers {
+            let token = match replies.next() {
+                Some(Reply::Bulk(token)) => Some(token),
+                _ => None,
+            };
+            let _ = answer.try_send(token);
+        }
     }
 }

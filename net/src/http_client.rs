@@ -3,8 +3,7 @@
 //! (`node_link.rs`). Responses are framed by Content-Length only (both
 //! peers are Herald or a small proxy), with bounded heads and bodies.
 
-use futures_lite::AsyncReadExt;
-use glommio::net::TcpStream;
+use futures_lite::{AsyncRead, AsyncReadExt};
 
 /// Largest response head and body accepted from a peer.
 const RESPONSE_HEAD_BYTES_MAX: usize = 8 * 1024;
@@ -46,7 +45,7 @@ pub struct Response {
 /// Reads one response (head via httparse, body by Content-Length) from
 /// `buffer` + the stream; leaves any following bytes in `buffer`.
 pub async fn read_response(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     buffer: &mut Vec<u8>,
 ) -> Result<Response, &'static str> {
     loop {
@@ -96,7 +95,10 @@ pub async fn read_response(
     }
 }
 
-async fn read_some(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(), &'static str> {
+async fn read_some(
+    stream: &mut (impl AsyncRead + Unpin),
+    buffer: &mut Vec<u8>,
+) -> Result<(), &'static str> {
     let mut chunk = [0u8; 2048];
     match stream.read(&mut chunk).await {
         Ok(0) => Err("the peer closed the connection"),

@@ -9,13 +9,15 @@ use std::rc::Rc;
 
 use glommio::spawn_local;
 use glommio_support::block_on;
-use herald_engine::message::Registration;
+use herald_engine::message::{MessageBody, Registration, Removal, StoredMessage, Urgency};
 use herald_engine::record::Record;
 use herald_engine::{ChannelId, Uaid};
 use herald_store::cluster::{ClusterLog, ClusterLogOptions, SCRIPTS};
 use herald_store::redis::{parse_seeds, ClusterClient, RedisConfig};
 use herald_store::RecordLog;
+use herald_tests::redis_cluster::request;
 use herald_tests::RedisCluster;
+use redis_protocol::resp2::types::OwnedFrame;
 
 /// A node's store, its writer running.
 async fn node(seeds: &str, node_url: &str) -> ClusterLog {
@@ -144,4 +146,92 @@ fn a_minted_ua_is_created_by_its_first_write_and_an_anonymous_one_leaves_nothing
         assert!(read.records.is_empty());
         assert_eq!(read.previous, None, "the anonymous UA's keys were deleted");
     });
+}
+
+/// The master serving `key`: the one that does not redirect a read of it.
+fn owner_of(redis: &RedisCluster, key: &str) -> u16 {
+    redis
+        .masters()
+        .into_iter()
+        .find(|port| {
+            !matches!(request(*port, &["EXISTS", key]),
+                Ok(OwnedFrame::Error(e)) if e.starts_with("MOVED"))
+        })
+        .expect("a master serves the key")
+}
+
+#[test]
+fn a_registered_ua_at_rest_is_one_compact_key() {
+    let redis = Rc::new(RedisCluster::start());
+    let seeds = redis.seeds();
+    let uaid = Uaid([0x33; 16]);
+    let hash = format!("{{{}}}u", uaid.to_hex());
+    let messages = format!("{{{}}}m", uaid.to_hex());
+    let ask = |argv: &[&str]| request(owner_of(&redis, &hash), argv).expect("request");
+    let message = Record::MessageStored(StoredMessage {
+        uaid,
+        channel: ChannelId([1; 16]),
+        seq: 1,
+        arrived_ms: 5,
+        expires_ms: 0,
+        urgency: Urgency::Normal,
+        topic: None,
+        body: MessageBody::Version(1),
+    });
+    let removed = Record::MessageRemoved {
+        uaid,
+        channel: ChannelId([1; 16]),
+        seq: 1,
+        reason: Removal::Acked,
+    };
+    block_on({
+        let (redis, messages) = (redis.clone(), messages.clone());
+        async move {
+            let x = node(&seeds, "http://x.example:1").await;
+            let mut keyed = registered(uaid, 2);
+            if let Record::ChannelRegistered(registration) = &mut keyed {
+                registration.key_hash = Some([0xee; 32]);
+            }
+            let seen = Record::UaidCreated { uaid, at_ms: 9 };
+            write(&x, &[seen.clone(), registered(uaid, 1), keyed.clone()]).await;
+            write(&x, &[message]).await;
+            assert_eq!(
+                request(owner_of(&redis, &messages), &["EXISTS", &messages]).expect("EXISTS"),
+                OwnedFrame::Integer(1),
+                "a pending message has its own key"
+            );
+            write(&x, &[removed]).await;
+            x.release(uaid);
+            x.flush().await.expect("flush");
+            let read = node(&seeds, "http://y.example:1")
+                .await
+                .claim(uaid)
+                .await
+                .expect("claim");
+            assert_eq!(read.records, vec![seen, registered(uaid, 1), keyed]);
+        }
+    });
+    assert_eq!(
+        ask(&["EXISTS", &messages]),
+        OwnedFrame::Integer(0),
+        "no message left"
+    );
+    let OwnedFrame::Integer(slot) = ask(&["CLUSTER", "KEYSLOT", &hash]) else {
+        panic!("CLUSTER KEYSLOT")
+    };
+    assert_eq!(
+        ask(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]),
+        OwnedFrame::Integer(1),
+        "the UA's slot holds its one key"
+    );
+    assert_eq!(ask(&["EXISTS", &hash]), OwnedFrame::Integer(1));
+    // Redis's compact encoding: the whole UA in one small allocation.
+    assert_eq!(
+        ask(&["OBJECT", "ENCODING", &hash]),
+        OwnedFrame::BulkString(b"listpack".to_vec())
+    );
+    let OwnedFrame::Integer(ttl) = ask(&["PTTL", &hash]) else {
+        panic!("PTTL")
+    };
+    assert!(ttl > 0, "the UA's key has a lease (PTTL {ttl})");
 }

@@ -1,7 +1,7 @@
 -- A shard takes a UA (the last claim wins) and reads everything it holds.
--- KEYS: the UA's hash, its channels, its messages (one {uaid} slot).
+-- KEYS: the UA's hash, its messages (one {uaid} slot).
 -- ARGV: token, TTL in ms (0: none).
--- Returns: the previous owner's token ('' if none), then the three hashes.
+-- Returns: the previous owner's token ('' if none), then the two hashes.
 local previous = redis.call('HGET', KEYS[1], 'o') or ''
 redis.call('HSET', KEYS[1], 'o', ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -12,5 +12,4 @@ return {
   previous,
   redis.call('HGETALL', KEYS[1]),
   redis.call('HGETALL', KEYS[2]),
-  redis.call('HGETALL', KEYS[3]),
 }

@@ -1,15 +1,25 @@
-//! How a UA lives in the cluster store: three Redis hashes under one hash
-//! tag, so every script touches one slot.
+//! How a UA lives in the cluster store: two Redis hashes under one hash
+//! tag, so every script touches one slot, and a UA at rest is one key.
 //!
 //! | key | fields |
 //! | --- | --- |
-//! | `{uaid}u` | `o`: the claim's token (`""`: released), `s`: last seen (ms), `w`: wakeup data |
-//! | `{uaid}c` | channel id (16 bytes) → its registration record; `v` + channel id → newest SimplePush version |
-//! | `{uaid}m` | channel id (16 bytes) + seq (8 bytes, big-endian) → the stored message |
+//! | `{uaid}u` | `o`: the claim's token (`""`: released), `s`: last seen (ms), `w`: wakeup data; channel id (16 bytes) → its registration; `v` + channel id → newest SimplePush version |
+//! | `{uaid}m` | channel id (16 bytes) + seq (8 bytes, big-endian) → the stored message (the key exists only while one is pending) |
 //!
-//! Values that are records are the WAL's own encoding (`format.rs`), so a
-//! record means the same thing in both stores and one decoder reads both.
+//! Field names differ by length (1, 16 or 17 bytes), so the UA's own fields
+//! and its channels share one hash. Each Redis key costs ~200 B of
+//! bookkeeping (main table, expires table, slot index) before any data: one
+//! key per UA at rest is what keeps a registered UA near 400 B.
+//!
+//! A plain registration is stored compactly, `r` followed by the VAPID key
+//! hash if it has one (1 or 33 bytes): small values keep the hash in Redis's
+//! compact listpack encoding, which a value over 64 bytes ends for the whole
+//! hash. Every other value that is a record is the WAL's own encoding
+//! (`format.rs`), so a record means the same thing in both stores and one
+//! decoder reads both; a registration of the extended protocol is `a`
+//! followed by its record.
 
+use herald_engine::message::Registration;
 use herald_engine::record::Record;
 use herald_engine::{ChannelId, Uaid};
 
@@ -19,11 +29,17 @@ use crate::StoreError;
 /// A Redis hash as `HGETALL` gives it: (field, value) pairs.
 pub type HashFields = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// The three keys of `uaid`, in the order the scripts take them.
-pub fn ua_keys(uaid: &Uaid) -> [Vec<u8>; 3] {
+/// The keys of `uaid` (its hash, its messages), in the order the scripts
+/// take them.
+pub fn ua_keys(uaid: &Uaid) -> [Vec<u8>; 2] {
     let tag = format!("{{{}}}", uaid.to_hex());
-    ["u", "c", "m"].map(|suffix| format!("{tag}{suffix}").into_bytes())
+    ["u", "m"].map(|suffix| format!("{tag}{suffix}").into_bytes())
 }
+
+/// The tag byte of a plain registration's value.
+const PLAIN_REGISTRATION: u8 = b'r';
+/// The tag byte of an extended-protocol registration's value.
+const APP_REGISTRATION: u8 = b'a';
 
 /// The arguments of `write.lua` after token, mode and TTL: the operation
 /// and its operands.
@@ -39,14 +55,14 @@ pub fn write_op(record: &Record) -> Result<Vec<Vec<u8>>, StoreError> {
             vec![b"wake".to_vec(), value]
         }
         Record::ChannelRegistered(registration) => {
-            vec![
-                b"chan".to_vec(),
-                registration.channel.0.to_vec(),
-                encoded()?,
-            ]
+            let mut value = vec![PLAIN_REGISTRATION];
+            value.extend(registration.key_hash.iter().flatten());
+            vec![b"chan".to_vec(), registration.channel.0.to_vec(), value]
         }
         Record::WebAppRegistered { channel, .. } => {
-            vec![b"chan".to_vec(), channel.0.to_vec(), encoded()?]
+            let mut value = vec![APP_REGISTRATION];
+            value.extend(encoded()?);
+            vec![b"chan".to_vec(), channel.0.to_vec(), value]
         }
         Record::ChannelUnregistered { channel, .. } => {
             vec![b"unchan".to_vec(), channel.0.to_vec()]
@@ -75,36 +91,33 @@ fn message_field(channel: &ChannelId, seq: u64) -> Vec<u8> {
     field
 }
 
-/// The UA's three hashes as `claim.lua` returned them (flat field/value
+/// The UA's two hashes as `claim.lua` returned them (flat field/value
 /// lists), as records that rebuild it: its last-seen time, channels,
 /// versions, wakeup data, then messages in sequence order. Anything that
 /// does not decode is an error: the store holds only what Herald wrote.
 pub fn records_of(
     uaid: Uaid,
     ua: &[(Vec<u8>, Vec<u8>)],
-    channels: &[(Vec<u8>, Vec<u8>)],
     messages: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<Vec<Record>, String> {
-    let mut records = Vec::with_capacity(1 + channels.len() + messages.len());
-    for (field, value) in ua {
-        if field.as_slice() == b"s" {
-            let at_ms = std::str::from_utf8(value)
-                .ok()
-                .and_then(|text| text.parse().ok())
-                .ok_or("a last-seen time that is not a number")?;
-            records.push(Record::UaidCreated { uaid, at_ms });
-        }
-    }
-    // Hashes come back in no order: channels by id, so a UA always loads
+    let mut records = Vec::with_capacity(ua.len() + messages.len());
+    // Hashes come back in no order: fields sorted, so a UA always loads
     // the same way.
-    let mut channels: Vec<&(Vec<u8>, Vec<u8>)> = channels.iter().collect();
-    channels.sort();
-    for (field, value) in &channels {
-        if field.len() == 16 {
-            records.push(decode_for(uaid, value)?);
+    let mut ua: Vec<&(Vec<u8>, Vec<u8>)> = ua.iter().collect();
+    ua.sort();
+    if let Some((_, value)) = ua.iter().find(|(field, _)| field.as_slice() == b"s") {
+        let at_ms = std::str::from_utf8(value)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .ok_or("a last-seen time that is not a number")?;
+        records.push(Record::UaidCreated { uaid, at_ms });
+    }
+    for (field, value) in &ua {
+        if let Ok(channel) = <[u8; 16]>::try_from(field.as_slice()) {
+            records.push(registration_of(uaid, ChannelId(channel), value)?);
         }
     }
-    for (field, value) in &channels {
+    for (field, value) in &ua {
         if field.len() == 17 && field[0] == b'v' {
             let channel = ChannelId(field[1..].try_into().expect("17-byte field"));
             let version = std::str::from_utf8(value)
@@ -118,10 +131,8 @@ pub fn records_of(
             });
         }
     }
-    for (field, value) in ua {
-        if field.as_slice() == b"w" {
-            records.push(decode_for(uaid, value)?);
-        }
+    if let Some((_, value)) = ua.iter().find(|(field, _)| field.as_slice() == b"w") {
+        records.push(decode_for(uaid, value)?);
     }
     let mut stored: Vec<(&Vec<u8>, &Vec<u8>)> = messages.iter().map(|(f, v)| (f, v)).collect();
     // Field = channel + big-endian seq: sort by the seq part.
@@ -130,6 +141,34 @@ pub fn records_of(
         records.push(decode_for(uaid, value)?);
     }
     Ok(records)
+}
+
+/// A channel field's value as the record that registered the channel.
+fn registration_of(uaid: Uaid, channel: ChannelId, value: &[u8]) -> Result<Record, String> {
+    match value.split_first() {
+        Some((&PLAIN_REGISTRATION, key_hash)) => {
+            let key_hash = match key_hash.len() {
+                0 => None,
+                _ => Some(
+                    key_hash
+                        .try_into()
+                        .map_err(|_| "a key hash that is not 32 bytes")?,
+                ),
+            };
+            Ok(Record::ChannelRegistered(Registration {
+                uaid,
+                channel,
+                key_hash,
+            }))
+        }
+        Some((&APP_REGISTRATION, encoded)) => match decode_for(uaid, encoded)? {
+            record @ Record::WebAppRegistered { channel: named, .. } if named == channel => {
+                Ok(record)
+            }
+            _ => Err("a channel field holding another channel's registration".into()),
+        },
+        _ => Err("a channel field that is not a registration".into()),
+    }
 }
 
 /// Decodes a record kept under `uaid`'s keys; one naming another UA is
@@ -149,7 +188,11 @@ fn decode_for(uaid: Uaid, value: &[u8]) -> Result<Record, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_engine::message::{MessageBody, Registration, StoredMessage, Urgency};
+    use herald_engine::message::{MessageBody, StoredMessage, Urgency};
+
+    /// Redis keeps a hash compact (listpack) while every value is at most
+    /// this long (`hash-max-listpack-value`'s default).
+    const LISTPACK_VALUE_MAX: usize = 64;
 
     fn pairs(ops: &[Vec<Vec<u8>>]) -> HashFields {
         ops.iter()
@@ -157,15 +200,18 @@ mod tests {
             .collect()
     }
 
+    fn registered(uaid: Uaid, channel: u8, key_hash: Option<[u8; 32]>) -> Record {
+        Record::ChannelRegistered(Registration {
+            uaid,
+            channel: ChannelId([channel; 16]),
+            key_hash,
+        })
+    }
+
     #[test]
     fn records_round_trip_through_the_hash_layout() {
         let uaid = Uaid([7; 16]);
         let channel = ChannelId([3; 16]);
-        let registered = Record::ChannelRegistered(Registration {
-            uaid,
-            channel,
-            key_hash: None,
-        });
         let message = |seq| {
             Record::MessageStored(StoredMessage {
                 uaid,
@@ -178,22 +224,41 @@ mod tests {
                 body: MessageBody::Version(seq),
             })
         };
-        let channel_ops = [write_op(&registered).unwrap()];
+        let app = Record::WebAppRegistered {
+            uaid,
+            channel: ChannelId([9; 16]),
+            url_token: "token".into(),
+            public_key_der: vec![1, 2, 3],
+        };
+        let version = Record::ChannelVersion {
+            uaid,
+            channel: ChannelId([4; 16]),
+            version: 12,
+        };
+        let channels = [
+            registered(uaid, 4, None),
+            registered(uaid, 3, Some([0xab; 32])),
+            app.clone(),
+        ];
+        let mut ua = pairs(&channels.each_ref().map(|r| write_op(r).unwrap()));
+        // write.lua names a version's field `v` + channel id.
+        ua.push(([&b"v"[..], &[4; 16]].concat(), b"12".to_vec()));
+        ua.push((b"s".to_vec(), b"42".to_vec()));
+        ua.push((b"o".to_vec(), b"x".to_vec()));
         // Stored out of order: the layout must give them back by seq.
         let message_ops = [
             write_op(&message(0x200)).unwrap(),
             write_op(&message(0x1ff)).unwrap(),
         ];
-        let ua = vec![
-            (b"s".to_vec(), b"42".to_vec()),
-            (b"o".to_vec(), b"x".to_vec()),
-        ];
-        let records = records_of(uaid, &ua, &pairs(&channel_ops), &pairs(&message_ops)).unwrap();
+        let records = records_of(uaid, &ua, &pairs(&message_ops)).unwrap();
         assert_eq!(
             records,
             vec![
                 Record::UaidCreated { uaid, at_ms: 42 },
-                registered,
+                registered(uaid, 3, Some([0xab; 32])),
+                registered(uaid, 4, None),
+                app,
+                version,
                 message(0x1ff),
                 message(0x200),
             ]
@@ -201,13 +266,35 @@ mod tests {
     }
 
     #[test]
-    fn a_record_of_another_ua_is_refused() {
+    fn a_plain_registration_keeps_the_hash_compact() {
+        for key_hash in [None, Some([0xff; 32])] {
+            let op = write_op(&registered(Uaid([1; 16]), 2, key_hash)).unwrap();
+            assert!(op[2].len() <= LISTPACK_VALUE_MAX, "{} bytes", op[2].len());
+        }
+    }
+
+    #[test]
+    fn a_record_of_another_ua_or_channel_is_refused() {
         let other = Record::UaidCreated {
             uaid: Uaid([1; 16]),
             at_ms: 1,
         };
         let bytes = encode_record(&other).unwrap().to_vec();
-        let channels = vec![([9u8; 16].to_vec(), bytes)];
-        assert!(records_of(Uaid([2; 16]), &[], &channels, &[]).is_err());
+        let ua = vec![(b"w".to_vec(), bytes)];
+        assert!(records_of(Uaid([2; 16]), &ua, &[]).is_err());
+
+        let uaid = Uaid([2; 16]);
+        let app = Record::WebAppRegistered {
+            uaid,
+            channel: ChannelId([9; 16]),
+            url_token: "token".into(),
+            public_key_der: vec![],
+        };
+        let mut value = write_op(&app).unwrap().remove(2);
+        let misfiled = vec![([8; 16].to_vec(), value.clone())];
+        assert!(records_of(uaid, &misfiled, &[]).is_err());
+        value[0] = b'?';
+        let untagged = vec![([9; 16].to_vec(), value)];
+        assert!(records_of(uaid, &untagged, &[]).is_err());
     }
 }

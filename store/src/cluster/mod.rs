@@ -414,14 +414,14 @@ fn claim_reply(uaid: Uaid, reply: Reply) -> Result<Claim, ClaimError> {
             _ => malformed("not an array"),
         });
     };
-    let [previous, ua, channels, messages] =
-        <[Reply; 4]>::try_from(parts).map_err(|_| malformed("not four parts"))?;
+    let [previous, ua, messages] =
+        <[Reply; 3]>::try_from(parts).map_err(|_| malformed("not three parts"))?;
     let previous = match previous {
         Reply::Bulk(token) => token,
         _ => return Err(malformed("no previous owner")),
     };
-    let (ua, channels, messages) = (pairs(ua)?, pairs(channels)?, pairs(messages)?);
-    let records = keys::records_of(uaid, &ua, &channels, &messages).map_err(ClaimError)?;
+    let (ua, messages) = (pairs(ua)?, pairs(messages)?);
+    let records = keys::records_of(uaid, &ua, &messages).map_err(ClaimError)?;
     let previous = std::str::from_utf8(&previous)
         .ok()
         .and_then(|token| token.split_once(' '))

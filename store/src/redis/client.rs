@@ -284,18 +284,22 @@ impl ClusterClient {
     }
 }
 
-/// The first of `attempts` to succeed; `Unreachable` once all failed.
+/// The first of `attempts` to succeed. Once all failed: `Timeout` if every
+/// one timed out (the nodes are there but hung), else `Unreachable` — the
+/// same kinds a batch's own failure has, whichever deadline fires first.
 async fn first_ok<T, F>(mut attempts: Vec<Pin<Box<F>>>) -> Result<T, RedisError>
 where
     F: Future<Output = Result<T, RedisError>>,
 {
     let mut failures = Vec::new();
+    let mut all_timed_out = true;
     std::future::poll_fn(|cx| {
         let mut i = 0;
         while i < attempts.len() {
             match attempts[i].as_mut().poll(cx) {
                 Poll::Ready(Ok(value)) => return Poll::Ready(Ok(value)),
                 Poll::Ready(Err(e)) => {
+                    all_timed_out &= matches!(e, RedisError::Timeout(_));
                     failures.push(e.to_string());
                     drop(attempts.swap_remove(i));
                 }
@@ -303,10 +307,12 @@ where
             }
         }
         if attempts.is_empty() {
-            Poll::Ready(Err(RedisError::Unreachable(format!(
-                "no node gave a slot map: {}",
-                failures.join("; ")
-            ))))
+            let cause = format!("no node gave a slot map: {}", failures.join("; "));
+            Poll::Ready(Err(if all_timed_out && !failures.is_empty() {
+                RedisError::Timeout(cause)
+            } else {
+                RedisError::Unreachable(cause)
+            }))
         } else {
             Poll::Pending
         }

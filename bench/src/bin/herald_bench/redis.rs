@@ -62,9 +62,9 @@ pub fn used_memory(redis: &RedisCluster) -> UsedMemory {
     }
 }
 
-/// `MEMORY USAGE` of one UA's keys with data at rest, `{uaid}u` and
-/// `{uaid}c` (its messages' `{uaid}m` exists only while one is pending),
-/// for a UA picked with RANDOMKEY on a master; None if no master holds one.
+/// `MEMORY USAGE` of one UA at rest, its one key `{uaid}u` (its messages'
+/// `{uaid}m` exists only while one is pending), for a UA picked with
+/// RANDOMKEY on a master; None if no master holds one.
 pub fn one_ua_bytes(redis: &RedisCluster) -> Option<u64> {
     redis.masters().into_iter().find_map(|port| {
         let OwnedFrame::BulkString(key) = request(port, &["RANDOMKEY"]).ok()? else {
@@ -73,15 +73,10 @@ pub fn one_ua_bytes(redis: &RedisCluster) -> Option<u64> {
         let key = String::from_utf8(key).ok()?;
         // Every key of a UA is `{<uaid hex>}` and a one-letter suffix.
         let tag = &key[..=key.find('}')?];
-        ["u", "c"]
-            .iter()
-            .map(|suffix| {
-                match request(port, &["MEMORY", "USAGE", &format!("{tag}{suffix}")]).ok()? {
-                    OwnedFrame::Integer(bytes) => u64::try_from(bytes).ok(),
-                    _ => None,
-                }
-            })
-            .sum()
+        match request(port, &["MEMORY", "USAGE", &format!("{tag}u")]).ok()? {
+            OwnedFrame::Integer(bytes) => u64::try_from(bytes).ok(),
+            _ => None,
+        }
     })
 }
 
