@@ -174,7 +174,12 @@ impl Server {
     /// same server on the same data dir) on the same listeners, its log
     /// appended to this one's, and waits until it is ready. Returns it and
     /// how long the old process took to exit.
-    pub fn restart(mut self, stop: Stop, command: Command, timeout: Duration) -> (Server, Duration) {
+    pub fn restart(
+        mut self,
+        stop: Stop,
+        command: Command,
+        timeout: Duration,
+    ) -> (Server, Duration) {
         let stopping = Instant::now();
         match stop {
             Stop::Term => self.terminate(),

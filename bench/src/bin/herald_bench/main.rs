@@ -331,7 +331,10 @@ fn restart(cli: &Cli, args: &RestartArgs) {
         &[
             "back",
             "stop_s",
+            "first_closed_s",
+            "last_closed_s",
             "ready_s",
+            "ready_after_stop_s",
             "outage_s",
             "all_back_after_ready_s",
             "half_back_after_ready_s",

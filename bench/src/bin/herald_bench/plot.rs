@@ -197,14 +197,19 @@ fn rss_plot(results: &[Value], path: &Path) {
 fn restart_plot(restart: &Value, path: &Path) {
     let bucket_s = crate::worker::TIMELINE_BUCKET_US as f64 / 1e6;
     // Each bucket's count is of UAs back by its end.
-    let series: Vec<(String, Vec<(f64, f64)>)> =
-        series_of(&[restart.clone()], "uas_back_timeline", bucket_s, 1.0, |_| true)
-            .into_iter()
-            .map(|(label, points)| {
-                let ends = points.into_iter().map(|(x, y)| (x + bucket_s, y));
-                (label, std::iter::once((0.0, 0.0)).chain(ends).collect())
-            })
-            .collect();
+    let series: Vec<(String, Vec<(f64, f64)>)> = series_of(
+        &[restart.clone()],
+        "uas_back_timeline",
+        bucket_s,
+        1.0,
+        |_| true,
+    )
+    .into_iter()
+    .map(|(label, points)| {
+        let ends = points.into_iter().map(|(x, y)| (x + bucket_s, y));
+        (label, std::iter::once((0.0, 0.0)).chain(ends).collect())
+    })
+    .collect();
     line_plot(
         &series,
         path,

@@ -560,14 +560,17 @@ pub fn restart_run(fsync: Fsync, stop: Stop, shards: usize, args: &RestartArgs) 
     let all_back_s = back_us.last().map_or(f64::NAN, |last| since_ready_s(*last));
     // UAs back by the end of each bucket after ready (a hello answered
     // before the orchestrator saw /health counts in the first).
-    let buckets = back_us
-        .last()
-        .map_or(0, |last| last.saturating_sub(ready_us) / TIMELINE_BUCKET_US + 1);
+    let buckets = back_us.last().map_or(0, |last| {
+        last.saturating_sub(ready_us) / TIMELINE_BUCKET_US + 1
+    });
     let mut timeline = Vec::new();
     let mut counted = 0;
     for bucket in 0..buckets {
         let end = ready_us + (bucket + 1) * TIMELINE_BUCKET_US;
-        counted += back_us[counted..].iter().take_while(|at| **at < end).count();
+        counted += back_us[counted..]
+            .iter()
+            .take_while(|at| **at < end)
+            .count();
         timeline.push(counted);
     }
     let first_closed = back
@@ -575,6 +578,12 @@ pub fn restart_run(fsync: Fsync, stop: Stop, shards: usize, args: &RestartArgs) 
         .filter_map(|report| report["first_closed_us"].as_u64())
         .min()
         .unwrap_or(restarted.stopped_us);
+    let last_closed = back
+        .iter()
+        .filter_map(|report| report["last_closed_us"].as_u64())
+        .max()
+        .unwrap_or(first_closed);
+    let since_stop_s = |at: u64| at.saturating_sub(restarted.stopped_us) as f64 / 1e6;
     json!({
         "target": format!("{}, {}", target.label(), stop.as_str()),
         "stop": stop.as_str(),
@@ -585,6 +594,10 @@ pub fn restart_run(fsync: Fsync, stop: Stop, shards: usize, args: &RestartArgs) 
         // The new process: from its start until /health answered 200
         // (every shard has replayed its log and accepts).
         "ready_s": restarted.ready_us.saturating_sub(restarted.launched_us) as f64 / 1e6,
+        // When the UAs noticed their sockets closed, from the signal.
+        "first_closed_s": since_stop_s(first_closed),
+        "last_closed_s": since_stop_s(last_closed),
+        "ready_after_stop_s": since_stop_s(ready_us),
         // From the first UA socket closed until the server was ready again.
         "outage_s": ready_us.saturating_sub(first_closed) as f64 / 1e6,
         "all_back_after_ready_s": all_back_s,

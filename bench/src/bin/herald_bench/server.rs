@@ -84,7 +84,11 @@ impl UnderTest {
                 };
                 (Box::new(command), Kind::Herald, dirs)
             }
-            Target::Floor => (Box::new(move || server::floor(shards)), Kind::Floor, Vec::new()),
+            Target::Floor => (
+                Box::new(move || server::floor(shards)),
+                Kind::Floor,
+                Vec::new(),
+            ),
             Target::Cluster { nodes } => return UnderTest::start_cluster(nodes, shards),
         };
         UnderTest {

@@ -19,8 +19,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use glommio::{spawn_local, timer::sleep, LocalExecutorBuilder, Placement};
-use rand::Rng;
 use hdrhistogram::Histogram;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
