@@ -198,7 +198,7 @@ fn restart_plot(restart: &Value, path: &Path) {
     let bucket_s = crate::worker::TIMELINE_BUCKET_US as f64 / 1e6;
     // Each bucket's count is of UAs back by its end.
     let series: Vec<(String, Vec<(f64, f64)>)> = series_of(
-        &[restart.clone()],
+        std::slice::from_ref(restart),
         "uas_back_timeline",
         bucket_s,
         1.0,
