@@ -345,6 +345,7 @@ fn restart(cli: &Cli, args: &RestartArgs) {
             "attempts_refused",
             "attempts_dropped",
             "lost",
+            "listen_drops",
             "verified",
         ],
     );

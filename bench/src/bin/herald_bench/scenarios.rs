@@ -538,10 +538,14 @@ pub fn restart_run(fsync: Fsync, stop: Stop, shards: usize, args: &RestartArgs) 
         .collect();
     let mut processes = Workers::spawn(&specs);
     let connected = processes.collect("connected");
+    let drops_before = herald_bench::proc::listen_drops();
     let restarted = server.restart(stop);
     let cpu_at_ready = server.cpu_seconds();
     let back = processes.collect("back");
     let server_cpu = server.cpu_seconds() - cpu_at_ready;
+    let listen_drops = herald_bench::proc::listen_drops()
+        .zip(drops_before)
+        .map(|(after, before)| after.saturating_sub(before));
     processes.tell(&json!({"verify": true}));
     let done = processes.collect("done");
     processes.finish();
@@ -612,6 +616,9 @@ pub fn restart_run(fsync: Fsync, stop: Stop, shards: usize, args: &RestartArgs) 
         "attempts_refused": sum(&back, "refused"),
         "attempts_dropped": sum(&back, "dropped"),
         "lost": sum(&back, "lost"),
+        // Connection attempts the kernel dropped at a listener meanwhile
+        // (machine-wide): each costs its client a SYN retransmission.
+        "listen_drops": listen_drops,
         "verified": sum(&done, "verified"),
         "uas_back_timeline": timeline,
     })
