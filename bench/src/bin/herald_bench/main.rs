@@ -338,6 +338,7 @@ fn restart(cli: &Cli, args: &RestartArgs) {
             "outage_s",
             "all_back_after_ready_s",
             "half_back_after_ready_s",
+            "all_back_after_stop_s",
             "reconnects_per_s",
             "server_us_per_reconnect",
             "attempts",

@@ -605,6 +605,9 @@ pub fn restart_run(fsync: Fsync, stop: Stop, shards: usize, args: &RestartArgs) 
         // From the first UA socket closed until the server was ready again.
         "outage_s": ready_us.saturating_sub(first_closed) as f64 / 1e6,
         "all_back_after_ready_s": all_back_s,
+        // The whole storm as the UAs' owners see it: from the signal until
+        // the last UA was back.
+        "all_back_after_stop_s": back_us.last().map_or(f64::NAN, |last| since_stop_s(*last)),
         "half_back_after_ready_s": back_us
             .get(back_us.len() / 2)
             .map_or(f64::NAN, |at| since_ready_s(*at)),
