@@ -1,5 +1,5 @@
-//! Readings from /proc: a process's resident memory and CPU time, and the
-//! whole machine's CPU time.
+//! Readings from /proc: a process's resident memory and CPU time, the
+//! whole machine's CPU time and its dropped connection attempts.
 
 /// Resident set size in bytes (`VmRSS`).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
@@ -43,4 +43,21 @@ pub fn machine_cpu_seconds() -> Option<(f64, f64)> {
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Some((busy as f64 / per_second, field(7) as f64 / per_second))
+}
+
+/// Connections the kernel dropped at listening sockets so far, machine-wide
+/// (`TcpExt: ListenDrops` of /proc/net/netstat: a full accept queue among
+/// other causes). A client whose SYN is dropped tries again only after its
+/// retransmission timeout (1 s, then 3 s, …).
+pub fn listen_drops() -> Option<u64> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut tcp_ext = netstat
+        .lines()
+        .filter_map(|line| line.strip_prefix("TcpExt:"));
+    let names = tcp_ext.next()?.split_whitespace();
+    let values = tcp_ext.next()?.split_whitespace();
+    names
+        .zip(values)
+        .find(|(name, _)| *name == "ListenDrops")
+        .and_then(|(_, value)| value.parse().ok())
 }

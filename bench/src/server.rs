@@ -1,7 +1,8 @@
 //! The server under test, started for one run and stopped after it: `herald
 //! serve` (alone, or as one node of a cluster) or `herald-floor`, both found
 //! next to the running binary, each on free loopback ports (two, and
-//! Herald's admin listener).
+//! Herald's admin listener); Herald may be stopped (cleanly or killed) and
+//! started again on the same ports and data dir.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -109,6 +110,24 @@ pub fn floor(shards: usize) -> Command {
     command
 }
 
+/// How a server is stopped before it is started again on its data dir.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum Stop {
+    /// SIGTERM: Herald closes its UA sockets (1001), flushes the WAL, exits.
+    Term,
+    /// SIGKILL: a crash; the kernel closes the sockets, nothing is flushed.
+    Kill,
+}
+
+impl Stop {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stop::Term => "SIGTERM",
+            Stop::Kill => "SIGKILL",
+        }
+    }
+}
+
 /// Which server runs: its listeners, and when it counts as ready.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
@@ -123,6 +142,7 @@ pub enum Kind {
 /// A running server; SIGTERM (then SIGKILL) when stopped or dropped.
 pub struct Server {
     child: Child,
+    kind: Kind,
     pub ua: SocketAddr,
     /// The AS listener: pushes, `/health`.
     pub as_addr: SocketAddr,
@@ -141,15 +161,54 @@ impl Server {
     /// `--admin-listen`) on free loopback ports and its stderr in `log`, and
     /// waits until it is ready. Panics, showing the log, if it exits first
     /// or is not ready within `timeout`.
-    pub fn start(mut command: Command, kind: Kind, log: &Path, timeout: Duration) -> Server {
+    pub fn start(command: Command, kind: Kind, log: &Path, timeout: Duration) -> Server {
         let ua = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let as_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = (kind == Kind::Herald).then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let file = std::fs::File::create(log)
+            .unwrap_or_else(|error| panic!("create {}: {error}", log.display()));
+        Server::launch(command, kind, (ua, as_addr, admin), log, file, timeout)
+    }
+
+    /// Stops this server the way `stop` says, then starts `command` (the
+    /// same server on the same data dir) on the same listeners, its log
+    /// appended to this one's, and waits until it is ready. Returns it and
+    /// how long the old process took to exit.
+    pub fn restart(
+        mut self,
+        stop: Stop,
+        command: Command,
+        timeout: Duration,
+    ) -> (Server, Duration) {
+        let stopping = Instant::now();
+        match stop {
+            Stop::Term => self.terminate(),
+            Stop::Kill => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        let stopped_after = stopping.elapsed();
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|error| panic!("open {}: {error}", self.log.display()));
+        let listeners = (self.ua, self.as_addr, self.admin);
+        let server = Server::launch(command, self.kind, listeners, &self.log, file, timeout);
+        (server, stopped_after)
+    }
+
+    fn launch(
+        mut command: Command,
+        kind: Kind,
+        (ua, as_addr, admin): (SocketAddr, SocketAddr, Option<SocketAddr>),
+        log: &Path,
+        file: std::fs::File,
+        timeout: Duration,
+    ) -> Server {
         if let Some(admin) = admin {
             command.arg("--admin-listen").arg(admin.to_string());
         }
-        let file = std::fs::File::create(log)
-            .unwrap_or_else(|error| panic!("create {}: {error}", log.display()));
         command
             .arg("--ua-listen")
             .arg(ua.to_string())
@@ -169,6 +228,7 @@ impl Server {
         });
         let mut server = Server {
             child,
+            kind,
             ua,
             as_addr,
             admin,

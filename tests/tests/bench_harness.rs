@@ -119,6 +119,26 @@ fn every_scenario_delivers_what_it_counts() {
         "{run}"
     );
 
+    // Stopped cleanly, then killed: every UA notices, reconnects with its
+    // UAID to the server started again on the same data dir and ports, and
+    // then still gets its push.
+    let restart = scenario(&out, "restart", &["--fsync", "batch", "--uas", "200"]);
+    let runs = restart["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "one run per stop: {restart}");
+    for run in runs {
+        assert_eq!(run["uas"], 200, "{run}");
+        assert_eq!(run["back"], 200, "every UA came back: {run}");
+        assert_eq!(run["lost"], 0, "no UAID forgotten: {run}");
+        assert_eq!(
+            run["verified"], 200,
+            "every UA still gets a push after the restart: {run}"
+        );
+        assert!(run["ready_s"].as_f64().unwrap() > 0.0, "{run}");
+        assert!(run["attempts"].as_u64().unwrap() >= 200, "{run}");
+        let timeline = run["uas_back_timeline"].as_array().expect("timeline");
+        assert_eq!(timeline.last(), Some(&Value::from(200)), "{run}");
+    }
+
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -23,11 +23,11 @@ mod workers;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use herald_bench::server::Fsync;
+use herald_bench::server::{Fsync, Stop};
 use herald_bench::stats::Spread;
 use serde_json::{json, Value};
 
-use scenarios::{IdleArgs, LoadArgs, Placement, StoredArgs};
+use scenarios::{IdleArgs, LoadArgs, Placement, RestartArgs, StoredArgs};
 use server::Target;
 
 #[derive(Parser)]
@@ -68,6 +68,9 @@ enum Command {
     },
     /// Stored messages drained by a reconnect storm.
     Stored(StoredArgs),
+    /// Idle UAs, the server restarted under them: ready time, time until
+    /// every UA is back, server CPU per reconnect.
+    Restart(RestartArgs),
     /// The throughput scenario against the floor server (no protocol, no storage).
     Floor(LoadArgs),
     /// Cluster mode on fresh nine-node Redis Clusters: 1 node against 2,
@@ -96,6 +99,7 @@ fn main() {
             peak,
         } => latency(&cli, load, percents, *peak),
         Command::Stored(args) => stored(&cli, args),
+        Command::Restart(args) => restart(&cli, args),
         Command::Floor(args) => floor(&cli, args),
         Command::Cluster(args) => cluster::run(&cli, args),
         Command::Plot => plot::draw(&cli.out),
@@ -129,6 +133,17 @@ fn main() {
                     workers: 4,
                     concurrency: 64,
                     messages: 3,
+                },
+            );
+            restart(
+                &cli,
+                &RestartArgs {
+                    uas: 19_000,
+                    workers: 4,
+                    concurrency: 64,
+                    stop: vec![Stop::Term, Stop::Kill],
+                    retry_ms: 50,
+                    retry_max_ms: 500,
                 },
             );
             plot::draw(&cli.out);
@@ -289,6 +304,51 @@ fn stored(cli: &Cli, args: &StoredArgs) {
         params,
         runs,
         &["drained_per_s", "drain_s", "stored_per_s", "delivered"],
+    );
+}
+
+fn restart(cli: &Cli, args: &RestartArgs) {
+    let mut runs = Vec::new();
+    for stop in &args.stop {
+        runs.extend(repeat(cli, |fsync, run| {
+            let mut figures = scenarios::restart_run(fsync, *stop, cli.shards, args);
+            figures["run"] = json!(run);
+            figures
+        }));
+    }
+    let params = json!({
+        "uas": args.uas,
+        "workers": args.workers,
+        "concurrency": args.concurrency,
+        "retry_ms": args.retry_ms,
+        "retry_max_ms": args.retry_max_ms,
+    });
+    finish(
+        cli,
+        "restart",
+        params,
+        runs,
+        &[
+            "back",
+            "stop_s",
+            "first_closed_s",
+            "last_closed_s",
+            "ready_s",
+            "ready_after_stop_s",
+            "outage_s",
+            "all_back_after_ready_s",
+            "half_back_after_ready_s",
+            "all_back_after_stop_s",
+            "reconnects_per_s",
+            "server_us_per_reconnect",
+            "attempts",
+            "attempts_down",
+            "attempts_refused",
+            "attempts_dropped",
+            "lost",
+            "listen_drops",
+            "verified",
+        ],
     );
 }
 

@@ -1,7 +1,7 @@
 //! The plots of bench/RESULTS.md, drawn from the JSON results: latency
 //! percentiles against offered load, delivered notifications per second
-//! over each throughput run (single node and floor; cluster), and the
-//! server's RSS over each run.
+//! over each throughput run (single node and floor; cluster), the
+//! server's RSS over each run, and the UAs back after a restart.
 
 use std::path::Path;
 
@@ -36,6 +36,10 @@ pub fn draw(out: &Path) {
         .filter_map(|scenario| read(out, scenario))
         .collect();
     rss_plot(&with_rss, &out.join("rss_timeline.svg"));
+    match read(out, "restart") {
+        Some(restart) => restart_plot(&restart, &out.join("restart_back.svg")),
+        None => eprintln!("no restart results in {}: skipping its plot", out.display()),
+    }
     draw_cluster(out);
 }
 
@@ -185,6 +189,32 @@ fn rss_plot(results: &[Value], path: &Path) {
         path,
         "Server RSS over each run (once a second)",
         "RSS, MB",
+    );
+}
+
+/// Every restart run's UAs back (hello answered) after the server was
+/// ready again, cumulative per 100 ms bucket.
+fn restart_plot(restart: &Value, path: &Path) {
+    let bucket_s = crate::worker::TIMELINE_BUCKET_US as f64 / 1e6;
+    // Each bucket's count is of UAs back by its end.
+    let series: Vec<(String, Vec<(f64, f64)>)> = series_of(
+        std::slice::from_ref(restart),
+        "uas_back_timeline",
+        bucket_s,
+        1.0,
+        |_| true,
+    )
+    .into_iter()
+    .map(|(label, points)| {
+        let ends = points.into_iter().map(|(x, y)| (x + bucket_s, y));
+        (label, std::iter::once((0.0, 0.0)).chain(ends).collect())
+    })
+    .collect();
+    line_plot(
+        &series,
+        path,
+        "UAs back after a restart, from the moment the server was ready",
+        "UAs back (hello answered)",
     );
 }
 

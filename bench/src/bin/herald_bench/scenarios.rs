@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use herald_bench::server::Fsync;
+use herald_bench::server::{Fsync, Stop};
 use herald_bench::stats::{merge_histogram, new_histogram, now_us, Percentiles};
 
 use crate::server::{Target, UnderTest};
@@ -113,6 +113,8 @@ fn worker(
         pipeline: 1,
         http2_streams: 0,
         messages: 0,
+        retry_ms: 0,
+        retry_max_ms: 0,
     }
 }
 
@@ -481,5 +483,146 @@ pub fn stored_run(fsync: Fsync, shards: usize, args: &StoredArgs) -> Value {
         "drain_s": drain_s,
         "drained_per_s": delivered as f64 / drain_s.max(1e-6),
         "server_cpu_s": server_cpu,
+    })
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct RestartArgs {
+    /// Idle UAs in all (one Herald process; each worker holds its share).
+    #[arg(long, default_value_t = 19_000)]
+    pub uas: usize,
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Connections being set up at once, per worker, before the restart
+    /// (the reconnects after it are not held back: every UA is on its own).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// How the server is stopped, one set of runs each.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["term", "kill"])]
+    pub stop: Vec<Stop>,
+    /// A UA's first reconnect waits a random 0..this after its socket
+    /// closed; each failed one a random half to all of this × 2^failures.
+    #[arg(long, default_value_t = 50)]
+    pub retry_ms: u64,
+    /// The longest wait between two reconnects of one UA.
+    #[arg(long, default_value_t = 500)]
+    pub retry_max_ms: u64,
+}
+
+/// N UAs connect, hello, register one channel and stay idle; the server is
+/// stopped (`stop`) and started again on the same data dir and ports, and
+/// every UA reconnects with its UAID as soon as it notices its socket
+/// closed: how long until the server is ready, how long from ready until
+/// every UA is back, what each reconnect costs the server, what failed on
+/// the way, and that every UA still gets a push afterwards.
+pub fn restart_run(fsync: Fsync, stop: Stop, shards: usize, args: &RestartArgs) -> Value {
+    let target = Target::Herald { fsync };
+    let mut server = UnderTest::start(target, shards);
+    let workers = args.workers.max(1);
+    let specs: Vec<Spec> = (0..workers)
+        .map(|index| Spec {
+            pushers: 16,
+            concurrency: args.concurrency,
+            messages: 1,
+            retry_ms: args.retry_ms,
+            retry_max_ms: args.retry_max_ms.max(args.retry_ms),
+            ..worker(
+                Role::Restart,
+                index,
+                workers,
+                &server,
+                Placement::Spread,
+                args.uas,
+            )
+        })
+        .collect();
+    let mut processes = Workers::spawn(&specs);
+    let connected = processes.collect("connected");
+    let drops_before = herald_bench::proc::listen_drops();
+    let restarted = server.restart(stop);
+    let cpu_at_ready = server.cpu_seconds();
+    let back = processes.collect("back");
+    let server_cpu = server.cpu_seconds() - cpu_at_ready;
+    let listen_drops = herald_bench::proc::listen_drops()
+        .zip(drops_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    processes.tell(&json!({"verify": true}));
+    let done = processes.collect("done");
+    processes.finish();
+    server.stop();
+
+    let mut back_us: Vec<u64> = back
+        .iter()
+        .flat_map(|report| report["back_us"].as_array().cloned().unwrap_or_default())
+        .filter_map(|at| at.as_u64())
+        .collect();
+    back_us.sort_unstable();
+    let uas = sum(&connected, "uas");
+    let came_back = back_us.len() as u64;
+    let ready_us = restarted.ready_us;
+    let since_ready_s = |at: u64| at.saturating_sub(ready_us) as f64 / 1e6;
+    let all_back_s = back_us.last().map_or(f64::NAN, |last| since_ready_s(*last));
+    // UAs back by the end of each bucket after ready (a hello answered
+    // before the orchestrator saw /health counts in the first).
+    let buckets = back_us.last().map_or(0, |last| {
+        last.saturating_sub(ready_us) / TIMELINE_BUCKET_US + 1
+    });
+    let mut timeline = Vec::new();
+    let mut counted = 0;
+    for bucket in 0..buckets {
+        let end = ready_us + (bucket + 1) * TIMELINE_BUCKET_US;
+        counted += back_us[counted..]
+            .iter()
+            .take_while(|at| **at < end)
+            .count();
+        timeline.push(counted);
+    }
+    let first_closed = back
+        .iter()
+        .filter_map(|report| report["first_closed_us"].as_u64())
+        .min()
+        .unwrap_or(restarted.stopped_us);
+    let last_closed = back
+        .iter()
+        .filter_map(|report| report["last_closed_us"].as_u64())
+        .max()
+        .unwrap_or(first_closed);
+    let since_stop_s = |at: u64| at.saturating_sub(restarted.stopped_us) as f64 / 1e6;
+    json!({
+        "target": format!("{}, {}", target.label(), stop.as_str()),
+        "stop": stop.as_str(),
+        "uas": uas,
+        "back": came_back,
+        // The old process: from the signal until it had exited.
+        "stop_s": restarted.stop_s,
+        // The new process: from its start until /health answered 200
+        // (every shard has replayed its log and accepts).
+        "ready_s": restarted.ready_us.saturating_sub(restarted.launched_us) as f64 / 1e6,
+        // When the UAs noticed their sockets closed, from the signal.
+        "first_closed_s": since_stop_s(first_closed),
+        "last_closed_s": since_stop_s(last_closed),
+        "ready_after_stop_s": since_stop_s(ready_us),
+        // From the first UA socket closed until the server was ready again.
+        "outage_s": ready_us.saturating_sub(first_closed) as f64 / 1e6,
+        "all_back_after_ready_s": all_back_s,
+        // The whole storm as the UAs' owners see it: from the signal until
+        // the last UA was back.
+        "all_back_after_stop_s": back_us.last().map_or(f64::NAN, |last| since_stop_s(*last)),
+        "half_back_after_ready_s": back_us
+            .get(back_us.len() / 2)
+            .map_or(f64::NAN, |at| since_ready_s(*at)),
+        "reconnects_per_s": came_back as f64 / all_back_s.max(1e-6),
+        "server_cpu_s": server_cpu,
+        "server_us_per_reconnect": us_per(server_cpu, came_back),
+        "attempts": sum(&back, "attempts"),
+        "attempts_down": sum(&back, "down"),
+        "attempts_refused": sum(&back, "refused"),
+        "attempts_dropped": sum(&back, "dropped"),
+        "lost": sum(&back, "lost"),
+        // Connection attempts the kernel dropped at a listener meanwhile
+        // (machine-wide): each costs its client a SYN retransmission.
+        "listen_drops": listen_drops,
+        "verified": sum(&done, "verified"),
+        "uas_back_timeline": timeline,
     })
 }

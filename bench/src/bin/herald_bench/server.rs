@@ -5,11 +5,13 @@
 //! after the run.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use herald_bench::free_port;
-use herald_bench::server::{self, Fsync, Kind, Server};
+use herald_bench::server::{self, Fsync, Kind, Server, Stop};
+use herald_bench::stats::now_us;
 use herald_engine::identity::KeyMaterial;
 use herald_tests::RedisCluster;
 
@@ -48,24 +50,52 @@ pub struct UnderTest {
     /// Directories of the run: data dirs, the cluster's key file.
     dirs: Vec<PathBuf>,
     redis: Option<RedisCluster>,
+    /// The command that starts the single Herald again on its data dir.
+    relaunch: Option<Box<dyn Fn() -> Command>>,
+}
+
+/// A restart as the orchestrator saw it (wall-clock µs, as the workers'
+/// reports).
+pub struct Restarted {
+    /// When the old process was signalled.
+    pub stopped_us: u64,
+    /// From the signal until the old process had exited.
+    pub stop_s: f64,
+    /// When the new process was started.
+    pub launched_us: u64,
+    /// When its `/health` first answered 200 (every shard replayed).
+    pub ready_us: u64,
 }
 
 impl UnderTest {
     pub fn start(target: Target, shards: usize) -> UnderTest {
-        let (command, kind, dirs) = match target {
+        // One process: Herald (which can be started again on its data dir)
+        // or the floor.
+        let (relaunch, kind, dirs): (Box<dyn Fn() -> Command>, _, _) = match target {
             Target::Herald { fsync } => {
                 let data_dir = server::temp_dir("herald-bench");
-                let mut command = server::herald_serve(None, &data_dir, shards, fsync);
-                let config_dir = bench_config(&mut command);
-                (command, Kind::Herald, vec![data_dir, config_dir])
+                let config_dir = server::temp_dir("herald-bench-config");
+                let config = bench_config(&config_dir);
+                let dirs = vec![data_dir.clone(), config_dir];
+                let command = move || {
+                    let mut command = server::herald_serve(None, &data_dir, shards, fsync);
+                    command.arg("--config").arg(&config);
+                    command
+                };
+                (Box::new(command), Kind::Herald, dirs)
             }
-            Target::Floor => (server::floor(shards), Kind::Floor, Vec::new()),
+            Target::Floor => (
+                Box::new(move || server::floor(shards)),
+                Kind::Floor,
+                Vec::new(),
+            ),
             Target::Cluster { nodes } => return UnderTest::start_cluster(nodes, shards),
         };
         UnderTest {
-            servers: vec![Server::start(command, kind, &log_path(0), START_TIMEOUT)],
+            servers: vec![Server::start(relaunch(), kind, &log_path(0), START_TIMEOUT)],
             dirs,
             redis: None,
+            relaunch: (kind == Kind::Herald).then_some(relaunch),
         }
     }
 
@@ -88,8 +118,10 @@ impl UnderTest {
                 node_listen,
                 &keys_file,
             );
+            let config_dir = server::temp_dir("herald-bench-config");
+            command.arg("--config").arg(bench_config(&config_dir));
             dirs.push(data_dir);
-            dirs.push(bench_config(&mut command));
+            dirs.push(config_dir);
             servers.push(Server::start(
                 command,
                 Kind::Herald,
@@ -101,6 +133,32 @@ impl UnderTest {
             servers,
             dirs,
             redis: Some(redis),
+            relaunch: None,
+        }
+    }
+
+    /// Stops the single Herald the way `stop` says and starts it again on
+    /// the same data dir and ports; returns once it is ready. Panics for a
+    /// target that cannot be restarted (the floor, a cluster).
+    pub fn restart(&mut self, stop: Stop) -> Restarted {
+        let relaunch = self
+            .relaunch
+            .as_ref()
+            .expect("only a single Herald is restarted");
+        let old = self.servers.pop().expect("a running server");
+        let stopped_us = now_us();
+        let (new, stop_took) = old.restart(stop, relaunch(), START_TIMEOUT);
+        let launched_us = new
+            .launched
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_micros() as u64);
+        let ready_us = launched_us + new.ready_after.as_micros() as u64;
+        self.servers.push(new);
+        Restarted {
+            stopped_us,
+            stop_s: stop_took.as_secs_f64(),
+            launched_us,
+            ready_us,
         }
     }
 
@@ -161,21 +219,26 @@ pub fn rss_of(pids: &[u32]) -> u64 {
         .sum()
 }
 
-/// Points `herald serve` at the config of every Herald under test, in a new
-/// directory (returned, to be removed after the run). The generators push to
-/// a few channels far faster than any real sender (1,000/s each at 100 UAs
-/// and 100,000/s), so the per-channel rate limit, an abuse guard, is off:
-/// what is measured is capacity.
-fn bench_config(command: &mut std::process::Command) -> PathBuf {
-    let dir = server::temp_dir("herald-bench-config");
+/// Writes the config of every Herald under test into `dir` (removed after
+/// the run) and returns its path, for `--config`.
+///
+/// The generators push to a few channels far faster than any real sender
+/// (1,000/s each at 100 UAs and 100,000/s), so the per-channel rate limit,
+/// an abuse guard, is off: what is measured is capacity. The per-address
+/// limits on UA connects and AS requests stay at their defaults and, as by
+/// default, do not count loopback sources: the generator's 19,000 UAs come
+/// from four 127.0.0.x addresses, where a real storm comes from as many
+/// addresses as devices, so a per-address bucket would measure the bucket
+/// (set here, not left to the default, so that a changed default cannot
+/// quietly throttle a scenario).
+fn bench_config(dir: &Path) -> PathBuf {
     let config = dir.join("herald.toml");
     std::fs::write(
         &config,
-        "[limits]\nnotifications_per_channel_per_minute = 0\n",
+        "[limits]\nnotifications_per_channel_per_minute = 0\nrate_limit_loopback = false\n",
     )
     .expect("write the bench's herald.toml");
-    command.arg("--config").arg(&config);
-    dir
+    config
 }
 
 /// The latest run's log of node `node` (their startup lines would drown the

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use glommio::{spawn_local, timer::sleep, LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -76,6 +77,10 @@ pub enum Role {
     Idle,
     /// UAs register and leave, get `messages` each while away, then reconnect.
     Stored,
+    /// UAs connect and stay idle until the server closes their sockets (it
+    /// is restarted), then reconnect with their UAIDs; on `verify` each gets
+    /// one push.
+    Restart,
 }
 
 /// What a worker is asked to do (passed as JSON on its command line).
@@ -106,6 +111,11 @@ pub struct Spec {
     /// Stored role: messages per UA; idle role: pushes each UA gets (and
     /// acks) after the idle period.
     pub messages: usize,
+    /// Restart role: the first reconnect waits a random 0..`retry_ms`
+    /// after the close, each failed one a random half to all of
+    /// `retry_ms` × 2^failures, at most `retry_max_ms` ([`retry_delay`]).
+    pub retry_ms: u64,
+    pub retry_max_ms: u64,
 }
 
 impl Spec {
@@ -129,6 +139,7 @@ pub fn run(spec: Spec) {
             Role::Load => load(&spec).await,
             Role::Idle => idle(&spec).await,
             Role::Stored => stored(&spec).await,
+            Role::Restart => restart(&spec).await,
         };
         report(&result);
     });
@@ -560,10 +571,19 @@ async fn idle(spec: &Spec) -> Value {
     let (opened, started, finished) = open_all(spec).await;
     report(&connect_report(&opened, started, finished));
     wait_for_orchestrator();
-    // Every UA still works after the idle period: `messages` pushes each,
-    // each received and acked; the UAs then stay connected, idle again,
-    // until the orchestrator has read the server's memory once more.
+    // The UAs stay connected, idle again, until the orchestrator has read
+    // the server's memory once more.
     let opened = Rc::new(RefCell::new(opened));
+    let verified = verify(spec, &opened).await;
+    report(&json!({"phase": "done", "verified": verified}));
+    wait_for_orchestrator();
+    json!({"phase": "closed"})
+}
+
+/// Every UA still works: `messages` pushes each (at least one), each
+/// received and acked. Returns how many UAs got them all; each is put back
+/// in `opened`, still connected.
+async fn verify(spec: &Spec, opened: &Rc<RefCell<Opened>>) -> u64 {
     let received = Rc::new(Cell::new(0u64));
     let lanes = spec.pushers.max(1);
     in_lanes(lanes, |lane| {
@@ -595,9 +615,7 @@ async fn idle(spec: &Spec) -> Value {
         }
     })
     .await;
-    report(&json!({"phase": "done", "verified": received.get()}));
-    wait_for_orchestrator();
-    json!({"phase": "closed"})
+    received.get()
 }
 
 async fn stored(spec: &Spec) -> Value {
@@ -706,4 +724,179 @@ async fn drain_one(
         }
     }
     Ok(())
+}
+
+/// The longest a restart UA waits for its socket to close and then keeps
+/// trying to come back.
+const STORM_TIMEOUT: Duration = Duration::from_secs(120);
+/// One reconnect attempt (connect, upgrade, hello) that takes longer than
+/// this is abandoned and counted as dropped: Herald's own handshake and
+/// hello timeouts are 5 s and 10 s.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a restart worker's UAs saw while coming back (all on one thread).
+#[derive(Default)]
+struct Storm {
+    /// Reconnect attempts: connect, upgrade, hello.
+    attempts: Cell<u64>,
+    /// Connects refused: nothing listening (the server is down).
+    down: Cell<u64>,
+    /// Upgrades or hellos the server refused (429, 503, any other answer
+    /// than 101 and status 200).
+    refused: Cell<u64>,
+    /// Attempts that failed otherwise: reset, closed, timed out.
+    dropped: Cell<u64>,
+    /// Hellos answered with another UAID: the server had lost this one.
+    lost: Cell<u64>,
+    /// When each UA noticed its socket close.
+    closed_us: RefCell<Vec<u64>>,
+    /// When each UA's hello was answered with its own UAID.
+    back_us: RefCell<Vec<u64>>,
+}
+
+/// Why a reconnect attempt failed.
+enum Failed {
+    Io(std::io::Error),
+    Refused,
+    Lost,
+}
+
+impl Storm {
+    fn count(&self, failed: &Failed) {
+        let counter = match failed {
+            Failed::Io(error) => match error.kind() {
+                std::io::ErrorKind::ConnectionRefused => &self.down,
+                // An upgrade answered with anything but 101.
+                std::io::ErrorKind::InvalidData => &self.refused,
+                _ => &self.dropped,
+            },
+            Failed::Refused => &self.refused,
+            Failed::Lost => &self.lost,
+        };
+        counter.set(counter.get() + 1);
+    }
+}
+
+/// The bench clients' retry policy, applied after the first attempt
+/// failed `failures` times: a random half to all of `retry_ms` ×
+/// 2^failures, at most `retry_max_ms`. The randomness keeps the retries
+/// of thousands of clients that failed together from staying in step.
+fn retry_delay(spec: &Spec, failures: u32) -> Duration {
+    let ceiling = spec
+        .retry_ms
+        .saturating_mul(1 << failures.min(20))
+        .min(spec.retry_max_ms)
+        .max(1);
+    Duration::from_millis(rand::thread_rng().gen_range(ceiling / 2..=ceiling))
+}
+
+/// Connects again and says hello with the UA's UAID, the way Firefox does
+/// once it has subscriptions: no `channelIDs`, so that the push that
+/// follows proves the server kept the channel (a listed channel it had
+/// lost would be re-created).
+async fn hello_again(spec: &Spec, registered: &Registered) -> Result<Ua, Failed> {
+    let mut ua = Ua::open(&FromSource(spec.source), spec.ua)
+        .await
+        .map_err(Failed::Io)?;
+    let hello = json!({"messageType": "hello", "uaid": registered.uaid, "use_webpush": true});
+    let answer = ua.exchange(&hello).await.map_err(Failed::Io)?;
+    if answer["status"] != 200 {
+        return Err(Failed::Refused);
+    }
+    if answer["uaid"] != registered.uaid.as_str() {
+        return Err(Failed::Lost);
+    }
+    Ok(ua)
+}
+
+/// One UA: waits for the server to close its socket, then reconnects
+/// until its hello is answered ([`retry_delay`] between attempts). None if
+/// it did not come back within [`STORM_TIMEOUT`] or its UAID was lost.
+async fn come_back(spec: &Spec, mut ua: Ua, registered: &Registered, storm: &Storm) -> Option<Ua> {
+    let deadline = std::time::Instant::now() + STORM_TIMEOUT;
+    // Nothing is pushed to an idle UA: whatever arrives is skipped.
+    let closed = glommio::timer::timeout(STORM_TIMEOUT, async {
+        while ua.receive().await.is_ok() {}
+        Ok(())
+    })
+    .await;
+    drop(ua);
+    if closed.is_err() {
+        return None;
+    }
+    storm.closed_us.borrow_mut().push(now_us());
+    // The closes arrive together; a first random wait spreads the first
+    // wave as a population of clients would.
+    let mut wait = Duration::from_millis(rand::thread_rng().gen_range(0..=spec.retry_ms));
+    let mut failures = 0;
+    loop {
+        sleep(wait).await;
+        storm.attempts.set(storm.attempts.get() + 1);
+        let attempt = glommio::timer::timeout(ATTEMPT_TIMEOUT, async {
+            Ok(hello_again(spec, registered).await)
+        })
+        .await
+        .unwrap_or_else(|_| Err(Failed::Io(std::io::ErrorKind::TimedOut.into())));
+        match attempt {
+            Ok(ua) => {
+                storm.back_us.borrow_mut().push(now_us());
+                return Some(ua);
+            }
+            Err(failed) => {
+                storm.count(&failed);
+                if matches!(failed, Failed::Lost) || std::time::Instant::now() >= deadline {
+                    return None;
+                }
+            }
+        }
+        wait = retry_delay(spec, failures);
+        failures += 1;
+    }
+}
+
+async fn restart(spec: &Spec) -> Value {
+    let (opened, started, finished) = open_all(spec).await;
+    let connected = connect_report(&opened, started, finished);
+    let storm = Rc::new(Storm::default());
+    let back: Rc<RefCell<Opened>> = Rc::new(RefCell::new((0..spec.uas).map(|_| None).collect()));
+    // Each UA watches its socket from now on; the orchestrator restarts
+    // the server once every worker has reported.
+    let watchers: Vec<_> = opened
+        .into_iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let (spec, storm, back) = (spec.clone(), storm.clone(), back.clone());
+            spawn_local(async move {
+                let (ua, registered) = entry?;
+                let ua = come_back(&spec, ua, &registered, &storm).await?;
+                back.borrow_mut()[index] = Some((ua, registered));
+                Some(())
+            })
+        })
+        .collect();
+    report(&connected);
+    for watcher in watchers {
+        watcher.await;
+    }
+    let mut back_us = storm.back_us.take();
+    back_us.sort_unstable();
+    let closed_us = storm.closed_us.take();
+    report(&json!({
+        "phase": "back",
+        "back": back_us.len(),
+        "attempts": storm.attempts.get(),
+        "down": storm.down.get(),
+        "refused": storm.refused.get(),
+        "dropped": storm.dropped.get(),
+        "lost": storm.lost.get(),
+        "closed": closed_us.len(),
+        "first_closed_us": closed_us.iter().min(),
+        "last_closed_us": closed_us.iter().max(),
+        "back_us": back_us,
+    }));
+    wait_for_orchestrator();
+    let verified = verify(spec, &back).await;
+    report(&json!({"phase": "done", "verified": verified}));
+    wait_for_orchestrator();
+    json!({"phase": "closed"})
 }
