@@ -52,6 +52,10 @@ pub struct Limits {
     /// Concurrent streams one HTTP/2 AS connection may open (announced in
     /// its SETTINGS): each is a request in flight.
     pub http2_streams_max: u32,
+    /// Cluster mode: UAs of one app notification handed their share at
+    /// once (each a store write or a node-link call); the rest follow as
+    /// these finish.
+    pub app_shares_in_flight_max: usize,
     /// VAPID `exp` may be at most this far ahead (RFC 8292: 24 hours).
     pub vapid_expiry_ahead_max_s: u64,
     /// A UA registered for UDP wakeup is closed (4774) after this idle time.
@@ -143,6 +147,7 @@ impl Default for Limits {
             http_request_timeout_ms: 10_000,
             http_pipeline_requests_max: 64,
             http2_streams_max: 256,
+            app_shares_in_flight_max: 64,
             vapid_expiry_ahead_max_s: 24 * 3600,
             wakeup_idle_ms: 10_000,
             wal_compact_after_bytes: 64 * 1024 * 1024,

@@ -136,12 +136,21 @@ pub enum PushRequest {
     },
     DeleteMessage(MessageClaims),
     MessageState(MessageClaims),
+    /// One UA's share of an app notification (SPEC §3.6) in cluster mode:
+    /// no shard knows every UA of an app there, so the node that took the
+    /// notification names each UA of the app in turn (the cluster store
+    /// keeps the app's members).
+    AppShare {
+        uaid: Uaid,
+        channel: ChannelId,
+        notification: crate::extended::AppNotification,
+    },
 }
 
 impl PushRequest {
     pub fn uaid(&self) -> Uaid {
         match self {
-            PushRequest::Notify { uaid, .. } => *uaid,
+            PushRequest::Notify { uaid, .. } | PushRequest::AppShare { uaid, .. } => *uaid,
             PushRequest::DeleteMessage(claims) | PushRequest::MessageState(claims) => claims.uaid,
         }
     }

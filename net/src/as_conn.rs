@@ -11,12 +11,14 @@ use glommio::net::TcpStream;
 use herald_engine::extended;
 use herald_engine::limits::Limits;
 use herald_engine::push::{self, errno, DecodeContext, HttpRequest, HttpResponse};
+use herald_engine::{ChannelId, Uaid};
 
 use crate::client_addr;
 use crate::ctx::{now_ms, Ctx};
 use crate::http::Head;
 use crate::http_conn;
 use crate::metrics::{AsRoute, RateLimit};
+use crate::node_link::NodeLink;
 use crate::pages::Page;
 use crate::routes::Routes;
 use crate::shard::{refusal_response, Refusal};
@@ -171,23 +173,41 @@ pub async fn route(
         Ok(push) => push,
         Err(response) => return response,
     };
-    let held_here = ctx.shared.holds(&push.uaid());
-    if let (Some(cluster), false, false) = (&ctx.cluster, forwarded, held_here) {
-        if let Some(holder) = cluster.holder_elsewhere(&push.uaid()).await {
-            cluster.forwards.set(cluster.forwards.get() + 1);
-            match cluster.link.forward(&holder, head, body).await {
-                Ok(response) => return response,
-                // The holder is down or cut off: take the UA from it here.
-                Err(error) => {
-                    cluster
-                        .forward_failures
-                        .set(cluster.forward_failures.get() + 1);
-                    tracing::warn!(%error, "forwarding to the UA's node failed");
-                }
-            }
+    if !forwarded {
+        let to_holder =
+            async |link: &NodeLink, holder: &str| link.forward(holder, head, body).await;
+        if let Some(response) = answered_by_holder(ctx, push.uaid(), to_holder).await {
+            return response;
         }
     }
     dispatch(ctx, push).await
+}
+
+/// Cluster mode: the answer of the node that holds `uaid`, if another node
+/// does and could be reached (`forward` sends it the request). None: this
+/// node takes the request itself, claiming the UA if need be (from a holder
+/// that is down or cut off, too).
+async fn answered_by_holder(
+    ctx: &Ctx,
+    uaid: Uaid,
+    forward: impl AsyncFnOnce(&NodeLink, &str) -> Result<HttpResponse, String>,
+) -> Option<HttpResponse> {
+    let cluster = ctx.cluster.as_ref()?;
+    if ctx.shared.holds(&uaid) {
+        return None;
+    }
+    let holder = cluster.holder_elsewhere(&uaid).await?;
+    cluster.forwards.set(cluster.forwards.get() + 1);
+    match forward(&cluster.link, &holder).await {
+        Ok(response) => Some(response),
+        Err(error) => {
+            cluster
+                .forward_failures
+                .set(cluster.forward_failures.get() + 1);
+            tracing::warn!(%error, "forwarding to the UA's node failed");
+            None
+        }
+    }
 }
 
 /// The per-address rate limit, checked before a request costs a decode
@@ -222,7 +242,8 @@ fn public_page(ctx: &Ctx, head: &Head, page: Page) -> HttpResponse {
 /// SPEC §3.6: an AS posts a signed notification to an app url. The UAs that
 /// registered the app may live on any shard, so every shard gets it and
 /// answers; the AS gets 200 if any shard stored it (all durably), else the
-/// most telling refusal (a bad signature before "no such app").
+/// most telling refusal (a bad signature before "no such app"). In cluster
+/// mode they may live on any node: see [`app_fan_out`].
 async fn app_notify(ctx: &Rc<Ctx>, url_token: &str, body: &[u8]) -> HttpResponse {
     let config = &ctx.shared.config;
     let notification = match extended::decode_notification(body, config.limits.ttl_max_s) {
@@ -232,6 +253,9 @@ async fn app_notify(ctx: &Rc<Ctx>, url_token: &str, body: &[u8]) -> HttpResponse
     let Some(channel) = extended::channel_of(url_token) else {
         return extended::as_error(404, "No valid AppToken");
     };
+    if ctx.cluster.is_some() {
+        return app_fan_out(ctx, url_token, channel, notification, body).await;
+    }
     let mut answers = Vec::with_capacity(config.shards);
     for shard in 0..config.shards {
         let (answer, answered) = Ctx::answer_slot();
@@ -244,26 +268,82 @@ async fn app_notify(ctx: &Rc<Ctx>, url_token: &str, body: &[u8]) -> HttpResponse
         }
         answers.push(answered);
     }
-    let mut best: Option<HttpResponse> = None;
+    let mut best = None;
     for answered in answers {
         let response = answered
             .recv()
             .await
             .unwrap_or_else(|| extended::as_error(503, "Try again later"));
-        let rank = |response: &HttpResponse| match response.status {
-            200 => 3,
-            401 => 2,
-            404 => 0,
-            _ => 1,
-        };
-        if best
-            .as_ref()
-            .is_none_or(|best| rank(&response) > rank(best))
-        {
-            best = Some(response);
+        best = Some(most_telling(best, response));
+    }
+    best.unwrap_or_else(|| extended::as_error(404, "No valid AppToken"))
+}
+
+/// Of two answers to shares of one app notification, the one the AS gets:
+/// a 200 (stored somewhere), else a bad signature, else any other refusal,
+/// and "no such app" last.
+fn most_telling(best: Option<HttpResponse>, response: HttpResponse) -> HttpResponse {
+    let rank = |response: &HttpResponse| match response.status {
+        200 => 3,
+        401 => 2,
+        404 => 0,
+        _ => 1,
+    };
+    match best {
+        Some(best) if rank(&best) >= rank(&response) => best,
+        _ => response,
+    }
+}
+
+/// Cluster mode: the app's members, as the cluster store keeps them, each
+/// given its share where it is held (forwarded to its node, or stored here,
+/// claiming it, if no node holds it), `app_shares_in_flight_max` at a time.
+async fn app_fan_out(
+    ctx: &Rc<Ctx>,
+    url_token: &str,
+    channel: ChannelId,
+    notification: extended::AppNotification,
+    body: &[u8],
+) -> HttpResponse {
+    let Some(cluster) = &ctx.cluster else {
+        return extended::as_error(404, "No valid AppToken");
+    };
+    let Ok(members) = cluster.app_members(&channel).await else {
+        return extended::as_error(503, "Try again later");
+    };
+    let at_once = ctx.shared.config.limits.app_shares_in_flight_max.max(1);
+    let notification = &notification;
+    let mut best = None;
+    for some in members.chunks(at_once) {
+        let shares = some.iter().map(|&uaid| async move {
+            let to_holder = async |link: &NodeLink, holder: &str| {
+                link.forward_app_share(holder, uaid, url_token, body).await
+            };
+            match answered_by_holder(ctx, uaid, to_holder).await {
+                Some(response) => response,
+                None => app_share_here(ctx, uaid, channel, notification.clone()).await,
+            }
+        });
+        for response in futures_util::future::join_all(shares).await {
+            best = Some(most_telling(best, response));
         }
     }
     best.unwrap_or_else(|| extended::as_error(404, "No valid AppToken"))
+}
+
+/// `uaid`'s share of an app notification, stored by this node.
+pub async fn app_share_here(
+    ctx: &Rc<Ctx>,
+    uaid: Uaid,
+    channel: ChannelId,
+    notification: extended::AppNotification,
+) -> HttpResponse {
+    let share = push::PushRequest::AppShare {
+        uaid,
+        channel,
+        notification,
+    };
+    dispatch(ctx, share).await
 }
 
 /// Sends a decoded push to its owning shard and waits for the durable answer.

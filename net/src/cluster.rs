@@ -13,8 +13,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use glommio::channels::local_channel::{self, LocalSender};
-use herald_engine::Uaid;
-use herald_store::cluster::ua_keys;
+use herald_engine::{ChannelId, Uaid};
+use herald_store::cluster::{app_members_key, ua_keys};
 use herald_store::redis::{ClusterClient, Command, RedisError, Reply};
 
 use crate::node_link::NodeLink;
@@ -79,6 +79,25 @@ impl ClusterNode {
         let token = String::from_utf8(token.recv().await.flatten()?).ok()?;
         let node = token.split(' ').next().unwrap_or_default();
         (!node.is_empty() && node != self.link.own_url).then(|| node.to_owned())
+    }
+
+    /// Every UA that registered the app whose channel is `channel`, as the
+    /// cluster store keeps them (a UA that left the app since may still be
+    /// named: its share then finds no registration).
+    pub async fn app_members(&self, channel: &ChannelId) -> Result<Vec<Uaid>, RedisError> {
+        let key = app_members_key(channel);
+        let members = Command::new(&key, vec![b"SMEMBERS".to_vec(), key.clone()]);
+        let reply = self.reader.run(&[members], false).await?.into_iter().next();
+        let Some(Reply::Array(items)) = reply else {
+            return Ok(Vec::new());
+        };
+        Ok(items
+            .into_iter()
+            .filter_map(|item| match item {
+                Reply::Bulk(bytes) => Some(Uaid(bytes.try_into().ok()?)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Stores a broadcast's version, acknowledged by the configured replicas

@@ -5,6 +5,7 @@
 
 use std::rc::Rc;
 
+use herald_engine::extended;
 use herald_engine::limits::Limits;
 use herald_engine::push::{errno, HttpResponse};
 use herald_engine::Uaid;
@@ -12,7 +13,7 @@ use herald_engine::Uaid;
 use crate::ctx::Ctx;
 use crate::http::Head;
 use crate::http_conn;
-use crate::node_link::{self, DROPPED_PATH, SECRET_HEADER};
+use crate::node_link::{self, APP_SHARE_PATH, DROPPED_PATH, SECRET_HEADER};
 use crate::routes::Routes;
 
 /// Serves one connection of the node listener.
@@ -62,8 +63,27 @@ impl Routes for NodeRoutes {
             ctx.with_driver(|driver| driver.on_displaced(uaid, nonce.to_owned()));
             return HttpResponse::json(204, String::new());
         }
+        if let Some(share) = head.path.strip_prefix(APP_SHARE_PATH) {
+            return app_share(ctx, share, body).await;
+        }
         // A request another node forwarded: handled here, never sent on;
         // its sender's address was rate-limited on the node that took it.
         crate::as_conn::route(ctx, None, head, body, true).await
+    }
+}
+
+/// `<uaid>/<url token>` and the AS's body: one UA's share of an app
+/// notification another node took, stored here (never sent on).
+async fn app_share(ctx: &Rc<Ctx>, share: &str, body: &[u8]) -> HttpResponse {
+    let parsed = share.split_once('/').and_then(|(uaid, url_token)| {
+        Some((Uaid::from_hex(uaid)?, extended::channel_of(url_token)?))
+    });
+    let Some((uaid, channel)) = parsed else {
+        return HttpResponse::error(400, errno::BAD_REQUEST, "not /node/app/<uaid>/<url token>");
+    };
+    let ttl_max_s = ctx.shared.config.limits.ttl_max_s;
+    match extended::decode_notification(body, ttl_max_s) {
+        Ok(notification) => crate::as_conn::app_share_here(ctx, uaid, channel, notification).await,
+        Err(response) => response,
     }
 }

@@ -34,6 +34,9 @@ use crate::http_client::{read_response, split_http_url, Response};
 
 /// The header that carries the node secret.
 pub const SECRET_HEADER: &str = "herald-node";
+/// The path a node posts one UA's share of an app notification to:
+/// `/node/app/<uaid>/<url token>`, the AS's body as it came.
+pub const APP_SHARE_PATH: &str = "/node/app/";
 /// The path a node posts to when it took a UA over:
 /// `/node/dropped/<uaid>/<nonce of the displaced claim>`.
 pub const DROPPED_PATH: &str = "/node/dropped/";
@@ -182,6 +185,23 @@ impl NodeLink {
                 request.extend_from_slice(b"\r\n");
             }
         }
+        self.call(peer, request, body).await
+    }
+
+    /// Sends `uaid`'s share of an app notification (`body` as the AS
+    /// posted it to the app's url) to the node at `peer`, which holds the UA.
+    pub async fn forward_app_share(
+        &self,
+        peer: &str,
+        uaid: Uaid,
+        url_token: &str,
+        body: &[u8],
+    ) -> Result<HttpResponse, String> {
+        let request = format!(
+            "POST {APP_SHARE_PATH}{}/{url_token} HTTP/1.1\r\n",
+            uaid.to_hex()
+        )
+        .into_bytes();
         self.call(peer, request, body).await
     }
 

@@ -2,6 +2,9 @@
 //! nine-node Redis Cluster (three "data centres" of three nodes, every
 //! master with a replica in both other DCs), all on loopback.
 
+#[path = "support/extended.rs"]
+mod extended_support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -154,6 +157,40 @@ fn a_push_taken_by_one_node_reaches_a_ua_held_by_another() {
     assert!(location.contains("/m/"), "a message id: {location}");
     let notification = web.recv_notification(DEADLINE);
     assert_eq!(notification["messageType"], "notification");
+}
+
+#[test]
+fn an_app_notification_taken_by_one_node_reaches_the_app_s_uas_on_every_node() {
+    use extended_support::{notify, AppKey, ExtUa};
+    let cluster = Nodes::start(2);
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let key = AppKey::new(11);
+    let mut at_a = ExtUa::fresh(a);
+    let url_a = at_a.register_wa(a, "wa-cluster", &key);
+    let mut at_b = ExtUa::fresh(b);
+    let url_b = at_b.register_wa(b, "wa-cluster", &key);
+    // A third UA of the app registers at B and leaves: no node holds it.
+    let mut away = ExtUa::fresh(b);
+    away.register_wa(b, "wa-cluster", &key);
+    let away_token = away.token.clone();
+    away.close();
+    wait_until(DEADLINE, "node B forgets the UA that left", || {
+        b.metric_named("herald_user_agents") == 1.0
+    });
+
+    // Posted to A's url: A holds one UA of the app, B the other.
+    let sent = notify(&url_a, &key, "cluster-1", "to every UA of the app");
+    at_a.expect_notifications(&[&sent], &url_a);
+    at_b.expect_notifications(&[&sent], &url_b);
+    wait_until(DEADLINE, "node A forwarded B's share", || {
+        cluster_event(a, "forwards") >= 1.0
+    });
+    // The UA that was away gets its share when it comes back, anywhere.
+    let mut back = ExtUa::resume(a, &away_token);
+    back.expect_notifications(&[&sent], &url_a);
+    for ua in [&mut at_a, &mut at_b, &mut back] {
+        ua.expect_silence();
+    }
 }
 
 #[test]
@@ -553,9 +590,14 @@ fn a_broadcast_set_at_one_node_reaches_subscribers_of_every_node() {
         let message = ua.recv_type("broadcast", DEADLINE);
         assert_eq!(message["broadcasts"][id], "v1", "{message}");
     }
-    // A UA that says hello later, anywhere, is told the current version.
-    let mut later = cluster.nodes[1].ua();
-    let reply = later
-        .hello_raw(&json!({"messageType": "hello", "use_webpush": true, "broadcasts": {id: "v0"}}));
-    assert_eq!(reply["broadcasts"][id], "v1", "{reply}");
+    // A UA that says hello later, anywhere, is told the current version,
+    // once every shard of its node has read it (each reads the cluster's
+    // broadcasts once a second: `at_b`'s shard may have been the first).
+    wait_until(DEADLINE, "a later hello at node B is told v1", || {
+        let mut later = cluster.nodes[1].ua();
+        let reply = later.hello_raw(
+            &json!({"messageType": "hello", "use_webpush": true, "broadcasts": {id: "v0"}}),
+        );
+        reply["broadcasts"][id] == "v1"
+    });
 }

@@ -119,6 +119,11 @@ impl Shard {
         if self.hand_off_if_foreign(conn, uaid, text) {
             return;
         }
+        if self.needs_load(uaid) {
+            // Cluster mode: claimed and loaded like a hello's UA (the last
+            // socket wins, its web apps and messages come with it).
+            return self.park_hello(conn, uaid, text);
+        }
         self.ua_for_socket(now_ms, uaid);
         self.set_wakeup(uaid, wakeup);
         let previous = self.uas.get_mut(&uaid).and_then(|ua| ua.conn.replace(conn));
@@ -202,53 +207,108 @@ impl Shard {
         channel: ChannelId,
         notification: extended::AppNotification,
     ) -> (Option<Lsn>, HttpResponse) {
-        let Some(app) = self.web_apps.get(&channel) else {
+        if let Some(refusal) =
+            self.app_refusal(now_ms, channel, &notification, Endpoint::App(channel))
+        {
+            return (None, refusal);
+        }
+        let uaids: Vec<Uaid> = self.web_apps[&channel].uaids.iter().copied().collect();
+        let mut after = None;
+        for uaid in uaids {
+            if self.uas.contains_key(&uaid) {
+                after = Some(self.store_app_message(now_ms, uaid, channel, &notification));
+            }
+        }
+        (after, extended::accepted())
+    }
+
+    /// One UA's share of an app notification (cluster mode): stored for
+    /// `uaid` if it registered the app. Its rate is that UA's channel's, as
+    /// for any push to one endpoint.
+    pub(super) fn app_share(
+        &mut self,
+        now_ms: Millis,
+        uaid: Uaid,
+        channel: ChannelId,
+        notification: extended::AppNotification,
+    ) -> (Option<Lsn>, HttpResponse) {
+        let member = self
+            .web_apps
+            .get(&channel)
+            .is_some_and(|app| app.uaids.contains(&uaid));
+        if !member || !self.uas.contains_key(&uaid) {
             return (None, extended::as_error(404, "No valid AppToken"));
+        }
+        let rate = Endpoint::Channel(uaid, channel);
+        if let Some(refusal) = self.app_refusal(now_ms, channel, &notification, rate) {
+            return (None, refusal);
+        }
+        let after = self.store_app_message(now_ms, uaid, channel, &notification);
+        (Some(after), extended::accepted())
+    }
+
+    /// Why an app notification is not taken, if it is not: no such app here,
+    /// a signature the app's key does not verify, the store failed, or the
+    /// rate of `rate` is spent.
+    fn app_refusal(
+        &mut self,
+        now_ms: Millis,
+        channel: ChannelId,
+        notification: &extended::AppNotification,
+        rate: Endpoint,
+    ) -> Option<HttpResponse> {
+        let Some(app) = self.web_apps.get(&channel) else {
+            return Some(extended::as_error(404, "No valid AppToken"));
         };
         if !extended::signature_is_valid(
             &app.public_key_der,
             &notification.message,
             &notification.signature,
         ) {
-            return (
-                None,
-                extended::as_error(401, "Bad signature, dropping notification"),
-            );
+            return Some(extended::as_error(
+                401,
+                "Bad signature, dropping notification",
+            ));
         }
         if self.store_failed {
-            return (None, extended::as_error(503, "Try again later"));
+            return Some(extended::as_error(503, "Try again later"));
         }
-        if let Err(limited) = self.endpoint_rates.check(Endpoint::App(channel), now_ms) {
+        if let Err(limited) = self.endpoint_rates.check(rate, now_ms) {
             self.stats.channel_rate_limited += 1;
             let refusal = extended::as_error(429, "Too many notifications for this app");
-            return (None, refusal.with_retry_after(limited));
+            return Some(refusal.with_retry_after(limited));
         }
-        let uaids: Vec<Uaid> = app.uaids.iter().copied().collect();
-        let mut after = None;
-        for uaid in uaids {
-            let Some(ua) = self.uas.get(&uaid) else {
-                continue;
-            };
-            self.stats.notifications_in += 1;
-            let seq = next_seq(ua, now_ms, true);
-            let connected = ua.conn;
-            let message = StoredMessage {
-                uaid,
-                channel,
-                seq,
-                arrived_ms: now_ms,
-                expires_ms: now_ms.saturating_add(notification.ttl_s.saturating_mul(1000)),
-                urgency: Urgency::Normal,
-                topic: None,
-                body: MessageBody::Extended {
-                    id: notification.id.clone(),
-                    message: notification.message.clone(),
-                    timestamp_ms: notification.timestamp_ms,
-                    priority: notification.priority,
-                },
-            };
-            after = Some(self.store_and_deliver(now_ms, &message, connected));
-        }
-        (after, extended::accepted())
+        None
+    }
+
+    /// Stores (and delivers, if its UA is connected) `uaid`'s copy of an
+    /// app notification; `uaid` must be held here.
+    fn store_app_message(
+        &mut self,
+        now_ms: Millis,
+        uaid: Uaid,
+        channel: ChannelId,
+        notification: &extended::AppNotification,
+    ) -> Lsn {
+        let ua = &self.uas[&uaid];
+        self.stats.notifications_in += 1;
+        let seq = next_seq(ua, now_ms, true);
+        let connected = ua.conn;
+        let message = StoredMessage {
+            uaid,
+            channel,
+            seq,
+            arrived_ms: now_ms,
+            expires_ms: now_ms.saturating_add(notification.ttl_s.saturating_mul(1000)),
+            urgency: Urgency::Normal,
+            topic: None,
+            body: MessageBody::Extended {
+                id: notification.id.clone(),
+                message: notification.message.clone(),
+                timestamp_ms: notification.timestamp_ms,
+                priority: notification.priority,
+            },
+        };
+        self.store_and_deliver(now_ms, &message, connected)
     }
 }

@@ -21,6 +21,11 @@ impl Shard {
             } => self.on_notify(now_ms, uaid, channel, key_hash, notification),
             PushRequest::DeleteMessage(claims) => self.on_delete(now_ms, claims),
             PushRequest::MessageState(claims) => (None, self.message_state(now_ms, claims)),
+            PushRequest::AppShare {
+                uaid,
+                channel,
+                notification,
+            } => self.app_share(now_ms, uaid, channel, notification),
         };
         self.actions.push_back(Action::Reply {
             request,

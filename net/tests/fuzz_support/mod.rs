@@ -381,6 +381,9 @@ pub fn push_decode(data: &[u8]) -> u32 {
             assert_eq!((claims.uaid, claims.channel), (uaid, channel));
             6
         }
+        Ok(PushRequest::AppShare { .. }) => {
+            panic!("push::decode never makes app shares (the cluster's fan-out does)")
+        }
     }
 }
 

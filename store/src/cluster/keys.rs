@@ -36,6 +36,29 @@ pub fn ua_keys(uaid: &Uaid) -> [Vec<u8>; 2] {
     ["u", "m"].map(|suffix| format!("{tag}{suffix}").into_bytes())
 }
 
+/// The key of the set of UAs that registered the extended protocol's web
+/// app whose channel is `channel` (the same channel on every UA): any node
+/// that takes a notification for the app reads it to reach them all. One
+/// slot per app.
+pub fn app_members_key(channel: &ChannelId) -> Vec<u8> {
+    let hex: String = channel.0.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("{{a{hex}}}").into_bytes()
+}
+
+/// The command that keeps an app's members in step with `record`, if it
+/// changes them: a registration adds its UA, an unregistration of any
+/// channel removes the UA from the app of that channel, if there is one.
+pub fn app_members_op(record: &Record) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
+    let (verb, uaid, channel) = match record {
+        Record::WebAppRegistered { uaid, channel, .. } => ("SADD", uaid, channel),
+        Record::ChannelUnregistered { uaid, channel } => ("SREM", uaid, channel),
+        _ => return None,
+    };
+    let key = app_members_key(channel);
+    let argv = vec![verb.into(), key.clone(), uaid.0.to_vec()];
+    Some((key, argv))
+}
+
 /// The tag byte of a plain registration's value.
 const PLAIN_REGISTRATION: u8 = b'r';
 /// The tag byte of an extended-protocol registration's value.

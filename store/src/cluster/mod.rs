@@ -39,7 +39,7 @@ use herald_engine::{Lsn, Uaid};
 use crate::redis::{ClusterClient, Command, RedisError, Reply, ScriptId};
 use crate::{Claim, ClaimError, Fenced, PreviousClaim, RecordLog, StoreError};
 
-pub use keys::ua_keys;
+pub use keys::{app_members_key, ua_keys};
 
 /// The scripts every Redis master gets, in [`ScriptId`] order.
 pub const SCRIPTS: [&str; 3] = [
@@ -98,9 +98,9 @@ enum Op {
         token: Rc<[u8]>,
         call: Command,
     },
-    Release {
-        call: Command,
-    },
+    /// A call whose reply nothing waits for: a release, a change to an
+    /// app's members.
+    Unanswered { call: Command },
     Claim {
         uaid: Uaid,
         call: Command,
@@ -282,9 +282,9 @@ impl ClusterLog {
                     .iter()
                     .take(take)
                     .map(|op| match op {
-                        Op::Write { call, .. } | Op::Release { call } | Op::Claim { call, .. } => {
-                            call.clone()
-                        }
+                        Op::Write { call, .. }
+                        | Op::Unanswered { call }
+                        | Op::Claim { call, .. } => call.clone(),
                     })
                     .collect()
             };
@@ -346,7 +346,7 @@ impl ClusterLog {
                         self.count(|stats| stats.fenced_writes += 1);
                     }
                 }
-                Op::Release { .. } => {}
+                Op::Unanswered { .. } => {}
                 Op::Claim { uaid, answer, .. } => {
                     self.count(|stats| stats.claims += 1);
                     let claimed = claim_reply(uaid, reply);
@@ -475,6 +475,14 @@ impl RecordLog for ClusterLog {
                 token,
                 call,
             });
+            // In the same batch, so durable with it (not atomic with it: a
+            // member whose write was fenced is found not to have the app
+            // when a notification reaches it).
+            if let Some((key, argv)) = keys::app_members_op(record) {
+                self.push(Op::Unanswered {
+                    call: Command::new(&key, argv),
+                });
+            }
         }
         self.inner.last_lsn.set(lsn);
         Ok(lsn)
@@ -565,7 +573,7 @@ impl RecordLog for ClusterLog {
             &keys.each_ref().map(Vec::as_slice),
             vec![token.to_vec()],
         );
-        self.push(Op::Release { call });
+        self.push(Op::Unanswered { call });
     }
 
     fn displaced(&self, uaid: Uaid, nonce: &str) -> bool {
