@@ -182,6 +182,7 @@ pub async fn run(
     let writer = ctx.journal.clone();
     spawn_local(async move { writer.run_writer(index).await }).detach();
     spawn_local(release_answers(ctx.clone())).detach();
+    spawn_local(flush_pushes(ctx.clone())).detach();
     spawn_local(crate::broadcasts::follow_cluster(ctx.clone())).detach();
     let _ = ready.send(Ok(()));
     // Accept only once every shard has replayed its log: a UA handed to, or an
@@ -393,6 +394,19 @@ async fn release_answers(ctx: Rc<Ctx>) {
         // A failure is the driver's to answer (503s); it reads it from the log.
         let _ = ctx.journal.wait_durable(gate).await;
         ctx.with_driver(|driver| driver.on_durable());
+    }
+}
+
+/// Sends the pushes this shard took for others: the task runs once the
+/// tasks that took them yield, so a batch of pipelined requests (or of
+/// HTTP/2 streams) crosses to each owner in one ring message.
+async fn flush_pushes(ctx: Rc<Ctx>) {
+    loop {
+        future::poll_fn(|cx| ctx.driver.borrow_mut().poll_outgoing(cx)).await;
+        let refused = ctx.with_driver(|driver| driver.flush_pushes());
+        ctx.shared
+            .metrics
+            .error(ctx.index, "ring_full", refused as u64);
     }
 }
 

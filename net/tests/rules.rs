@@ -1457,6 +1457,47 @@ fn a_hello_for_another_shards_uaid_is_handed_off() {
     );
 }
 
+/// The pushes one shard takes in one turn (a batch of pipelined requests)
+/// for another shard's UAs cross the ring in one message, and their answers,
+/// made durable together, come back in one; each still gets its own answer
+/// and its own notification.
+#[test]
+fn pushes_taken_together_for_another_shard_cross_the_ring_in_one_message() {
+    let limits = Limits {
+        as_in_flight_per_shard_max: 8,
+        ..Limits::test_min()
+    };
+    let mut h = Harness::build(2, limits, &[], 1);
+    let mut uas = Vec::new();
+    for n in 0..8 {
+        let conn = h.open_on(1);
+        let uaid = h.hello(conn, json!({"use_webpush": true}))["uaid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(uaid_of(&uaid).shard(2), 1);
+        let endpoint = h.register(conn, &chan(n));
+        uas.push((conn, endpoint));
+    }
+    let pushes = uas
+        .iter()
+        .map(|(_, endpoint)| h.decode("POST", endpoint, &[("TTL", "60")], b"").unwrap())
+        .collect();
+    let before = h.ring_messages_sent();
+    let requests = h.submit_all_via(0, pushes);
+    assert_eq!(
+        h.ring_messages_sent() - before,
+        2,
+        "the 8 pushes in one message, their 8 answers in another"
+    );
+    for request in requests {
+        assert_eq!(h.replies[&request].status, 201);
+    }
+    for (conn, _) in uas {
+        assert_eq!(h.take_notifications(conn).len(), 1);
+    }
+}
+
 // ---- overload (SPEC §9) --------------------------------------------------
 
 /// A UA that stops reading fills its socket's bounded outbox and is dropped,

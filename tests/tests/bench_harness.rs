@@ -67,6 +67,17 @@ fn every_scenario_delivers_what_it_counts() {
     assert_eq!(run["refused"], 0, "{run}");
     assert_eq!(run["uas"], 30, "{run}");
     assert!(run["to_ua"]["p99_ms"].as_f64().unwrap() > 0.0, "{run}");
+    let summary = &throughput["summary"]["herald --fsync batch"];
+    for figure in [
+        "server_us_per_notification",
+        "generator_us_per_notification",
+    ] {
+        let median = summary[figure]["median"].as_f64().unwrap_or(0.0);
+        assert!(
+            median > 0.0,
+            "the summary gives {figure} beside the rate: {summary}"
+        );
+    }
 
     let floor = scenario(&out, "floor", &load[2..]);
     let run = only_run(&floor);
@@ -106,6 +117,10 @@ fn every_scenario_delivers_what_it_counts() {
     let run = only_run(&stored);
     assert_eq!(run["stored"], 200, "{run}");
     assert_eq!(run["delivered"], 200, "every stored message drains: {run}");
+    assert!(
+        run["server_us_per_message"].as_f64().unwrap() > 0.0,
+        "{run}"
+    );
 
     let idle = scenario(&out, "idle", &["--fsync", "batch", "--uas", "200"]);
     let run = only_run(&idle);

@@ -246,7 +246,9 @@ pub struct Shard {
     uas: AHashMap<Uaid, UserAgent>,
     conns: AHashMap<ConnId, Conn>,
     timers: BTreeSet<(Millis, Timer)>,
-    outcomes: BTreeMap<(Uaid, u64), Removal>,
+    /// Hashed, not ordered: a draining backlog writes one entry per ack
+    /// and drops the oldest (`outcome_order` keeps the age).
+    outcomes: AHashMap<(Uaid, u64), Removal>,
     outcome_order: VecDeque<(Uaid, u64)>,
     next_lsn: Lsn,
     store_failed: bool,
@@ -283,7 +285,7 @@ impl Shard {
             uas: AHashMap::new(),
             conns: AHashMap::new(),
             timers: BTreeSet::new(),
-            outcomes: BTreeMap::new(),
+            outcomes: AHashMap::new(),
             outcome_order: VecDeque::new(),
             next_lsn: 1,
             store_failed: false,

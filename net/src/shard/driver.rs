@@ -62,6 +62,12 @@ pub struct Driver<L: RecordLog, R: Runtime> {
     release_waker: Option<Waker>,
     /// Requests this shard sent to another shard and still awaits.
     remote_in_flight: usize,
+    /// Pushes for other shards not sent yet, by owner: those taken in one
+    /// turn leave together, one ring message per owner, when the runtime
+    /// calls [`Driver::flush_pushes`].
+    outgoing: Vec<Vec<(RequestId, PushRequest)>>,
+    /// The runtime's task that flushes `outgoing` on the driver's behalf.
+    flush_waker: Option<Waker>,
     next_id: u64,
     /// Records of the current engine input, appended as one batch.
     batch: Vec<Record>,
@@ -108,6 +114,8 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
             held_count: 0,
             release_waker: None,
             remote_in_flight: 0,
+            outgoing: (0..shards).map(|_| Vec::new()).collect(),
+            flush_waker: None,
             next_id: 1,
             batch: Vec::new(),
             batch_first_lsn: 0,
@@ -241,7 +249,8 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
     // ---- AS requests ----------------------------------------------------
 
     /// A decoded push taken by this shard: to the engine if this shard owns
-    /// its UAID, else over the ring to the owner. The answer goes to `waiter`.
+    /// its UAID, else queued for the owner's ring (see
+    /// [`Driver::flush_pushes`]). The answer goes to `waiter`.
     pub fn submit_push(&mut self, push: PushRequest, waiter: R::Waiter) -> Result<(), Refusal> {
         let owner = push.uaid().shard(self.shards);
         let request = self.next_id();
@@ -254,12 +263,51 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
         if self.remote_in_flight >= self.in_flight_max {
             return Err(Refusal::TooManyInFlight);
         }
-        let message = RingMsg::Push {
-            origin: self.index,
-            request,
-            push,
-        };
-        self.send_request(owner, request, message, waiter)
+        self.requests.insert(request, Origin::Local(waiter));
+        self.remote_in_flight += 1;
+        self.outgoing[owner].push((request, push));
+        if let Some(waker) = self.flush_waker.take() {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// `Ready` once pushes wait for another shard's ring, else `Pending`
+    /// until one does (the waker is woken then).
+    pub fn poll_outgoing(&mut self, cx: &Context<'_>) -> Poll<()> {
+        if self.outgoing.iter().any(|pushes| !pushes.is_empty()) {
+            return Poll::Ready(());
+        }
+        self.flush_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Sends the queued pushes, one ring message per owner. A full ring
+    /// refuses its whole message: those requests are answered 503 at once
+    /// (back-pressure, never a queue without end). Returns how many were.
+    pub fn flush_pushes(&mut self) -> usize {
+        let mut refused = 0;
+        for owner in 0..self.outgoing.len() {
+            if self.outgoing[owner].is_empty() {
+                continue;
+            }
+            let pushes = std::mem::take(&mut self.outgoing[owner]);
+            let message = RingMsg::Pushes {
+                origin: self.index,
+                pushes,
+            };
+            let Err(RingMsg::Pushes { pushes, .. }) = self.runtime.try_send(owner, message) else {
+                continue;
+            };
+            for (request, _) in pushes {
+                refused += 1;
+                self.remote_in_flight = self.remote_in_flight.saturating_sub(1);
+                if let Some(origin) = self.requests.remove(&request) {
+                    self.deliver(origin, refusal_response(Refusal::RingFull, false));
+                }
+            }
+        }
+        refused
     }
 
     /// An extended-protocol notification for `shard`'s UAs of an app.
@@ -315,13 +363,12 @@ impl<L: RecordLog, R: Runtime> Driver<L, R> {
     pub fn on_ring(&mut self, message: RingMsg<R::Socket>) -> Option<R::Socket> {
         match message {
             RingMsg::HandOff(socket) => return Some(socket),
-            RingMsg::Push {
-                origin,
-                request,
-                push,
-            } => {
-                let local = self.take_remote_request(origin, request);
-                self.take_push(local, push);
+            RingMsg::Pushes { origin, pushes } => {
+                for (request, push) in pushes {
+                    let local = self.take_remote_request(origin, request);
+                    self.take_push(local, push);
+                    self.run_actions();
+                }
             }
             RingMsg::AppNotify {
                 origin,

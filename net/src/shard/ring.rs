@@ -9,11 +9,12 @@ use herald_engine::{ChannelId, RequestId, Uaid};
 pub enum RingMsg<S> {
     /// A UA socket whose hello named a UAID of the receiving shard.
     HandOff(S),
-    /// An AS request for a UAID the receiver owns.
-    Push {
+    /// AS requests for UAIDs the receiver owns: all those one turn of the
+    /// sending shard took for it (a batch of pipelined requests, or of
+    /// HTTP/2 streams) travel together, each under the sender's id.
+    Pushes {
         origin: usize,
-        request: RequestId,
-        push: PushRequest,
+        pushes: Vec<(RequestId, PushRequest)>,
     },
     /// An AS posted to an extended-protocol app url (SPEC §3.6): every shard
     /// stores it for its own UAs of that app.

@@ -153,6 +153,8 @@ pub struct World {
     pub now: Cell<Millis>,
     /// Ring messages in the order they were sent: (to shard, message).
     rings: RefCell<VecDeque<(usize, RingMsg<SimSocket>)>>,
+    /// Every ring message ever sent.
+    ring_messages_sent: Cell<u64>,
     /// Answers to AS requests, by the harness's request id, with every
     /// shard's durable LSN at the moment the answer was given.
     answers: RefCell<BTreeMap<RequestId, (HttpResponse, Vec<Lsn>)>>,
@@ -180,11 +182,13 @@ impl Runtime for SimRuntime {
         shard: usize,
         message: RingMsg<SimSocket>,
     ) -> Result<(), RingMsg<SimSocket>> {
-        self.world.rings.borrow_mut().push_back((shard, message));
+        self.send(shard, message);
         Ok(())
     }
 
     fn send(&self, shard: usize, message: RingMsg<SimSocket>) {
+        let sent = &self.world.ring_messages_sent;
+        sent.set(sent.get() + 1);
         self.world.rings.borrow_mut().push_back((shard, message));
     }
 
@@ -385,6 +389,9 @@ impl Harness {
 
     fn deliver_rings(&mut self) -> bool {
         let mut moved = false;
+        for driver in &mut self.shards {
+            driver.flush_pushes();
+        }
         loop {
             let next = self.world.rings.borrow_mut().pop_front();
             let Some((to, message)) = next else {
@@ -849,15 +856,31 @@ impl Harness {
     /// Like [`Harness::deliver_request_via`], but returns the request's id:
     /// without `auto_commit` the reply may still wait for a commit.
     pub fn submit_via(&mut self, accepting: usize, push: PushRequest) -> RequestId {
-        let request = self.next_request;
-        self.next_request += 1;
+        self.submit_all_via(accepting, vec![push])[0]
+    }
+
+    /// Hands `pushes` to shard `accepting` in one turn (as a batch of
+    /// pipelined requests arrives), then carries out what follows; returns
+    /// their ids, in order.
+    pub fn submit_all_via(&mut self, accepting: usize, pushes: Vec<PushRequest>) -> Vec<RequestId> {
         self.world.now.set(self.now);
-        if let Err(refusal) = self.shards[accepting].submit_push(push, request) {
-            self.replies
-                .insert(request, refusal_response(refusal, false));
+        let mut requests = Vec::with_capacity(pushes.len());
+        for push in pushes {
+            let request = self.next_request;
+            self.next_request += 1;
+            if let Err(refusal) = self.shards[accepting].submit_push(push, request) {
+                self.replies
+                    .insert(request, refusal_response(refusal, false));
+            }
+            requests.push(request);
         }
         self.pump();
-        request
+        requests
+    }
+
+    /// How many messages crossed the rings so far.
+    pub fn ring_messages_sent(&self) -> u64 {
+        self.world.ring_messages_sent.get()
     }
 
     /// SimplePush `PUT version=N`.

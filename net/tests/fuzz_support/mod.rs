@@ -570,7 +570,8 @@ fn broadcasts(input: &mut Input) -> Value {
     Value::Object(map)
 }
 
-/// Commits what the shard appended, then reads what left the driver: the
+/// Sends the pushes queued for other shards, commits what the shard
+/// appended, then reads what left the driver: the
 /// frames its outboxes let go of, its answers and its other effects.
 fn observe(
     driver: &mut Driver<MemLog, FuzzRuntime>,
@@ -578,6 +579,7 @@ fn observe(
     world: &mut World,
     shards: usize,
 ) {
+    driver.flush_pushes();
     log.commit();
     driver.on_durable();
     assert_eq!(

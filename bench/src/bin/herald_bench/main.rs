@@ -174,8 +174,14 @@ fn idle(cli: &Cli, args: &IdleArgs) {
     );
 }
 
-const LOAD_FIGURES: [&str; 12] = [
+/// The summary's figures of a load run: every rate comes with the CPU each
+/// side spent per notification, and with the CPU time the host took away
+/// from this machine (`steal_s`: a run with much of it measured the host).
+const LOAD_FIGURES: [&str; 15] = [
     "delivered_per_s",
+    "server_us_per_notification",
+    "generator_us_per_notification",
+    "steal_s",
     "accepted_per_s",
     "to_ua.p50_ms",
     "to_ua.p99_ms",
@@ -303,7 +309,13 @@ fn stored(cli: &Cli, args: &StoredArgs) {
         "stored",
         params,
         runs,
-        &["drained_per_s", "drain_s", "stored_per_s", "delivered"],
+        &[
+            "drained_per_s",
+            "server_us_per_message",
+            "drain_s",
+            "stored_per_s",
+            "delivered",
+        ],
     );
 }
 

@@ -483,6 +483,7 @@ pub fn stored_run(fsync: Fsync, shards: usize, args: &StoredArgs) -> Value {
         "drain_s": drain_s,
         "drained_per_s": delivered as f64 / drain_s.max(1e-6),
         "server_cpu_s": server_cpu,
+        "server_us_per_message": us_per(server_cpu, delivered),
     })
 }
 
