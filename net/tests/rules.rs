@@ -1080,6 +1080,33 @@ fn retry_timer_resends_unacked_on_a_live_socket() {
     );
 }
 
+/// A socket whose every message is acked holds no retry timer: an idle UA
+/// costs the same after a message as before its first one.
+#[test]
+fn the_retry_timer_goes_once_every_message_is_acked() {
+    let mut h = Harness::new();
+    let (conn, _) = h.connect_new(true);
+    let endpoint = h.register(conn, &chan(1));
+    let at_rest = h.engine(0).timers();
+    let first = location_id(&h.post(&endpoint, 600));
+    let second = location_id(&h.post(&endpoint, 600));
+    assert_eq!(h.take_notifications(conn).len(), 2);
+    assert_eq!(h.engine(0).timers(), at_rest + 1, "one retry chain");
+    h.ack(conn, &chan(1), json!(first));
+    assert_eq!(
+        h.engine(0).timers(),
+        at_rest + 1,
+        "one message still unacked"
+    );
+    h.ack(conn, &chan(1), json!(second));
+    assert_eq!(h.engine(0).timers(), at_rest, "all acked: no retry timer");
+    // A later message starts a new chain, which still re-sends.
+    let third = location_id(&h.post(&endpoint, 600));
+    assert_eq!(h.take_notifications(conn).len(), 1);
+    h.advance(h.limits.retry_interval_ms);
+    assert_eq!(versions(&h.take_notifications(conn)), vec![json!(third)]);
+}
+
 #[test]
 fn retry_resends_each_message_about_once_per_interval() {
     let mut h = Harness::with_limits(Limits {

@@ -114,11 +114,28 @@ impl Shard {
         let Some(state) = self.conns.get_mut(&conn) else {
             return;
         };
-        if !state.retry_scheduled {
-            state.retry_scheduled = true;
+        if state.retry_at_ms == 0 {
             let retry_at = now_ms + self.config.limits.retry_interval_ms;
+            state.retry_at_ms = retry_at;
             self.timers.insert((retry_at, Timer::Retry(conn)));
         }
+    }
+
+    /// Drops `conn`'s retry timer once `uaid` has nothing sent and unacked:
+    /// an idle socket then costs what it cost before its first message.
+    pub(super) fn cancel_retry_if_acked(&mut self, conn: ConnId, uaid: Uaid) {
+        let unacked = self
+            .uas
+            .get(&uaid)
+            .is_some_and(|ua| ua.pending.values().any(|pending| pending.sent));
+        let Some(state) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if unacked || state.retry_at_ms == 0 {
+            return;
+        }
+        self.timers.remove(&(state.retry_at_ms, Timer::Retry(conn)));
+        state.retry_at_ms = 0;
     }
 
     /// Frames for `messages` in the form the socket speaks (SPEC §3.3).

@@ -211,8 +211,10 @@ struct Conn {
     /// Broadcast ids this socket subscribed to (SPEC §3.5), without spare
     /// room: most sockets subscribe once, in their hello, or never.
     broadcasts: Box<[String]>,
-    /// A retry timer is pending for this socket.
-    retry_scheduled: bool,
+    /// When the socket's retry timer fires (0: none is pending): its key,
+    /// so that the timer goes as soon as every message sent is acked
+    /// rather than holding its place until it fires.
+    retry_at_ms: Millis,
     /// The socket speaks the extended protocol (SPEC §3.6).
     extended: bool,
 }
@@ -321,6 +323,12 @@ impl Shard {
             .values()
             .filter(|ua| ua.wakeup.is_some() && ua.conn.is_none())
             .count()
+    }
+
+    /// Timers standing: one per socket at rest (its hello deadline, then
+    /// its ping), one more per socket while a message it was sent is unacked.
+    pub fn timers(&self) -> usize {
+        self.timers.len()
     }
 
     pub fn pending_messages(&self) -> usize {

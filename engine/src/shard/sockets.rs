@@ -16,7 +16,7 @@ impl Shard {
                 ping_window_start_ms: now_ms,
                 pings_in_window: 0,
                 broadcasts: Box::default(),
-                retry_scheduled: false,
+                retry_at_ms: 0,
                 extended: false,
             },
         );
@@ -419,6 +419,7 @@ impl Shard {
                 }
             }
         }
+        self.cancel_retry_if_acked(conn, uaid);
     }
 
     /// A numeric ack frees every message on the channel whose numeric form

@@ -23,7 +23,7 @@ impl Shard {
                     let Some(state) = self.conns.get_mut(&conn) else {
                         continue;
                     };
-                    state.retry_scheduled = false;
+                    state.retry_at_ms = 0;
                     if let Some(uaid) = state.uaid {
                         self.deliver_pending(now_ms, conn, uaid);
                     }
