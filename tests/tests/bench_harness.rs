@@ -117,10 +117,9 @@ fn every_scenario_delivers_what_it_counts() {
     let run = only_run(&stored);
     assert_eq!(run["stored"], 200, "{run}");
     assert_eq!(run["delivered"], 200, "every stored message drains: {run}");
-    assert!(
-        run["server_us_per_message"].as_f64().unwrap() > 0.0,
-        "{run}"
-    );
+    // Reported, though a drain this small may take under one clock tick.
+    let per_message = run["server_us_per_message"].as_f64();
+    assert!(per_message.is_some_and(|us| us >= 0.0), "{run}");
 
     let idle = scenario(&out, "idle", &["--fsync", "batch", "--uas", "200"]);
     let run = only_run(&idle);
