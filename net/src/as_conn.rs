@@ -41,12 +41,17 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream) {
     };
     match &routes.ctx.shared.tls {
         None => http_conn::serve(&routes, stream, origin.rest).await,
+        // Boxed: a TLS session's state is large, and inline it would make
+        // every plain connection's task as large.
         Some(tls) => {
-            let handshake = routes.ctx.shared.config.limits.handshake_timeout_ms;
-            let deadline = Instant::now() + Duration::from_millis(handshake);
-            if let Some(stream) = tls.accept_as(stream, origin.rest, deadline).await {
-                http_conn::serve(&routes, stream, Vec::new()).await;
-            }
+            Box::pin(async {
+                let handshake = routes.ctx.shared.config.limits.handshake_timeout_ms;
+                let deadline = Instant::now() + Duration::from_millis(handshake);
+                if let Some(stream) = tls.accept_as(stream, origin.rest, deadline).await {
+                    http_conn::serve(&routes, stream, Vec::new()).await;
+                }
+            })
+            .await
         }
     }
     // The connection's place under the cap on connections per IP ends here.

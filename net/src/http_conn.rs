@@ -8,9 +8,11 @@
 //! one (where ALPN `h2` leads to the same preface, and so to HTTP/2).
 
 use std::io::ErrorKind;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use futures_util::future::join_all;
 
 use herald_engine::limits::Limits;
@@ -40,7 +42,9 @@ pub async fn serve(routes: &impl Routes, mut stream: impl Conn, mut buffer: Vec<
     let batch_max = limits.http_pipeline_requests_max.max(1);
     let mut reader = Reader::new(limits);
     match speaks_http2(&mut stream, &mut buffer, &mut reader).await {
-        Some(true) => return http2_conn::serve(routes, stream, buffer).await,
+        // Boxed: HTTP/2's connection state is large, and inline it would
+        // make every HTTP/1.1 connection's task as large.
+        Some(true) => return Box::pin(http2_conn::serve(routes, stream, buffer)).await,
         Some(false) => {}
         None => return,
     }
@@ -202,12 +206,21 @@ impl Reader {
         if stream.set_read_timeout(Some(timeout)).is_err() {
             return false;
         }
-        let mut chunk = [0u8; READ_CHUNK_BYTES];
-        match stream.read(&mut chunk).await {
-            Ok(0) => false,
-            Ok(read) => {
-                self.started.get_or_insert_with(Instant::now);
+        // The chunk lives only inside one poll: a read awaited into a chunk
+        // would keep it in the connection's task while the connection
+        // idles, 16 KiB per idle keep-alive sender.
+        let read = future::poll_fn(|cx| {
+            let mut chunk = [0u8; READ_CHUNK_BYTES];
+            let polled = Pin::new(&mut *stream).poll_read(cx, &mut chunk);
+            if let Poll::Ready(Ok(read)) = polled {
                 buffer.extend_from_slice(&chunk[..read]);
+            }
+            polled
+        });
+        match read.await {
+            Ok(0) => false,
+            Ok(_) => {
+                self.started.get_or_insert_with(Instant::now);
                 true
             }
             // A request cut off by its deadline still hears why.
