@@ -11,19 +11,8 @@ Loopback only.
 """
 import argparse, socket, subprocess, tempfile, time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+# The same helpers as the UA measurement (this directory is on the path).
+from tls_idle import free_port, rss_bytes
 
 
 def wait_listening(port, deadline_s=30):
