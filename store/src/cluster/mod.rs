@@ -127,6 +127,13 @@ struct Inner {
     /// The writer, waiting for work.
     writer: RefCell<Option<Waker>>,
     waiters: RefCell<BTreeMap<Lsn, Vec<Waker>>>,
+    /// Calls ever queued, and those that have left the queue (sent, or
+    /// claims given up on): a flush waits for every call queued before it,
+    /// releases included, not only for the records.
+    calls_queued: Cell<u64>,
+    calls_done: Cell<u64>,
+    /// Flushes waiting for `calls_done` to reach theirs.
+    flushes: RefCell<Vec<Waker>>,
     appended: Cell<u64>,
     stats: Cell<ClusterStats>,
 }
@@ -153,6 +160,9 @@ impl ClusterLog {
                 closed: Cell::new(false),
                 writer: RefCell::new(None),
                 waiters: RefCell::new(BTreeMap::new()),
+                calls_queued: Cell::new(0),
+                calls_done: Cell::new(0),
+                flushes: RefCell::new(Vec::new()),
                 appended: Cell::new(0),
                 stats: Cell::new(ClusterStats::default()),
             }),
@@ -183,24 +193,21 @@ impl ClusterLog {
         self.wake_waiters(Lsn::MAX);
     }
 
-    /// Waits until every record appended so far is durable; fails at once
-    /// while Redis is unreachable (shutdown does not wait out an outage).
+    /// Waits until every call queued so far has gone through: every record
+    /// durable, and every release sent too (a UA let go at shutdown is free
+    /// for its next node at once); fails at once while Redis is unreachable
+    /// (shutdown does not wait out an outage).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let last = self.inner.last_lsn.get();
+        let queued = self.inner.calls_queued.get();
         std::future::poll_fn(|cx| {
             let inner = &*self.inner;
-            if inner.durable_lsn.get() >= last {
+            if inner.calls_done.get() >= queued {
                 return Poll::Ready(Ok(()));
             }
             if let Some(cause) = inner.unavailable.borrow().clone() {
                 return Poll::Ready(Err(StoreError::Unreachable { cause }));
             }
-            inner
-                .waiters
-                .borrow_mut()
-                .entry(last)
-                .or_default()
-                .push(cx.waker().clone());
+            inner.flushes.borrow_mut().push(cx.waker().clone());
             Poll::Pending
         })
         .await
@@ -241,6 +248,8 @@ impl ClusterLog {
     }
 
     fn push(&self, op: Op) {
+        let queued = &self.inner.calls_queued;
+        queued.set(queued.get() + 1);
         self.inner.queue.borrow_mut().push_back(op);
         self.wake_writer();
     }
@@ -324,6 +333,7 @@ impl ClusterLog {
             let Some(op) = inner.queue.borrow_mut().pop_front() else {
                 break;
             };
+            inner.calls_done.set(inner.calls_done.get() + 1);
             match op {
                 Op::Write {
                     lsn, uaid, token, ..
@@ -359,6 +369,7 @@ impl ClusterLog {
         }
         inner.durable_lsn.set(durable);
         self.wake_waiters(durable);
+        self.wake_flushes();
     }
 
     /// A batch failed: nothing in it counts. Writes stay queued; claims too,
@@ -372,6 +383,7 @@ impl ClusterLog {
             tracing::warn!(%error, "cluster store batch failed; retrying");
         }
         *inner.unavailable.borrow_mut() = Some(error.to_string());
+        let queued = inner.queue.borrow().len();
         inner.queue.borrow_mut().retain(|op| match op {
             Op::Claim {
                 uaid,
@@ -385,8 +397,20 @@ impl ClusterLog {
             }
             _ => true,
         });
+        let given_up = queued - inner.queue.borrow().len();
+        inner
+            .calls_done
+            .set(inner.calls_done.get() + given_up as u64);
         // A flush gives up now; waits for durability look again and go on.
         self.wake_waiters(Lsn::MAX);
+        self.wake_flushes();
+    }
+
+    fn wake_flushes(&self) {
+        let flushes = std::mem::take(&mut *self.inner.flushes.borrow_mut());
+        for waker in flushes {
+            waker.wake();
+        }
     }
 
     /// Wakes whoever waits for an LSN up to `upto`.
